@@ -1,0 +1,183 @@
+//! Command-line definitions. `main.rs` parses these and `commands` carries them out.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::phases::PhaseName;
+
+const ABOUT: &str =
+    "k8sforge builds a production Kubernetes cluster for GPU training, the hard way, automated.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Write every file each node of the default profile (local-3) would receive
+  k8sforge plan --out ./bundle
+
+  # Build a cluster on local systemd-nspawn nodes
+  k8sforge up --profile local-3
+
+  # Check certificate expiry from cron (non-zero exit under 30 days)
+  k8sforge certs check --warn-days 30
+
+  # Remove every resource the cluster owns
+  k8sforge teardown --profile gpu-1000";
+
+#[derive(Debug, Parser)]
+#[command(name = "k8sforge", version, about = ABOUT, after_help = EXAMPLES, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v, -vv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// State directory (one sub-directory per cluster)
+    #[arg(long, global = true, env = "K8SFORGE_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to pick the profile: built-in name or YAML file, plus field overrides.
+#[derive(Debug, Clone, Args)]
+pub struct ProfileArgs {
+    /// Built-in profile name or path to a profile YAML file
+    #[arg(short, long, default_value = crate::profile::builtin::DEFAULT, value_name = "NAME|FILE")]
+    pub profile: String,
+
+    /// Override one profile field, e.g. --set workers[0].count=8 (repeatable)
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute the cluster offline: PKI, kubeconfigs and every node's files, written to a directory
+    #[command(
+        after_help = "Examples:\n  k8sforge plan --out ./bundle\n  k8sforge plan --profile gpu-1000 --set provider.kind=gcp --out /tmp/gpu"
+    )]
+    Plan {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Write the per-node bundle here (default: <state dir>/bundle)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
+    /// Provision machines and run every phase; each phase is skipped when its inputs are unchanged
+    #[command(
+        after_help = "Examples:\n  k8sforge up --profile local-3\n  k8sforge up --only etcd\n  k8sforge up --from workers --mirror /srv/mirror"
+    )]
+    Up {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Run only this phase
+        #[arg(long, value_enum, conflicts_with = "from")]
+        only: Option<PhaseName>,
+        /// Resume from this phase (it and every later phase run)
+        #[arg(long, value_enum)]
+        from: Option<PhaseName>,
+        /// Artifact mirror: a directory or URL laid out as <mirror>/<host>/<upstream path>
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
+    /// Inspect and renew certificates
+    #[command(subcommand)]
+    Certs(CertsCommand),
+
+    /// Delete every resource the cluster owns (found by its cluster tag), and nothing else
+    Teardown {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// List what would be deleted without deleting
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Show each node: reachable, phases applied, unit states
+    Status {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
+    /// List or show the built-in profiles
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+
+    /// Write or merge the cluster's admin kubeconfig into ~/.kube/config (or --out)
+    Kubeconfig {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Kubeconfig file to write or merge into
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+
+    /// Open a shell on a node, or run a command there
+    Ssh {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Node name, e.g. controlplane-1
+        node: String,
+        /// Command to run instead of a shell
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Table of every certificate: subject, SANs, issuer, expiry; non-zero exit when expiring
+    #[command(
+        after_help = "Examples:\n  k8sforge certs check\n  k8sforge certs check --warn-days 30 --output json"
+    )]
+    Check {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Exit non-zero when a certificate expires within this many days
+        #[arg(long, default_value_t = 30)]
+        warn_days: u32,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Re-issue certificates across the cluster without downtime
+    Rotate {
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Names and one-line descriptions of the built-in profiles
+    List,
+    /// Print a profile as YAML after defaults and --set overrides
+    Show {
+        /// Built-in profile name or path to a profile YAML file
+        #[arg(value_name = "NAME|FILE")]
+        name: String,
+        /// Override one profile field, e.g. --set workers[0].count=8 (repeatable)
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
+}

@@ -1,0 +1,237 @@
+//! Carrying out the parsed command line. Human progress goes to stderr, machine output to stdout.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+
+use crate::cli::{CertsCommand, Cli, Command, OutputFormat, ProfileArgs, ProfilesCommand};
+use crate::inventory::{self, Inventory, Role};
+use crate::phases::PhaseName;
+use crate::profile::{self, builtin, LoadedProfile};
+use crate::state::{self, ClusterDir};
+use crate::{pki, render};
+
+/// Exit status for "this verb or phase does not exist yet": distinct from failures.
+const NOT_IMPLEMENTED: u8 = 3;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let home = cli.home.clone().unwrap_or_else(state::default_home);
+    match cli.command {
+        Command::Plan {
+            profile,
+            out,
+            output,
+        } => plan(&home, &profile, out.as_deref(), output),
+        Command::Up {
+            profile,
+            only,
+            from,
+            mirror: _,
+            output: _,
+        } => {
+            let loaded = load_profile(&profile)?;
+            let phases = PhaseName::selection(only, from);
+            not_implemented(&format!(
+                "`up` for profile {} (phases: {}): the remote phases are not built yet; `k8sforge plan` computes everything offline",
+                loaded.profile.name,
+                phases.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        }
+        Command::Certs(CertsCommand::Check { .. }) => not_implemented("`certs check`"),
+        Command::Certs(CertsCommand::Rotate { .. }) => not_implemented("`certs rotate`"),
+        Command::Teardown { profile, .. } => {
+            let loaded = load_profile(&profile)?;
+            not_implemented(&format!(
+                "`teardown` for the {} provider",
+                loaded.profile.provider.kind.as_str()
+            ))
+        }
+        Command::Status { .. } => not_implemented("`status`"),
+        Command::Kubeconfig { .. } => not_implemented("`kubeconfig`"),
+        Command::Ssh { .. } => not_implemented("`ssh`"),
+        Command::Profiles(ProfilesCommand::List) => {
+            for name in builtin::names() {
+                let desc = profile::load(name, &[])
+                    .ok()
+                    .and_then(|p| p.profile.description)
+                    .unwrap_or_default();
+                println!("{name:<10} {desc}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Profiles(ProfilesCommand::Show { name, sets }) => {
+            let loaded = profile::load(&name, &sets)?;
+            print!("{}", loaded.canonical_yaml);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completion { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "k8sforge", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn not_implemented(what: &str) -> Result<ExitCode> {
+    eprintln!("k8sforge: {what} is not implemented yet in this version; nothing was changed.");
+    Ok(ExitCode::from(NOT_IMPLEMENTED))
+}
+
+pub fn load_profile(args: &ProfileArgs) -> Result<LoadedProfile> {
+    Ok(profile::load(&args.profile, &args.sets)?)
+}
+
+/// The inventory for offline work: the provider's recorded one if provisioned, else planned.
+pub fn inventory_for(loaded: &LoadedProfile, st: &state::State) -> Result<Inventory> {
+    if let Some(inv) = &st.inventory {
+        if !inv.planned {
+            return Ok(inv.clone());
+        }
+    }
+    match loaded.profile.provider.kind {
+        profile::ProviderKind::Static => {
+            let spec = loaded
+                .profile
+                .provider
+                .static_hosts
+                .as_ref()
+                .context("provider.static is missing")?;
+            let path = loaded.base_dir.join(&spec.inventory);
+            Ok(crate::provider::static_hosts::load(
+                &path,
+                &loaded.profile,
+                &st.pod_cidrs,
+            )?)
+        }
+        _ => Ok(inventory::planned(&loaded.profile, &st.pod_cidrs)?),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PlanSummary {
+    cluster: String,
+    provider: String,
+    kubernetes: String,
+    nodes: std::collections::BTreeMap<String, usize>,
+    addresses_planned: bool,
+    pod_cidr: String,
+    service_cidr: String,
+    api_endpoint: String,
+    certificates_issued: Vec<String>,
+    certificates_reused: usize,
+    bundle_dir: PathBuf,
+    bundle_files: usize,
+    bundle_files_changed: usize,
+    /// Files that differ from the last plan (added, changed or removed), against state.
+    changed_since_last_plan: usize,
+}
+
+fn plan(
+    home: &Path,
+    args: &ProfileArgs,
+    out: Option<&Path>,
+    output: OutputFormat,
+) -> Result<ExitCode> {
+    // Validate everything before touching the state directory.
+    let loaded = load_profile(args)?;
+    let p = &loaded.profile;
+    let dir = ClusterDir::open(home, &p.name)?;
+    let mut st = dir.load_state()?;
+    let inv = inventory_for(&loaded, &st)?;
+
+    let pki_report = pki::ensure(p, &inv, &dir.root)?;
+    let bundle = render::render(p, &inv, &dir.root)?;
+    let out_dir = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.root.join("bundle"));
+    let written = bundle
+        .write_to(&out_dir)
+        .with_context(|| format!("writing bundle to {}", out_dir.display()))?;
+
+    let digests = bundle.digests();
+    let changed = digests
+        .iter()
+        .filter(|(k, v)| st.bundle_digests.get(*k) != Some(v))
+        .count()
+        + st.bundle_digests
+            .keys()
+            .filter(|k| !digests.contains_key(*k))
+            .count();
+    st.profile_source = loaded.source_name.clone();
+    st.pod_cidrs = inv
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.pod_cidr))
+        .collect();
+    if st.inventory.as_ref().is_none_or(|i| i.planned) {
+        st.inventory = Some(inv.clone());
+    }
+    st.bundle_digests = digests;
+    dir.save_state(&st)?;
+
+    let mut nodes = std::collections::BTreeMap::new();
+    for role in [Role::ControlPlane, Role::Etcd, Role::Worker] {
+        nodes.insert(role.to_string(), inv.count(role));
+    }
+    let summary = PlanSummary {
+        cluster: p.name.clone(),
+        provider: p.provider.kind.as_str().to_string(),
+        kubernetes: p.kubernetes.version.clone(),
+        nodes,
+        addresses_planned: inv.planned,
+        pod_cidr: format!(
+            "{} (/{} per node)",
+            p.network.pod_cidr, p.network.pod_prefix_per_node
+        ),
+        service_cidr: p.network.service_cidr.to_string(),
+        api_endpoint: inv.api.url(),
+        certificates_issued: pki_report.issued.clone(),
+        certificates_reused: pki_report.reused,
+        bundle_dir: out_dir.clone(),
+        bundle_files: written.files,
+        bundle_files_changed: written.changed,
+        changed_since_last_plan: changed,
+    };
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        OutputFormat::Text => {
+            eprintln!(
+                "plan {} ({} provider, Kubernetes {})",
+                summary.cluster, summary.provider, summary.kubernetes
+            );
+            eprintln!(
+                "  nodes:      {} control-plane, {} etcd, {} worker{}",
+                summary.nodes["control-plane"],
+                summary.nodes["etcd"],
+                summary.nodes["worker"],
+                if inv.planned {
+                    " (addresses planned; real ones come from provision)"
+                } else {
+                    ""
+                }
+            );
+            eprintln!("  pods:       {}", summary.pod_cidr);
+            eprintln!("  services:   {}", summary.service_cidr);
+            eprintln!("  API:        {}", summary.api_endpoint);
+            eprintln!(
+                "  PKI:        {} issued, {} reused",
+                summary.certificates_issued.len(),
+                summary.certificates_reused
+            );
+            eprintln!(
+                "  bundle:     {} files for {} nodes in {} ({} written)",
+                summary.bundle_files,
+                bundle.nodes.len(),
+                out_dir.display(),
+                summary.bundle_files_changed
+            );
+            eprintln!(
+                "  vs last plan: {} file(s) would change on nodes",
+                summary.changed_since_last_plan
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,63 @@
+//! Local file writes: atomic (temp file, fsync, rename) with an explicit mode, so a crash never
+//! leaves a half-written certificate or state file and secrets are never briefly world-readable.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Mode for private keys, tokens and anything else secret.
+pub const SECRET: u32 = 0o600;
+/// Mode for certificates and other public files.
+pub const PUBLIC: u32 = 0o644;
+/// Mode for state directories.
+pub const PRIVATE_DIR: u32 = 0o700;
+
+/// Create `dir` (and parents) and force its mode.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Write `bytes` to `path` atomically with `mode`. The temp file is created with `mode` from the
+/// start (never wider), fsynced, then renamed over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // An existing temp file keeps its old mode: set it explicitly.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Write only when the content differs; returns whether the file changed. Fixes the mode either way.
+pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    if let Ok(existing) = fs::read(path) {
+        if existing == bytes {
+            let meta = fs::metadata(path)?;
+            if meta.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+            }
+            return Ok(false);
+        }
+    }
+    write_atomic(path, bytes, mode)?;
+    Ok(true)
+}

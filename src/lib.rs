@@ -1,0 +1,15 @@
+//! k8sforge: a Kubernetes cluster for GPU training, built the hard way, automated.
+//!
+//! Data flow (see design.md): profile → inventory → PKI → rendered bundle → nodes.
+
+pub mod artifacts;
+pub mod cli;
+pub mod commands;
+pub mod fsutil;
+pub mod inventory;
+pub mod phases;
+pub mod pki;
+pub mod profile;
+pub mod provider;
+pub mod render;
+pub mod state;

@@ -1,0 +1,382 @@
+//! The profile schema: what cluster the user wants. Field names are camelCase, as in Kubernetes.
+//!
+//! Unknown fields are not rejected by serde here: the loader collects every one of them (with its
+//! position) so that all mistakes of a file are reported together.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// Cluster name: names the state directory and tags every cloud resource.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub provider: ProviderSpec,
+    #[serde(default)]
+    pub kubernetes: KubernetesSpec,
+    #[serde(default)]
+    pub network: NetworkSpec,
+    pub control_plane: ControlPlaneSpec,
+    #[serde(default)]
+    pub etcd: EtcdSpec,
+    #[serde(default)]
+    pub workers: Vec<WorkerGroup>,
+    #[serde(default)]
+    pub pki: PkiSpec,
+    #[serde(default)]
+    pub api_server: ApiServerSpec,
+    #[serde(default)]
+    pub artifacts: ArtifactsSpec,
+    #[serde(default)]
+    pub ssh: SshSpec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// systemd-nspawn nodes on this machine.
+    Local,
+    /// Existing hosts listed in an inventory file.
+    Static,
+    Aws,
+    Gcp,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Static => "static",
+            ProviderKind::Aws => "aws",
+            ProviderKind::Gcp => "gcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalProviderSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "static")]
+    pub static_hosts: Option<StaticProviderSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsProviderSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpProviderSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalProviderSpec {
+    /// Host bridge the nodes attach to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// Where the cached node image and node directories live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StaticProviderSpec {
+    /// Inventory file of existing hosts, relative to the profile file.
+    pub inventory: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum AwsPodRouting {
+    /// Host routes on every node via the owning node (any node count).
+    #[default]
+    HostRoutes,
+    /// VPC route-table entries (AWS allows 50 routes per table by default).
+    RouteTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsProviderSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// CIDRs allowed to reach the API (6443) and SSH (22).
+    #[serde(rename = "adminCIDRs")]
+    pub admin_cidrs: Vec<Ipv4Net>,
+    pub ami: AmiLookup,
+    #[serde(default)]
+    pub pod_routing: AwsPodRouting,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bastion: Option<String>,
+    /// Routes per VPC route table allowed for this account (AWS default 50).
+    #[serde(default = "default_route_table_limit")]
+    pub route_table_limit: u32,
+}
+
+fn default_route_table_limit() -> u32 {
+    50
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AmiLookup {
+    pub owner: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpProviderSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(rename = "adminCIDRs")]
+    pub admin_cidrs: Vec<Ipv4Net>,
+    /// Boot image, e.g. `projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts`.
+    pub image: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct KubernetesSpec {
+    pub version: String,
+    pub cluster_domain: String,
+}
+
+impl Default for KubernetesSpec {
+    fn default() -> Self {
+        KubernetesSpec {
+            version: crate::artifacts::DEFAULT_KUBERNETES_VERSION.to_string(),
+            cluster_domain: "cluster.local".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct NetworkSpec {
+    /// The machines' own subnet (local bridge, VPC subnet).
+    #[serde(rename = "nodeCIDR")]
+    pub node_cidr: Ipv4Net,
+    /// Cluster-wide pod range; each node gets one block of `podCIDRPerNode`.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    #[serde(rename = "podPrefixPerNode")]
+    pub pod_prefix_per_node: u8,
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: Ipv4Net,
+    /// The `kubernetes` Service's address: always the first address of the service range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "apiServiceIP")]
+    pub api_service_ip: Option<Ipv4Addr>,
+    #[serde(rename = "dnsServiceIP")]
+    pub dns_service_ip: Ipv4Addr,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            node_cidr: "198.18.0.0/24".parse().unwrap_or_else(|_| unreachable!()),
+            pod_cidr: "10.200.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+            pod_prefix_per_node: 24,
+            service_cidr: "10.32.0.0/24".parse().unwrap_or_else(|_| unreachable!()),
+            api_service_ip: None,
+            dns_service_ip: Ipv4Addr::new(10, 32, 0, 10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsMachine {
+    pub instance_type: String,
+    #[serde(default = "default_root_volume")]
+    #[serde(rename = "rootVolumeGiB")]
+    pub root_volume_gib: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpMachine {
+    pub machine_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator_type: Option<String>,
+    #[serde(default = "default_root_volume")]
+    #[serde(rename = "bootDiskGiB")]
+    pub boot_disk_gib: u32,
+}
+
+fn default_root_volume() -> u32 {
+    100
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlPlaneSpec {
+    pub count: u32,
+    /// Machine shape per cloud; only the section of the selected provider is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsMachine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpMachine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdSpec {
+    /// Members, stacked on the first control-plane nodes. Default: one per control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerGroup {
+    /// Group name; nodes are named `<name>-<index>`.
+    pub name: String,
+    pub count: u32,
+    #[serde(default)]
+    pub gpus_per_node: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// Machine shape per cloud; only the section of the selected provider is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsMachine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpMachine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub effect: TaintEffect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyAlgorithm {
+    #[default]
+    EcdsaP256,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PkiSpec {
+    pub key_algorithm: KeyAlgorithm,
+    pub cert_validity_days: u32,
+    pub ca_validity_days: u32,
+}
+
+impl Default for PkiSpec {
+    fn default() -> Self {
+        PkiSpec {
+            key_algorithm: KeyAlgorithm::EcdsaP256,
+            cert_validity_days: 365,
+            ca_validity_days: 3650,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiServerSpec {
+    pub port: u16,
+    /// DNS name clients use for the API (e.g. a CNAME to the cloud load balancer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Extra names and addresses for the apiserver certificate.
+    #[serde(default)]
+    #[serde(rename = "extraSANs")]
+    pub extra_sans: Vec<String>,
+    pub audit_log_max_age_days: u32,
+}
+
+impl Default for ApiServerSpec {
+    fn default() -> Self {
+        ApiServerSpec {
+            port: 6443,
+            endpoint: None,
+            extra_sans: Vec::new(),
+            audit_log_max_age_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsSpec {
+    /// Directory or URL laid out as `<mirror>/<host>/<upstream path>`. Default: upstream URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// Use the mirror's own checksum list instead of the pinned sums (explicit opt-in).
+    #[serde(default)]
+    pub trust_mirror_checksums: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SshSpec {
+    pub user: String,
+    pub port: u16,
+    /// Private key; default: the key k8sforge generates for the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
+}
+
+impl Default for SshSpec {
+    fn default() -> Self {
+        SshSpec {
+            user: "root".to_string(),
+            port: 22,
+            private_key: None,
+        }
+    }
+}
+
+impl Profile {
+    /// Number of etcd members (stacked on the first control planes).
+    pub fn etcd_members(&self) -> u32 {
+        self.etcd.members.unwrap_or(self.control_plane.count)
+    }
+
+    /// The `kubernetes` Service address: first host address of the service range.
+    pub fn api_service_ip(&self) -> Ipv4Addr {
+        self.network
+            .api_service_ip
+            .unwrap_or_else(|| first_host(self.network.service_cidr))
+    }
+
+    pub fn worker_count(&self) -> u64 {
+        self.workers.iter().map(|g| u64::from(g.count)).sum()
+    }
+}
+
+/// First usable address of a range (network address + 1).
+pub fn first_host(net: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
+}
