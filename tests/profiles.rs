@@ -1,0 +1,375 @@
+//! Profile loading and validation: every built-in profile is valid, and every mistake a user can
+//! make is reported with file:line:column, the field path, what was found and what is allowed —
+//! all of a file's mistakes together, and nothing written to the state directory.
+
+use std::path::Path;
+use std::process::Command;
+
+use k8sforge::profile::{self, Diagnostic, Origin};
+
+const GOOD: &str = "\
+name: demo
+provider:
+  kind: local
+kubernetes:
+  version: v1.34.2
+network:
+  nodeCIDR: 198.18.0.0/24
+  podCIDR: 10.200.0.0/16
+  podPrefixPerNode: 24
+  serviceCIDR: 10.32.0.0/24
+  dnsServiceIP: 10.32.0.10
+controlPlane:
+  count: 1
+workers:
+  - name: worker
+    count: 2
+";
+
+fn errors_of(text: &str, sets: &[&str]) -> Vec<Diagnostic> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    match profile::parse(text, "mine.yaml", &sets) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.diagnostics,
+    }
+}
+
+fn line_col(d: &Diagnostic) -> (usize, usize) {
+    match &d.origin {
+        Origin::File { file, position } => {
+            assert_eq!(file, "mine.yaml");
+            (position.line, position.column)
+        }
+        Origin::Set { arg } => panic!("expected a file position, got --set {arg}"),
+    }
+}
+
+/// Replace the first occurrence of `from` in GOOD.
+fn good_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "fixture lacks {from:?}");
+    GOOD.replacen(from, to, 1)
+}
+
+#[test]
+fn builtin_profiles_are_valid() {
+    for name in profile::builtin::names() {
+        let loaded = profile::load(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.profile.name, name);
+    }
+    // gpu-1000 is usable on GCP too.
+    profile::load("gpu-1000", &["provider.kind=gcp".into()]).expect("gpu-1000 on gcp");
+    assert!(errors_of(GOOD, &[]).is_empty());
+}
+
+struct Case {
+    what: &'static str,
+    text: String,
+    sets: &'static [&'static str],
+    path: &'static str,
+    line: usize,
+    column: usize,
+    found: &'static str,
+    allowed: &'static str,
+}
+
+#[test]
+fn each_mistake_is_located_and_explained() {
+    let cases = vec![
+        Case {
+            what: "pod CIDR too small for the node count",
+            text: good_with(
+                "  - name: worker\n    count: 2",
+                "  - name: worker\n    count: 1002",
+            ),
+            sets: &[],
+            path: "network.podCIDR",
+            line: 8,
+            column: 12,
+            found: "10.200.0.0/16",
+            allowed: "a /14 or larger range",
+        },
+        Case {
+            what: "overlapping pod and service ranges",
+            text: good_with("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.200.5.0/24")
+                .replace("dnsServiceIP: 10.32.0.10", "dnsServiceIP: 10.200.5.10"),
+            sets: &[],
+            path: "network.serviceCIDR",
+            line: 10,
+            column: 16,
+            found: "10.200.5.0/24",
+            allowed: "disjoint from 10.200.0.0/16",
+        },
+        Case {
+            what: "overlapping node and pod ranges",
+            text: good_with("podCIDR: 10.200.0.0/16", "podCIDR: 198.18.0.0/16"),
+            sets: &[],
+            path: "network.podCIDR",
+            line: 8,
+            column: 12,
+            found: "198.18.0.0/16",
+            allowed: "disjoint from 198.18.0.0/24",
+        },
+        Case {
+            what: "DNS IP outside the service range",
+            text: good_with("dnsServiceIP: 10.32.0.10", "dnsServiceIP: 10.33.0.10"),
+            sets: &[],
+            path: "network.dnsServiceIP",
+            line: 11,
+            column: 17,
+            found: "10.33.0.10",
+            allowed: "a host address of 10.32.0.0/24",
+        },
+        Case {
+            what: "API service IP not the first service address",
+            text: good_with(
+                "  dnsServiceIP: 10.32.0.10",
+                "  dnsServiceIP: 10.32.0.10\n  apiServiceIP: 10.40.0.1",
+            ),
+            sets: &[],
+            path: "network.apiServiceIP",
+            line: 12,
+            column: 17,
+            found: "10.40.0.1",
+            allowed: "10.32.0.1",
+        },
+        Case {
+            what: "unknown Kubernetes version",
+            text: good_with("version: v1.34.2", "version: v1.99.0"),
+            sets: &[],
+            path: "kubernetes.version",
+            line: 5,
+            column: 12,
+            found: "v1.99.0",
+            allowed: "one of v1.",
+        },
+        Case {
+            what: "duplicate node names",
+            text: good_with(
+                "    count: 2\n",
+                "    count: 2\n  - name: worker\n    count: 1\n",
+            ),
+            sets: &[],
+            path: "workers[1].name",
+            line: 17,
+            column: 11,
+            found: "worker",
+            allowed: "a name used by no other worker group",
+        },
+        Case {
+            what: "worker group whose names collide with control-plane nodes",
+            text: good_with("  - name: worker", "  - name: controlplane"),
+            sets: &[],
+            path: "workers[0].name",
+            line: 15,
+            column: 11,
+            found: "controlplane",
+            allowed: "no other node uses",
+        },
+        Case {
+            what: "even etcd member count",
+            text: good_with("controlPlane:\n  count: 1", "controlPlane:\n  count: 2"),
+            sets: &[],
+            path: "controlPlane.count",
+            line: 13,
+            column: 10,
+            found: "2",
+            allowed: "an odd number of etcd members",
+        },
+        Case {
+            what: "unknown field",
+            text: good_with(
+                "  podPrefixPerNode: 24",
+                "  podPrefixPerNode: 24\n  podCidr: 10.0.0.0/8",
+            ),
+            sets: &[],
+            path: "network.podCidr",
+            line: 10,
+            column: 3,
+            found: "podCidr",
+            allowed: "one of nodeCIDR, podCIDR",
+        },
+        Case {
+            what: "wrong type",
+            text: good_with("    count: 2", "    count: two"),
+            sets: &[],
+            path: "workers[0].count",
+            line: 16,
+            column: 12,
+            found: "invalid type: string \"two\"",
+            allowed: "a whole number",
+        },
+        Case {
+            what: "unknown provider kind",
+            text: good_with("kind: local", "kind: azure"),
+            sets: &[],
+            path: "provider.kind",
+            line: 3,
+            column: 9,
+            found: "azure",
+            allowed: "`local`, `static`, `aws`, `gcp`",
+        },
+        Case {
+            what: "AWS route-table mode above the route limit",
+            text: String::from_utf8(
+                std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/gpu-1000.yaml"))
+                    .unwrap(),
+            )
+            .unwrap()
+            .replace("podRouting: hostRoutes", "podRouting: routeTable"),
+            sets: &[],
+            path: "provider.aws.podRouting",
+            line: 14,
+            column: 17,
+            found: "routeTable",
+            allowed: "hostRoutes",
+        },
+    ];
+    for c in cases {
+        let errs = errors_of(&c.text, c.sets);
+        let d = errs
+            .iter()
+            .find(|d| d.path == c.path)
+            .unwrap_or_else(|| panic!("{}: no error at {}; got {errs:#?}", c.what, c.path));
+        assert_eq!(
+            line_col(d),
+            (c.line, c.column),
+            "{}: position of {d}",
+            c.what
+        );
+        assert!(
+            d.found.contains(c.found),
+            "{}: found {:?} lacks {:?}",
+            c.what,
+            d.found,
+            c.found
+        );
+        assert!(
+            d.allowed.contains(c.allowed),
+            "{}: allowed {:?} lacks {:?}",
+            c.what,
+            d.allowed,
+            c.allowed
+        );
+        // The rendered message carries all of it on its first line.
+        let msg = d.to_string();
+        assert!(
+            msg.starts_with(&format!("mine.yaml:{}:{}: {}:", c.line, c.column, c.path)),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn all_errors_of_a_file_are_reported_together() {
+    let text = good_with("version: v1.34.2", "version: v9.9.9")
+        .replace(
+            "dnsServiceIP: 10.32.0.10",
+            "dnsServiceIP: 10.99.0.10\n  colour: blue",
+        )
+        .replace("    count: 2", "    count: lots");
+    let errs = errors_of(&text, &[]);
+    let paths: Vec<&str> = errs.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "kubernetes.version",
+            "network.dnsServiceIP",
+            "network.colour",
+            "workers[0].count"
+        ],
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn set_overrides_apply_and_are_blamed() {
+    let sets: Vec<String> = vec!["workers[0].count=5".into()];
+    let (p, _) = profile::parse(GOOD, "mine.yaml", &sets).unwrap();
+    assert_eq!(p.workers[0].count, 5);
+
+    let errs = errors_of(GOOD, &["network.dnsServiceIP=10.1.0.1"]);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        errs[0].origin,
+        Origin::Set {
+            arg: "network.dnsServiceIP=10.1.0.1".into()
+        }
+    );
+    assert!(errs[0]
+        .to_string()
+        .starts_with("--set network.dnsServiceIP=10.1.0.1: network.dnsServiceIP:"));
+
+    let errs = errors_of(GOOD, &["workers[3].count=1"]);
+    assert!(errs[0].problem.contains("past the end"), "{errs:#?}");
+    let errs = errors_of(GOOD, &["no-equals-sign"]);
+    assert!(errs[0].allowed.contains("path=value"), "{errs:#?}");
+}
+
+#[test]
+fn invalid_profile_exits_nonzero_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile_path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &profile_path,
+        good_with("count: 1\nworkers", "count: 4\nworkers"),
+    )
+    .unwrap();
+    let home = dir.path().join("home");
+    let out = Command::new(env!("CARGO_BIN_EXE_k8sforge"))
+        .args(["--home"])
+        .arg(&home)
+        .args(["plan", "--profile"])
+        .arg(&profile_path)
+        .arg("--out")
+        .arg(dir.path().join("bundle"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:13:10: controlPlane.count:",
+            profile_path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("allowed: an odd number of etcd members"),
+        "{stderr}"
+    );
+    assert!(
+        !home.exists(),
+        "state directory was created on a validation error"
+    );
+    assert!(
+        !dir.path().join("bundle").exists(),
+        "bundle was written on a validation error"
+    );
+}
+
+#[test]
+fn unknown_profile_name_lists_builtins() {
+    let out = Command::new(env!("CARGO_BIN_EXE_k8sforge"))
+        .args(["profiles", "show", "gpu-9999"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("local-3") && stderr.contains("gpu-1000"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unimplemented_verbs_say_so_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_k8sforge"))
+        .arg("--home")
+        .arg(dir.path())
+        .args(["certs", "rotate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+}
