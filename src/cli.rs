@@ -89,6 +89,9 @@ pub enum Command {
         /// Artifact mirror: a directory or URL laid out as <mirror>/<host>/<upstream path>
         #[arg(long, value_name = "DIR|URL")]
         mirror: Option<String>,
+        /// Run phases even when their inputs are unchanged (re-converge every node)
+        #[arg(long)]
+        force: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },

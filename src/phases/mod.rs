@@ -1,8 +1,93 @@
 //! The phases of `up`, in order. Each is a Hard Way chapter: plan against current state, apply,
 //! verify, and record completion in the state file with a fingerprint of its inputs.
 
+pub mod pki;
+pub mod provision;
+pub mod runner;
+pub mod status;
+
+use std::time::Duration;
+
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventory;
+use crate::profile::LoadedProfile;
+use crate::state::{ClusterDir, State};
+
+pub use runner::{run_up, UpOptions, UpReport};
+
+/// Everything a phase reads and the state it updates; built once per `up`.
+pub struct Context<'a> {
+    pub loaded: &'a LoadedProfile,
+    pub dir: &'a ClusterDir,
+    pub state: State,
+    /// Set by provision (or loaded from state); later phases need it.
+    pub inventory: Option<Inventory>,
+    /// `--mirror DIR|URL`, overriding the profile's artifact source.
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("phase {0} is not implemented yet in this version")]
+    NotImplemented(PhaseName),
+    #[error("phase {phase} needs the node inventory: run `k8sforge up --only provision` first")]
+    NoInventory { phase: PhaseName },
+    #[error("{0}")]
+    Failed(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Done,
+    /// Inputs unchanged since the last successful run.
+    Unchanged,
+    Failed,
+    NotImplemented,
+}
+
+/// One line of `up`'s result (also what `--output json` returns per phase).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PhaseSummary {
+    pub phase: PhaseName,
+    pub outcome: Outcome,
+    pub files_changed: usize,
+    pub units_restarted: usize,
+    /// `(node, error)` for every node the phase failed on.
+    pub failed_nodes: Vec<(String, String)>,
+    /// Short human detail, e.g. "3 nodes" or "12 certificates issued".
+    pub detail: String,
+    #[serde(with = "secs")]
+    pub elapsed: Duration,
+}
+
+mod secs {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+    }
+}
+
+/// A step of `up`, in the spirit of kind's actions and k0sctl's phases: a title for the status
+/// line, an optional fingerprint of its inputs (None: always run, because the phase converges
+/// cheaply), and run.
+pub trait Phase {
+    fn name(&self) -> PhaseName;
+    /// Status-line title, e.g. "Preparing nodes".
+    fn title(&self) -> &'static str;
+    fn fingerprint(&self, _ctx: &Context) -> Result<Option<String>, PhaseError> {
+        Ok(None)
+    }
+    fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError>;
+}
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ValueEnum, Serialize, Deserialize,

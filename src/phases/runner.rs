@@ -1,0 +1,138 @@
+//! Runs the selected phases in order: one status line each, skip when the inputs are unchanged,
+//! record completion in the state file after each success, stop at the first failure (a re-run
+//! resumes there, because only completed phases are recorded).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::status::StatusLine;
+use super::{Context, Outcome, Phase, PhaseError, PhaseName, PhaseSummary};
+use crate::profile::LoadedProfile;
+use crate::state::{ClusterDir, PhaseRecord};
+
+pub struct UpOptions {
+    pub phases: Vec<PhaseName>,
+    pub mirror: Option<String>,
+    /// Run phases even when their inputs are unchanged (re-converge nodes).
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub cluster: String,
+    pub phases: Vec<PhaseSummary>,
+}
+
+impl UpReport {
+    pub fn ok(&self) -> bool {
+        self.phases
+            .iter()
+            .all(|p| matches!(p.outcome, Outcome::Done | Outcome::Unchanged))
+    }
+
+    pub fn not_implemented(&self) -> bool {
+        self.phases
+            .iter()
+            .any(|p| p.outcome == Outcome::NotImplemented)
+    }
+}
+
+fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
+    match name {
+        PhaseName::Provision => Some(Box::new(super::provision::Provision)),
+        PhaseName::Pki => Some(Box::new(super::pki::Pki)),
+        _ => None,
+    }
+}
+
+fn now() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default()
+}
+
+pub fn run_up(
+    loaded: &LoadedProfile,
+    dir: &ClusterDir,
+    opts: &UpOptions,
+) -> anyhow::Result<UpReport> {
+    let state = dir.load_state()?;
+    let inventory = state.inventory.clone().filter(|i| !i.planned);
+    let mut ctx = Context {
+        loaded,
+        dir,
+        state,
+        inventory,
+        mirror: opts.mirror.clone(),
+    };
+    let mut report = UpReport {
+        cluster: loaded.profile.name.clone(),
+        phases: Vec::new(),
+    };
+    for &name in &opts.phases {
+        let started = Instant::now();
+        let summary = |outcome, detail: String| PhaseSummary {
+            phase: name,
+            outcome,
+            files_changed: 0,
+            units_restarted: 0,
+            failed_nodes: Vec::new(),
+            detail,
+            elapsed: started.elapsed(),
+        };
+        let Some(phase) = phase_for(name) else {
+            let line = StatusLine::start(name.as_str());
+            line.finish(false, "not implemented yet");
+            report.phases.push(summary(
+                Outcome::NotImplemented,
+                "not implemented yet".into(),
+            ));
+            break;
+        };
+        let line = StatusLine::start(phase.title());
+        let result = (|| -> Result<PhaseSummary, PhaseError> {
+            let fp = phase.fingerprint(&ctx)?;
+            if let (Some(fp), false) = (&fp, opts.force) {
+                if ctx
+                    .state
+                    .phases
+                    .get(name.as_str())
+                    .is_some_and(|r| &r.inputs == fp)
+                {
+                    return Ok(summary(Outcome::Unchanged, "unchanged".into()));
+                }
+            }
+            let s = phase.run(&mut ctx)?;
+            if s.outcome == Outcome::Done {
+                ctx.state.phases.insert(
+                    name.as_str().to_string(),
+                    PhaseRecord {
+                        inputs: fp.unwrap_or_default(),
+                        completed_at: now(),
+                    },
+                );
+                dir.save_state(&ctx.state)?;
+            }
+            Ok(s)
+        })();
+        let s = match result {
+            Ok(s) => s,
+            Err(PhaseError::NotImplemented(_)) => {
+                summary(Outcome::NotImplemented, "not implemented yet".into())
+            }
+            Err(e) => summary(Outcome::Failed, format!("{e:#}")),
+        };
+        let ok = matches!(s.outcome, Outcome::Done | Outcome::Unchanged);
+        line.finish(ok, &s.detail);
+        for (node, err) in &s.failed_nodes {
+            eprintln!("     {node}: {err}");
+        }
+        report.phases.push(s);
+        if !ok {
+            break;
+        }
+    }
+    Ok(report)
+}
