@@ -49,7 +49,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             ))
         }
         Command::Status { .. } => not_implemented("`status`"),
-        Command::Kubeconfig { .. } => not_implemented("`kubeconfig`"),
+        Command::Kubeconfig { profile, out } => {
+            let loaded = load_profile(&profile)?;
+            let root = ClusterDir::existing(&home, &loaded.profile.name)?;
+            let admin = crate::pki::layout::kubeconfig_path(&root, crate::pki::layout::ADMIN);
+            if !admin.exists() {
+                anyhow::bail!(
+                    "cluster {} has no admin kubeconfig yet ({}): run `k8sforge up` (or `k8sforge plan`) first",
+                    loaded.profile.name,
+                    admin.display()
+                );
+            }
+            let target = out.unwrap_or_else(crate::kubeconfig_merge::default_target);
+            let context = crate::kubeconfig_merge::merge_into(&admin, &target)?;
+            eprintln!("Set kubectl context to {context:?} in {}", target.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ssh { .. } => not_implemented("`ssh`"),
         Command::Profiles(ProfilesCommand::List) => {
             for name in builtin::names() {

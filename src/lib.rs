@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod fsutil;
 pub mod inventory;
+pub mod kubeconfig_merge;
 pub mod phases;
 pub mod pki;
 pub mod profile;
