@@ -1,6 +1,7 @@
 //! Render: Profile + Inventory + PKI → Bundle, the exact files and commands each node receives.
 
 pub mod bundle;
+pub mod routes;
 
 use std::path::Path;
 
