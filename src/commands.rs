@@ -39,7 +39,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             force,
             output,
         ),
-        Command::Certs(CertsCommand::Check { .. }) => not_implemented("`certs check`"),
+        Command::Certs(CertsCommand::Check {
+            profile,
+            warn_days,
+            output,
+        }) => certs_check(&home, &profile, warn_days, output),
         Command::Certs(CertsCommand::Rotate { .. }) => not_implemented("`certs rotate`"),
         Command::Teardown { profile, .. } => {
             let loaded = load_profile(&profile)?;
@@ -159,6 +163,26 @@ pub fn inventory_for(loaded: &LoadedProfile, st: &state::State) -> Result<Invent
         }
         _ => Ok(inventory::planned(&loaded.profile, &st.pod_cidrs)?),
     }
+}
+
+/// `certs check`: reads the cluster's PKI without creating or locking anything.
+fn certs_check(
+    home: &Path,
+    args: &ProfileArgs,
+    warn_days: u32,
+    output: OutputFormat,
+) -> Result<ExitCode> {
+    let loaded = load_profile(args)?;
+    let root = ClusterDir::existing(home, &loaded.profile.name)?;
+    let st = state::load_state_at(&root.join("state.json"))?;
+    let inv = inventory_for(&loaded, &st)?;
+    Ok(pki::check::run(
+        &loaded.profile,
+        &inv,
+        &root,
+        warn_days,
+        output == OutputFormat::Json,
+    )?)
 }
 
 #[derive(serde::Serialize)]

@@ -61,3 +61,72 @@ pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool
     write_atomic(path, bytes, mode)?;
     Ok(true)
 }
+
+/// Write many files atomically with one durability barrier instead of one fsync per file: every
+/// temp file is written (in parallel), then one `syncfs` flushes them all, then each is renamed
+/// over its target and the parent directories are fsynced. A crash leaves every target either
+/// old or new, never partial. Used where thousands of small files are written (PKI of 1000 nodes).
+pub fn write_batch_atomic(files: &[(std::path::PathBuf, Vec<u8>, u32)]) -> io::Result<()> {
+    use rayon::prelude::*;
+    if files.is_empty() {
+        return Ok(());
+    }
+    let temps: Vec<std::path::PathBuf> = files
+        .par_iter()
+        .map(|(path, bytes, mode)| {
+            let tmp = temp_path(path);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(*mode)
+                .open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(*mode))?;
+            f.write_all(bytes)?;
+            Ok(tmp)
+        })
+        .collect::<io::Result<_>>()
+        .inspect_err(|_| {
+            for (path, _, _) in files {
+                let _ = fs::remove_file(temp_path(path));
+            }
+        })?;
+    sync_filesystem_of(&temps)?;
+    for ((path, _, _), tmp) in files.iter().zip(&temps) {
+        fs::rename(tmp, path)?;
+    }
+    let dirs: std::collections::BTreeSet<&Path> =
+        files.iter().filter_map(|(p, _, _)| p.parent()).collect();
+    for d in dirs {
+        fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Flush `files` to stable storage: one `syncfs` of their filesystem, else fsync each.
+fn sync_filesystem_of(files: &[std::path::PathBuf]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let first = fs::File::open(&files[0])?;
+    let devices: std::collections::BTreeSet<u64> = files
+        .iter()
+        .filter_map(|f| fs::metadata(f).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
+        .collect();
+    // SAFETY: syncfs only reads the descriptor, which `first` keeps open for the call.
+    if devices.len() == 1 && unsafe { libc::syncfs(first.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    for f in files {
+        fs::File::open(f)?.sync_all()?;
+    }
+    Ok(())
+}
