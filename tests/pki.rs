@@ -686,4 +686,42 @@ fn certs_check_through_the_binary() {
     let text = String::from_utf8_lossy(&out.stdout);
     let row = text.lines().find(|l| l.starts_with("kube-proxy ")).unwrap();
     assert!(row.trim_end().ends_with("missing"), "{row}");
+
+    // A key that is not the certificate's, and a certificate the table does not know (a removed
+    // node's), are both shown.
+    let pki_dir = home.path().join("local-3/pki");
+    std::fs::copy(
+        pki_dir.join("admin.key"),
+        pki_dir.join("kube-scheduler.key"),
+    )
+    .unwrap();
+    std::fs::copy(
+        pki_dir.join("kubelet-worker-1.crt"),
+        pki_dir.join("kubelet-gone.crt"),
+    )
+    .unwrap();
+    let out = k8sforge(
+        home.path(),
+        &["certs", "check", "--profile", "local-3", "--output", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |n: &str| {
+        v["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("{n} not listed"))
+            .clone()
+    };
+    assert_eq!(
+        find("kube-scheduler")["problem"],
+        "key does not match the certificate"
+    );
+    let gone = find("kubelet-gone");
+    assert_eq!(gone["status"], "ok");
+    assert_eq!(
+        gone["problem"],
+        "not in the certificate table of this profile"
+    );
 }

@@ -92,7 +92,7 @@ pub fn inspect(
         issue::pem_to_der(&pem).ok()
     };
     let cas: Vec<(CaId, Option<Vec<u8>>)> = CaId::ALL.iter().map(|id| (*id, ca_der(*id))).collect();
-    let statuses: Vec<CertStatus> = certs
+    let mut statuses: Vec<CertStatus> = certs
         .iter()
         .map(|c| {
             let ca =
@@ -101,6 +101,18 @@ pub fn inspect(
             one(c, &pki, ca, profile, warn_days, now)
         })
         .collect();
+    // Certificates on disk that the table no longer has (e.g. of a removed node): shown with
+    // their expiry, so nothing under pki/ goes unchecked.
+    let known: std::collections::BTreeSet<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+    for name in cert_files(&pki) {
+        if !known.contains(name.as_str()) {
+            let mut st = read_cert(&name, &pki, warn_days, now);
+            if st.status != Status::Invalid {
+                st.problem = Some("not in the certificate table of this profile".into());
+            }
+            statuses.push(st);
+        }
+    }
     let ok = statuses.iter().all(|s| s.status == Status::Ok);
     Ok(CheckReport {
         cluster: profile.name.clone(),
@@ -110,16 +122,33 @@ pub fn inspect(
     })
 }
 
-fn one(
-    c: &Cert,
-    pki: &Path,
-    ca_der: Option<&[u8]>,
-    profile: &Profile,
-    warn_days: u32,
-    now: OffsetDateTime,
-) -> CertStatus {
+/// Table names (`etcd/ca`, `kubelet-x`) of every `.crt` under `pki`, sorted.
+fn cert_files(pki: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![pki.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.filter_map(Result::ok) {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|x| x == "crt") {
+                if let Ok(rel) = path.with_extension("").strip_prefix(pki) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Subject, SANs, issuer and expiry of `<pki>/<name>.crt`.
+fn read_cert(name: &str, pki: &Path, warn_days: u32, now: OffsetDateTime) -> CertStatus {
     let mut st = CertStatus {
-        name: c.name.clone(),
+        name: name.to_string(),
         subject: String::new(),
         sans: Vec::new(),
         issuer: String::new(),
@@ -128,7 +157,7 @@ fn one(
         status: Status::Missing,
         problem: None,
     };
-    let Ok(pem) = std::fs::read(layout::cert_path(pki, &c.name)) else {
+    let Ok(pem) = std::fs::read(layout::cert_path(pki, name)) else {
         return st;
     };
     let parsed = issue::pem_to_der(&pem).and_then(|der| {
@@ -152,8 +181,26 @@ fn one(
     if let Err(e) = parsed {
         st.status = Status::Invalid;
         st.problem = Some(e.to_string());
+    }
+    st
+}
+
+/// A table certificate: what `read_cert` shows, plus how it differs from its row.
+fn one(
+    c: &Cert,
+    pki: &Path,
+    ca_der: Option<&[u8]>,
+    profile: &Profile,
+    warn_days: u32,
+    now: OffsetDateTime,
+) -> CertStatus {
+    let mut st = read_cert(&c.name, pki, warn_days, now);
+    if matches!(st.status, Status::Missing | Status::Invalid) {
         return st;
     }
+    let Ok(pem) = std::fs::read(layout::cert_path(pki, &c.name)) else {
+        return st;
+    };
     // Compare with the table row like `ensure` does; expiry is already the status.
     let key = std::fs::read(layout::key_path(pki, &c.name))
         .map_err(|e| Stale::Unparsable(format!("private key: {e}")))
