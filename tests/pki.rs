@@ -361,6 +361,9 @@ fn full_check(name: &str, sets: &[&str]) {
     assert_eq!(report.reused, 0);
     spot_checks(&p, &inv, &certs);
     verify_kubeconfigs(&p, &inv, &dir, &certs);
+    let again = pki::ensure(&p, &inv, &dir).unwrap();
+    assert!(again.issued.is_empty(), "re-issued {:?}", again.issued);
+    assert_eq!(again.reused, certs.len() + 1);
 }
 
 #[test]

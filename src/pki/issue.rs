@@ -422,3 +422,89 @@ pub fn read_sans(x: &X509Certificate<'_>) -> Vec<San> {
     out.sort();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::planned;
+
+    fn fixture() -> (crate::profile::Profile, Vec<Cert>) {
+        let p = crate::profile::load("local-3", &[]).unwrap().profile;
+        let inv = planned(&p, &Default::default()).unwrap();
+        let certs = super::super::table::expand(&p, &inv);
+        (p, certs)
+    }
+
+    fn new_ca(c: &Cert, spec: &PkiSpec, now: OffsetDateTime) -> Ca {
+        let key = generate_key(spec.key_algorithm).unwrap();
+        let pem = issue(c, &key, None, spec, now).unwrap();
+        Ca::new(c.is_ca.unwrap(), pem, key).unwrap()
+    }
+
+    #[test]
+    fn renewal_window_and_ca_change_are_detected() {
+        let (p, certs) = fixture();
+        let now = OffsetDateTime::now_utc();
+        let ca = new_ca(&certs[0], &p.pki, now);
+        let leaf = certs.iter().find(|c| c.name == "apiserver").unwrap();
+        let key = generate_key(p.pki.key_algorithm).unwrap();
+        let pem = issue(leaf, &key, Some(&ca), &p.pki, now).unwrap();
+        let alg = p.pki.key_algorithm;
+        let check = |at: OffsetDateTime, ca: &Ca| {
+            check_existing(leaf, pem.as_bytes(), &key, Some(&ca.der), alg, at)
+        };
+        assert_eq!(check(now, &ca), Ok(()));
+        // 365-day certificate, renewed inside the last 30 days.
+        assert_eq!(check(now + Duration::days(330), &ca), Ok(()));
+        assert!(matches!(
+            check(now + Duration::days(340), &ca),
+            Err(Stale::Expiring { days_left: 24 })
+        ));
+        assert!(matches!(
+            check(now + Duration::days(400), &ca),
+            Err(Stale::Expiring { .. })
+        ));
+        assert_eq!(
+            check(now - Duration::hours(1), &ca),
+            Err(Stale::NotYetValid)
+        );
+        // Same subject, other key: not the current CA.
+        let other = new_ca(&certs[0], &p.pki, now);
+        assert_eq!(check(now, &other), Err(Stale::NotSignedByCa));
+        // A leaf never outlives its CA.
+        let short = PkiSpec {
+            ca_validity_days: 10,
+            ..p.pki.clone()
+        };
+        let short_ca = new_ca(&certs[0], &short, now);
+        let pem = issue(leaf, &key, Some(&short_ca), &p.pki, now).unwrap();
+        let der = pem_to_der(pem.as_bytes()).unwrap();
+        let (_, x) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(x.validity().not_after.to_datetime(), short_ca.not_after);
+    }
+
+    #[test]
+    fn short_lifetimes_are_not_renewed_on_every_run() {
+        let (mut p, certs) = fixture();
+        p.pki.cert_validity_days = 1;
+        let now = OffsetDateTime::now_utc();
+        let ca = new_ca(&certs[0], &p.pki, now);
+        let leaf = certs.iter().find(|c| c.name == "admin").unwrap();
+        let key = generate_key(p.pki.key_algorithm).unwrap();
+        let pem = issue(leaf, &key, Some(&ca), &p.pki, now).unwrap();
+        let alg = p.pki.key_algorithm;
+        assert_eq!(
+            check_existing(leaf, pem.as_bytes(), &key, Some(&ca.der), alg, now),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn serials_are_positive_and_distinct() {
+        let a = random_serial().to_bytes();
+        let b = random_serial().to_bytes();
+        assert_eq!(a.len(), 16);
+        assert!(a[0] & 0x80 == 0 && a[0] != 0);
+        assert_ne!(a, b);
+    }
+}
