@@ -455,3 +455,50 @@ fn sans(rule: SanRule, node: Option<&Node>, profile: &Profile, inventory: &Inven
 pub fn kubeconfig_identities(certs: &[Cert]) -> impl Iterator<Item = &Cert> {
     certs.iter().filter(|c| c.kubeconfig.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_1000_expands_to_one_row_per_certificate() {
+        let p = crate::profile::load("gpu-1000", &[]).unwrap().profile;
+        let inv = crate::inventory::planned(&p, &Default::default()).unwrap();
+        let certs = expand(&p, &inv);
+        // 3 CAs, 1003 kubelets, 3 etcd members x (server + peer), 9 cluster-wide leaves.
+        assert_eq!(inv.nodes.len(), 1003);
+        assert_eq!(certs.len(), 3 + 1003 + 6 + 9);
+        let names: BTreeSet<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names.len(), certs.len(), "names are unique");
+        assert!(certs[..3].iter().all(|c| c.is_ca.is_some()));
+        assert!(certs[3..]
+            .iter()
+            .all(|c| c.is_ca.is_none() && c.ca.is_some()));
+        assert_eq!(kubeconfig_identities(&certs).count(), 4 + 1003);
+        let etcd = certs.iter().filter(|c| c.ca == Some(CaId::Etcd)).count();
+        assert_eq!(etcd, 6 + 2);
+    }
+
+    #[test]
+    fn extra_sans_and_endpoint_reach_the_apiserver_certificate_once() {
+        let mut p = crate::profile::load("local-ha", &[]).unwrap().profile;
+        p.api_server.endpoint = Some("api.example.test".into());
+        p.api_server.extra_sans = vec!["192.0.2.9".into(), "api.example.test".into()];
+        let inv = crate::inventory::planned(&p, &Default::default()).unwrap();
+        let certs = expand(&p, &inv);
+        let api = certs.iter().find(|c| c.name == "apiserver").unwrap();
+        let count = |s: &San| api.sans.iter().filter(|x| *x == s).count();
+        assert_eq!(count(&San::Dns("api.example.test".into())), 1);
+        assert_eq!(count(&San::Ip("192.0.2.9".parse().unwrap())), 1);
+        assert_eq!(count(&San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST))), 1);
+        assert_eq!(api.ekus, [Eku::ServerAuth]);
+        assert_eq!(
+            api.key_usages(KeyAlgorithm::EcdsaP256),
+            [KeyUsage::DigitalSignature]
+        );
+        assert_eq!(
+            api.key_usages(KeyAlgorithm::Rsa2048),
+            [KeyUsage::DigitalSignature, KeyUsage::KeyEncipherment]
+        );
+    }
+}
