@@ -112,15 +112,16 @@ fn temp_path(path: &Path) -> std::path::PathBuf {
     dir.join(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Flush `files` to stable storage: one `syncfs` of their filesystem, else fsync each.
+/// Flush `files` to stable storage: one `syncfs` when they share a filesystem, else fsync each.
 fn sync_filesystem_of(files: &[std::path::PathBuf]) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let first = fs::File::open(&files[0])?;
-    let devices: std::collections::BTreeSet<u64> = files
+    use std::os::unix::fs::MetadataExt;
+    let dirs: std::collections::BTreeSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    let devices: std::collections::BTreeSet<u64> = dirs
         .iter()
-        .filter_map(|f| fs::metadata(f).ok())
-        .map(|m| std::os::unix::fs::MetadataExt::dev(&m))
-        .collect();
+        .map(|d| fs::metadata(d).map(|m| m.dev()))
+        .collect::<io::Result<_>>()?;
+    let first = fs::File::open(&files[0])?;
     // SAFETY: syncfs only reads the descriptor, which `first` keeps open for the call.
     if devices.len() == 1 && unsafe { libc::syncfs(first.as_raw_fd()) } == 0 {
         return Ok(());

@@ -98,6 +98,7 @@ pub fn ensure(
 
     // CAs first: a re-issued CA makes every child fail its signature check below.
     let ca_certs: Vec<&Cert> = certs.iter().filter(|c| c.is_ca.is_some()).collect();
+    let started = std::time::Instant::now();
     let ca_material: Vec<Material> = ca_certs
         .par_iter()
         .map(|c| load_or_issue(c, None, &pki, profile, now))
@@ -127,6 +128,7 @@ pub fn ensure(
         })
         .collect::<Result<_, _>>()?;
     progress.finish_and_clear();
+    tracing::debug!(certs = certs.len(), elapsed = ?started.elapsed(), "PKI certificates checked or issued");
     for (c, m) in leaves.iter().zip(&leaf_material) {
         record(c, m, &pki, &mut writes, &mut report);
     }
@@ -180,9 +182,13 @@ pub fn ensure(
         writes.push((path, bytes, fsutil::SECRET));
     }
 
+    let written_now: std::collections::BTreeSet<PathBuf> =
+        writes.iter().map(|(p, _, _)| p.clone()).collect();
+    let started = std::time::Instant::now();
     fsutil::write_batch_atomic(&writes).map_err(io_err(&pki))?;
+    tracing::debug!(files = writes.len(), elapsed = ?started.elapsed(), "PKI files written");
     // Modes of kept files are enforced too (a copied-in key may be world-readable).
-    fix_modes(&pki, &certs)?;
+    fix_modes(&pki, &certs, &written_now)?;
 
     let enc = layout::encryption_config_path(cluster_dir);
     if encryption::ensure(&enc)? {
@@ -314,8 +320,13 @@ fn service_account(pki: &Path, profile: &Profile) -> Result<Option<(String, Stri
     Ok(Some((key.serialize_pem(), key.public_key_pem())))
 }
 
-/// Private keys 0600, certificates 0644, for files kept from earlier runs.
-fn fix_modes(pki: &Path, certs: &[Cert]) -> Result<(), PkiError> {
+/// Private keys 0600, certificates 0644, for files kept from earlier runs (`fresh` were just
+/// written with the right mode).
+fn fix_modes(
+    pki: &Path,
+    certs: &[Cert],
+    fresh: &std::collections::BTreeSet<PathBuf>,
+) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
     let mut files: Vec<(PathBuf, u32)> = Vec::new();
     for c in certs {
@@ -327,7 +338,7 @@ fn fix_modes(pki: &Path, certs: &[Cert]) -> Result<(), PkiError> {
         fsutil::SECRET,
     ));
     files.push((layout::service_account_public(pki), fsutil::PUBLIC));
-    for (path, mode) in files {
+    for (path, mode) in files.into_iter().filter(|(p, _)| !fresh.contains(p)) {
         let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
         if meta.permissions().mode() & 0o7777 != mode {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
