@@ -228,7 +228,7 @@ fn record(
     match &m.issued {
         None => report.reused += 1,
         Some(reason) => {
-            tracing::debug!(cert = %c.name, %reason, "issued");
+            tracing::trace!(cert = %c.name, %reason, "issued");
             report.issued.push(c.name.clone());
             // Key before certificate: a crash in between leaves a mismatch that the next run fixes.
             writes.push((
