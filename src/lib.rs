@@ -15,3 +15,5 @@ pub mod provider;
 pub mod remote;
 pub mod render;
 pub mod state;
+#[doc(hidden)]
+pub mod testkit;
