@@ -429,3 +429,54 @@ fn fan_out_is_bounded_over_many_sessions() {
     assert_eq!(names[0], "n01");
     assert_eq!(names[19], "n20");
 }
+
+#[test]
+fn artifacts_travel_by_the_same_sync_and_run_on_the_node() {
+    use k8sforge::artifacts::{self, extract, source, ArtifactSource, Cache, Component, Mirror};
+    let m = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+        .unwrap_or_else(|e| panic!("test mirror: {e}"));
+    let fx = Fixture::new();
+    let server = fx.sshd();
+    let src = ArtifactSource {
+        mirror: Mirror::Dir(m.root.clone()),
+        trust_mirror_checksums: true,
+    };
+    let release = artifacts::release(artifacts::DEFAULT_KUBERNETES_VERSION).unwrap();
+    let cache = Cache::new(fx.dir.path());
+    let root = fx.dir.path().join("node-root");
+    let mut files = vec![];
+    for a in source::resolve(release, &src, &[Component::Etcd, Component::Runc]).unwrap() {
+        let fetched = cache.fetch(&a, &src.mirror).unwrap();
+        for f in extract(&cache, &a, &fetched.path).unwrap() {
+            let mut sf = f.sync_file(&[]);
+            sf.path = format!("{}{}", root.display(), f.path);
+            files.push(sf);
+        }
+    }
+    let plans = BTreeMap::from([(
+        "n1".to_string(),
+        NodePlan {
+            files,
+            ..NodePlan::default()
+        },
+    )]);
+    let inv = inventory(vec![node("n1", server.port)]);
+    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let rep = ex.apply_plans(&inv, &plans, "etcd");
+    assert!(rep.ok(), "{}", rep.summary_line());
+    assert_eq!(rep.files_changed, 3); // etcd, etcdctl, runc
+    let n = node("n1", server.port);
+    let out = ex.run_all(
+        &[&n],
+        &format!(
+            "{0}/usr/local/bin/etcd --version && {0}/usr/local/sbin/runc --version",
+            root.display()
+        ),
+        Duration::from_secs(20),
+    );
+    let stdout = &out[0].result.as_ref().unwrap().stdout;
+    assert!(stdout.contains("etcd Version: 3.4.23"), "{stdout}");
+    assert!(stdout.contains("runc version 1.1.5"), "{stdout}");
+    let rep = ex.apply_plans(&inv, &plans, "etcd");
+    assert_eq!((rep.files_changed, rep.nodes[0].bytes_uploaded), (0, 0));
+}

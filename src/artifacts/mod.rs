@@ -8,6 +8,7 @@
 //! so nodes need no internet).
 
 use std::fmt;
+use std::path::Path;
 
 pub mod extract;
 pub mod pins;
@@ -62,6 +63,24 @@ pub fn minor_version(kubernetes: &str) -> Option<(u32, u32)> {
     let major = it.next()?.parse().ok()?;
     let minor = it.next()?.parse().ok()?;
     Some((major, minor))
+}
+
+/// Resolve `components` of `release` against `source`, fetch each into the cache under `home`
+/// (verified; a cache hit reads nothing) and extract its install files.
+pub fn prepare(
+    home: &Path,
+    release: &Release,
+    source: &ArtifactSource,
+    components: &[Component],
+) -> Result<Vec<(ResolvedArtifact, Vec<InstalledFile>)>, ArtifactError> {
+    let cache = Cache::new(home);
+    let mut out = Vec::new();
+    for art in source::resolve(release, source, components)? {
+        let fetched = cache.fetch(&art, &source.mirror)?;
+        let files = extract(&cache, &art, &fetched.path)?;
+        out.push((art, files));
+    }
+    Ok(out)
 }
 
 /// One downloadable thing. Versions are written as upstream tags them (`v3.6.5`, `2.1.5`).
