@@ -18,10 +18,12 @@ use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
 pub mod fanout;
+pub mod keys;
 pub mod known_hosts;
 pub mod session;
 pub mod sync;
 
+pub use keys::{ensure_cluster_key, ClusterKey};
 pub use known_hosts::KnownHosts;
 pub use session::{Conn, ExecOutput, Target};
 pub use sync::{FileSource, NodePlan, SyncFile};

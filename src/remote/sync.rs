@@ -166,8 +166,12 @@ fn parents(paths: &[&str]) -> Vec<String> {
     set.into_iter().map(str::to_string).collect()
 }
 
+/// Prefix of the state lines, so noise a login shell prints (profile scripts) is ignored.
+const STATE_TAG: &str = "k8sforge-state";
+
 /// One remote call: create missing parent directories, then print one line per target:
-/// `F <sha256> <octal mode> <user:group> <uid:gid> <path>` or `M <path>` when absent.
+/// `k8sforge-state F <sha256> <octal mode> <user:group> <uid:gid> <path>`, or
+/// `k8sforge-state M <path>` when absent.
 pub fn state_script(paths: &[&str]) -> String {
     let mut s = String::from("set -u\n");
     let dirs = parents(paths);
@@ -185,7 +189,7 @@ pub fn state_script(paths: &[&str]) -> String {
         s.push_str(&shell_quote(p));
     }
     s.push_str(
-        "; do\n  if [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n    h=$(sha256sum < \"$p\") || exit 1\n    m=$(stat -c '%a %U:%G %u:%g' -- \"$p\") || exit 1\n    printf 'F %s %s %s\\n' \"${h%% *}\" \"$m\" \"$p\"\n  else\n    printf 'M %s\\n' \"$p\"\n  fi\ndone\n",
+        "; do\n  if [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n    h=$(sha256sum < \"$p\") || exit 1\n    m=$(stat -c '%a %U:%G %u:%g' -- \"$p\") || exit 1\n    printf 'k8sforge-state F %s %s %s\\n' \"${h%% *}\" \"$m\" \"$p\"\n  else\n    printf 'k8sforge-state M %s\\n' \"$p\"\n  fi\ndone\n",
     );
     s
 }
@@ -193,7 +197,13 @@ pub fn state_script(paths: &[&str]) -> String {
 /// Parse `state_script` output.
 pub fn parse_state(out: &str) -> Result<BTreeMap<String, RemoteFile>, String> {
     let mut map = BTreeMap::new();
-    for line in out.lines().filter(|l| !l.is_empty()) {
+    for line in out.lines() {
+        let Some(line) = line
+            .strip_prefix(STATE_TAG)
+            .and_then(|l| l.strip_prefix(' '))
+        else {
+            continue;
+        };
         let parts: Vec<&str> = line.splitn(6, ' ').collect();
         match parts.as_slice() {
             ["M", _path] => {}
@@ -470,11 +480,14 @@ mod tests {
     #[test]
     fn state_lines_parse() {
         let sha = "a".repeat(64);
-        let out = format!("F {sha} 600 root:root 0:0 /etc/k\nM /etc/missing\n");
+        let out = format!(
+            "motd noise\nk8sforge-state F {sha} 600 root:root 0:0 /etc/k\nk8sforge-state M /etc/missing\n"
+        );
         let m = parse_state(&out).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m["/etc/k"].mode, 0o600);
-        assert!(parse_state("X y").is_err());
+        assert!(parse_state("k8sforge-state X y").is_err());
+        assert!(state_script(&["/etc/k"]).contains("printf 'k8sforge-state F %s %s %s\\n'"));
     }
 
     #[test]

@@ -168,9 +168,10 @@ impl Fixture {
         require_root_and_sshd();
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster_dir = dir.path().join("cluster");
-        std::fs::create_dir_all(cluster_dir.join("ssh")).unwrap();
-        let client_key = cluster_dir.join("ssh/id_ed25519");
-        keygen(&client_key);
+        // The cluster key as k8sforge generates it; its .pub is the server's authorized_keys.
+        let client_key = k8sforge::remote::ensure_cluster_key(&cluster_dir, "k8sforge-test")
+            .expect("cluster key")
+            .private;
         let host_key = dir.path().join("host_a");
         keygen(&host_key);
         Fixture {
