@@ -93,13 +93,19 @@ fn deb(debs: &Path, pkg: &str) -> Result<PathBuf, String> {
     if let Some(p) = find() {
         return Ok(p);
     }
-    run(Command::new("apt-get")
-        .arg("download")
-        .arg(pkg)
-        .current_dir(debs))
-    .map_err(|e| {
-        format!("{e}\n(the test mirror needs Debian's {pkg}: run `apt-get update` first)")
-    })?;
+    let download = || {
+        run(Command::new("apt-get")
+            .arg("download")
+            .arg(pkg)
+            .current_dir(debs))
+    };
+    if download().is_err() {
+        // A fresh machine may have no package lists yet.
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        download().map_err(|e| {
+            format!("{e}\n(the test mirror needs Debian bookworm's {pkg} from apt)")
+        })?;
+    }
     find().ok_or_else(|| format!("apt-get download {pkg} left no .deb in {}", debs.display()))
 }
 
