@@ -90,62 +90,77 @@ pub fn blob_key_type(blob: &[u8]) -> Option<String> {
     std::str::from_utf8(name).ok().map(str::to_string)
 }
 
+fn read_entries(path: &Path) -> Result<Vec<Entry>, KnownHostsError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => {
+            return Err(KnownHostsError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut entries = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parse = |reason: &str| KnownHostsError::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            reason: reason.to_string(),
+        };
+        if line.starts_with('@') {
+            return Err(parse(
+                "markers (@cert-authority, @revoked) are not supported in a cluster's pinned keys",
+            ));
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(key_type), Some(key_b64)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(parse("expected `hosts keytype base64-key`"));
+        };
+        if hosts.starts_with('|') {
+            return Err(parse(
+                "hashed host names are not supported in a cluster's pinned keys",
+            ));
+        }
+        if base64::engine::general_purpose::STANDARD
+            .decode(key_b64)
+            .is_err()
+        {
+            return Err(parse("key is not valid base64"));
+        }
+        entries.push(Entry {
+            hosts: hosts.split(',').map(str::to_string).collect(),
+            key_type: key_type.to_string(),
+            key_b64: key_b64.to_string(),
+        });
+    }
+    Ok(entries)
+}
+
 impl KnownHosts {
     /// Load `path`; a missing file is an empty pin set.
     pub fn load(path: &Path) -> Result<KnownHosts, KnownHostsError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(source) => {
-                return Err(KnownHostsError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let mut entries = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let parse = |reason: &str| KnownHostsError::Parse {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: reason.to_string(),
-            };
-            if line.starts_with('@') {
-                return Err(parse(
-                    "markers (@cert-authority, @revoked) are not supported in a cluster's pinned keys",
-                ));
-            }
-            let mut parts = line.split_whitespace();
-            let (Some(hosts), Some(key_type), Some(key_b64)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(parse("expected `hosts keytype base64-key`"));
-            };
-            if hosts.starts_with('|') {
-                return Err(parse(
-                    "hashed host names are not supported in a cluster's pinned keys",
-                ));
-            }
-            if base64::engine::general_purpose::STANDARD
-                .decode(key_b64)
-                .is_err()
-            {
-                return Err(parse("key is not valid base64"));
-            }
-            entries.push(Entry {
-                hosts: hosts.split(',').map(str::to_string).collect(),
-                key_type: key_type.to_string(),
-                key_b64: key_b64.to_string(),
-            });
-        }
         Ok(KnownHosts {
             path: path.to_path_buf(),
-            entries: Mutex::new(entries),
+            entries: Mutex::new(read_entries(path)?),
         })
+    }
+
+    /// Take in pins another writer (a provider's own `KnownHosts`) added to the file since we
+    /// loaded it, so that neither our checks nor our writes ignore them.
+    fn refresh(&self, entries: &mut Vec<Entry>) -> Result<(), KnownHostsError> {
+        for e in read_entries(&self.path)? {
+            if !entries.contains(&e) {
+                entries.push(e);
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -172,7 +187,12 @@ impl KnownHosts {
     /// Compare the key blob a server presented with the pins for `pattern`.
     pub fn check(&self, pattern: &str, blob: &[u8]) -> HostKeyCheck {
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(blob);
-        let entries = self.lock();
+        let mut entries = self.lock();
+        if !entries.iter().any(|e| e.hosts.iter().any(|h| h == pattern)) {
+            // Unknown here; a provider may have pinned it since we loaded. An unreadable file
+            // keeps what we have (the write in `pin` reports it).
+            let _ = self.refresh(&mut entries);
+        }
         let pinned: Vec<&Entry> = entries
             .iter()
             .filter(|e| e.hosts.iter().any(|h| h == pattern))
@@ -201,6 +221,7 @@ impl KnownHosts {
         })?;
         let key_b64 = base64::engine::general_purpose::STANDARD.encode(blob);
         let mut entries = self.lock();
+        self.refresh(&mut entries)?;
         if entries
             .iter()
             .any(|e| e.key_b64 == key_b64 && e.hosts.iter().any(|h| h == pattern))
@@ -302,6 +323,29 @@ mod tests {
             "{text}"
         );
         assert_eq!(kh.pinned_types(&pat), vec!["ssh-ed25519".to_string()]);
+    }
+
+    #[test]
+    fn pins_written_by_another_instance_are_kept_and_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let executor_view = KnownHosts::load(&path).unwrap();
+        let provider_view = KnownHosts::load(&path).unwrap();
+        let a = blob("ssh-ed25519", b"key-a");
+        let b = blob("ssh-ed25519", b"key-b");
+        provider_view.pin("node1", "10.0.0.1", &a).unwrap();
+        // Loaded before the provider pinned: still refuses a different key for node1.
+        assert!(matches!(
+            executor_view.check("10.0.0.1", &b),
+            HostKeyCheck::Changed { .. }
+        ));
+        // Its own pin of another node keeps the provider's line.
+        executor_view.pin("node2", "10.0.0.2", &b).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("10.0.0.1,node1") && text.contains("10.0.0.2,node2"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -177,6 +177,14 @@ impl PhaseReport {
         self.failed.is_empty()
     }
 
+    /// `(node, error)` for every failed node, the shape of `phases::PhaseSummary::failed_nodes`.
+    pub fn failed_pairs(&self) -> Vec<(String, String)> {
+        self.failed
+            .iter()
+            .map(|f| (f.node.clone(), f.error.clone()))
+            .collect()
+    }
+
     /// The one-line summary printed at the end of a phase.
     pub fn summary_line(&self) -> String {
         let mut s = format!(

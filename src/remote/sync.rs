@@ -238,7 +238,7 @@ pub fn temp_path(path: &str) -> String {
 }
 
 /// After uploads: verify each temp file's sha256, set owner and mode, rename over the target
-/// (atomic); for metadata-only changes, set owner and mode in place.
+/// (atomic), fsync the directories; for metadata-only changes, set owner and mode in place.
 pub fn finalize_script(uploads: &[&SyncFile], fix_meta: &[&SyncFile]) -> String {
     let mut s = String::from("set -eu\n");
     if !uploads.is_empty() {
@@ -256,6 +256,16 @@ pub fn finalize_script(uploads: &[&SyncFile], fix_meta: &[&SyncFile]) -> String 
             f.mode,
             shell_quote(&f.path)
         ));
+    }
+    if !uploads.is_empty() {
+        // Make the renames durable: fsync the directories that changed.
+        let paths: Vec<&str> = uploads.iter().map(|f| f.path.as_str()).collect();
+        s.push_str("sync --");
+        for d in parents(&paths) {
+            s.push(' ');
+            s.push_str(&shell_quote(&d));
+        }
+        s.push('\n');
     }
     for f in fix_meta {
         let p = shell_quote(&f.path);
