@@ -481,3 +481,68 @@ fn artifacts_travel_by_the_same_sync_and_run_on_the_node() {
     let rep = ex.apply_plans(&inv, &plans, "etcd");
     assert_eq!((rep.files_changed, rep.nodes[0].bytes_uploaded), (0, 0));
 }
+
+#[test]
+fn connect_and_auth_failures_are_retried_with_backoff() {
+    let fx = Fixture::new();
+    let port = sshd::free_port();
+    let n = node("late", port);
+    let retrying = ExecutorOptions {
+        retries: 8,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        ..opts()
+    };
+    // 1. Nothing listens yet: the executor keeps trying until sshd comes up.
+    let ex = Executor::new(&fx.cluster_dir, retrying.clone()).unwrap();
+    let started = Instant::now();
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| ex.run_all(&[&n], "echo up", Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(700));
+        let server = Sshd::start(fx.dir.path(), port, &fx.host_key, &fx.client_pub());
+        let out = job.join().unwrap();
+        drop(server);
+        out
+    });
+    let r = out[0].result.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.stdout.trim(), "up");
+    assert!(started.elapsed() >= Duration::from_millis(700));
+
+    // 2. The key is not authorized yet (as before cloud-init runs): retried until it is.
+    let authorized = fx.dir.path().join("authorized_late");
+    std::fs::write(&authorized, "").unwrap();
+    let port = sshd::free_port();
+    let _server = Sshd::start(fx.dir.path(), port, &fx.host_key, &authorized);
+    let n = node("late", port);
+    let ex = Executor::new(&fx.cluster_dir, retrying).unwrap();
+    let out = std::thread::scope(|s| {
+        let job = s.spawn(|| ex.run_all(&[&n], "echo in", Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(500));
+        std::fs::copy(fx.client_pub(), &authorized).unwrap();
+        job.join().unwrap()
+    });
+    let r = out[0].result.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.stdout.trim(), "in");
+
+    // 3. Never authorized: an authentication error naming node, user and key, after the retries.
+    let never = fx.dir.path().join("authorized_never");
+    std::fs::write(&never, "").unwrap();
+    let port = sshd::free_port();
+    let _server = Sshd::start(fx.dir.path(), port, &fx.host_key, &never);
+    let n = node("locked", port);
+    let ex = Executor::new(
+        &fx.cluster_dir,
+        ExecutorOptions {
+            retries: 1,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let err = ex.connect(&n).unwrap_err();
+    assert!(matches!(err, RemoteError::Auth { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("node locked") && msg.contains("as root") && msg.contains("id_ed25519"),
+        "{msg}"
+    );
+}
