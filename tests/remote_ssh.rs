@@ -338,6 +338,21 @@ fn exec_timeout_fires_and_kills_the_command() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(!marker.exists(), "the timed-out command kept running");
 
+    // Lots of output on both streams at once (more than a channel window) is drained, not stuck.
+    let out = ex.run_all(
+        &[&n],
+        "head -c 6000000 /dev/zero | tr '\\0' e >&2; head -c 5000000 /dev/zero | tr '\\0' o",
+        Duration::from_secs(60),
+    );
+    let r = out[0].result.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.stdout.len(), 5_000_000);
+    assert!(r.stdout.bytes().all(|b| b == b'o'));
+    assert!(
+        r.stderr.matches('e').count() >= 6_000_000,
+        "{}",
+        r.stderr.len()
+    );
+
     // A failing command reports its exit status and stderr.
     let out = ex.run_all(&[&n], "echo boom >&2; exit 3", Duration::from_secs(10));
     match &out[0].result {

@@ -53,6 +53,8 @@ pub struct Conn {
     sess: Session,
     node: String,
     sftp: Option<ssh2::Sftp>,
+    /// The session's socket, to wait on while non-blocking.
+    fd: std::os::unix::io::RawFd,
 }
 
 impl std::fmt::Debug for Conn {
@@ -146,6 +148,7 @@ fn connect_once(
     let tcp = TcpStream::connect_timeout(&addr, opts.connect_timeout)
         .map_err(|e| connect_err(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
     let mut sess = Session::new().map_err(|e| connect_err(e.to_string()))?;
     // The handshake and auth are bounded by the connect timeout too.
     sess.set_timeout(millis(opts.connect_timeout));
@@ -209,6 +212,7 @@ fn connect_once(
         sess,
         node,
         sftp: None,
+        fd,
     })
 }
 
@@ -269,18 +273,19 @@ impl Conn {
         };
         let mut ch = self.sess.channel_session().map_err(map)?;
         ch.exec(&wrapped).map_err(map)?;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
-        let io_map = |e: std::io::Error| {
-            if e.kind() == std::io::ErrorKind::TimedOut {
-                self.timeout_err(&what, timeout)
-            } else {
-                self.ssh_err(&what, e)
+        let deadline = started + timeout + LOCAL_SLACK;
+        // Both streams are drained together (non-blocking, waiting on the socket in between), so
+        // a command that writes a lot to stderr can never stall on a full channel window.
+        self.sess.set_blocking(false);
+        let drained = self.drain(&mut ch, deadline);
+        self.sess.set_blocking(true);
+        let (stdout, stderr) = match drained {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(self.timeout_err(&what, timeout))
             }
+            Err(e) => return Err(self.ssh_err(&what, e)),
         };
-        // Remote output of our scripts is small; stdout is drained first, then stderr.
-        ch.read_to_end(&mut stdout).map_err(io_map)?;
-        ch.stderr().read_to_end(&mut stderr).map_err(io_map)?;
         ch.wait_close().map_err(map)?;
         let status = ch.exit_status().map_err(map)?;
         if status == REMOTE_TIMEOUT_STATUS
@@ -293,6 +298,82 @@ impl Conn {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
+    }
+
+    /// Read stdout and stderr until the remote side closes them, or fail at `deadline`.
+    fn drain(
+        &self,
+        ch: &mut ssh2::Channel,
+        deadline: Instant,
+    ) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let mut progressed = false;
+            for stream in [0, 1] {
+                let r = if stream == 0 {
+                    ch.read(&mut buf)
+                } else {
+                    ch.stderr().read(&mut buf)
+                };
+                match r {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        progressed = true;
+                        if stream == 0 {
+                            stdout.extend_from_slice(&buf[..n]);
+                        } else {
+                            stderr.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // eof() is only true once no data of either stream is left unread.
+            if !progressed && ch.eof() {
+                return Ok((stdout, stderr));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+            }
+            if !progressed {
+                self.wait_socket((deadline - now).min(Duration::from_millis(200)));
+            }
+        }
+    }
+
+    /// Sleep until the session's socket is ready in the direction libssh2 is blocked on.
+    fn wait_socket(&self, max: Duration) {
+        let dirs = self.sess.block_directions();
+        let mut events = 0;
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both
+        ) {
+            events |= libc::POLLIN;
+        }
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+        ) {
+            events |= libc::POLLOUT;
+        }
+        if events == 0 {
+            events = libc::POLLIN;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events,
+            revents: 0,
+        };
+        let ms = i32::try_from(max.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd for the socket this session owns; poll only reads/writes it.
+        unsafe {
+            libc::poll(&mut pfd, 1, ms);
+        }
     }
 
     /// Stream `source` into `remote_path` (created 0600, fsynced). The caller renames it into
