@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -60,6 +61,11 @@ fn opts() -> ExecutorOptions {
         connect_timeout: Duration::from_secs(5),
         command_timeout: Duration::from_secs(30),
         progress: false,
+        // Not the host's /var/lib: the "node" of these tests is this machine.
+        digest_cache_dir: std::env::temp_dir()
+            .join("k8sforge-test-digests")
+            .display()
+            .to_string(),
         ..ExecutorOptions::default()
     }
 }
@@ -155,7 +161,15 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
         commands: vec![],
     };
     let inv = inventory(vec![node("n1", server.port)]);
-    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let digests = fx.dir.path().join("digests");
+    let ex = Executor::new(
+        &fx.cluster_dir,
+        ExecutorOptions {
+            digest_cache_dir: digests.display().to_string(),
+            ..opts()
+        },
+    )
+    .unwrap();
     let apply = |plan: &NodePlan| {
         let plans = BTreeMap::from([("n1".to_string(), plan.clone())]);
         let rep = ex.apply_plans(&inv, &plans, "demo");
@@ -229,6 +243,38 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
     let key = std::fs::metadata(r("/etc/demo/pki/key.pem")).unwrap();
     assert_eq!(key.permissions().mode() & 0o7777, 0o600);
     assert!(leftovers(&root).is_empty());
+
+    // The node's digest cache: files settled for 2 s are recorded and not re-read next time...
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(apply(&plan).files_changed, 0);
+    let cache = std::fs::read_to_string(digests.join("n1")).unwrap();
+    for f in &plan.files {
+        assert!(
+            cache.contains(&format!("{} {}", f.sha256, f.path)),
+            "{} not cached: {cache}",
+            f.path
+        );
+    }
+    assert_eq!(apply(&plan).files_changed, 0);
+    // ...but a same-size in-place edit with its mtime put back is still seen (ctime moved).
+    let conf = r("/etc/demo/demo.conf");
+    let mtime = std::fs::metadata(&conf).unwrap().modified().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&conf)
+        .unwrap()
+        .write_all(b"a = 2\n")
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&conf)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&conf).unwrap().modified().unwrap(), mtime);
+    let rep = apply(&plan);
+    assert_eq!(rep.nodes[0].changed_paths, vec![conf.clone()]);
+    assert_eq!(std::fs::read(&conf).unwrap(), b"a = 1\n");
 }
 
 #[test]

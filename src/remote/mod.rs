@@ -124,6 +124,9 @@ pub struct ExecutorOptions {
     pub unit_timeout: Duration,
     /// Draw indicatif bars on stderr.
     pub progress: bool,
+    /// Directory on the nodes for the sync's digest cache (see `sync::state_script`); one file
+    /// per node name, so logical nodes sharing a host do not collide.
+    pub digest_cache_dir: String,
 }
 
 impl Default for ExecutorOptions {
@@ -138,6 +141,7 @@ impl Default for ExecutorOptions {
             transfer_timeout: Duration::from_secs(60),
             unit_timeout: Duration::from_secs(180),
             progress: true,
+            digest_cache_dir: "/var/lib/k8sforge/digests".into(),
         }
     }
 }
@@ -338,7 +342,11 @@ impl Executor {
         let mut uploads = Vec::new();
         let mut fix_meta = Vec::new();
         if !paths.is_empty() {
-            let out = conn.exec(&sync::state_script(&paths), self.opts.command_timeout)?;
+            let cache = format!("{}/{}", self.opts.digest_cache_dir, node.name);
+            let out = conn.exec(
+                &sync::state_script(&paths, &cache),
+                self.opts.command_timeout,
+            )?;
             let state = sync::parse_state(&out.stdout).map_err(|reason| RemoteError::Ssh {
                 node: node.name.clone(),
                 what: "reading current files".into(),

@@ -172,7 +172,17 @@ const STATE_TAG: &str = "k8sforge-state";
 /// One remote call: create missing parent directories, then print one line per target:
 /// `k8sforge-state F <sha256> <octal mode> <user:group> <uid:gid> <path>`, or
 /// `k8sforge-state M <path>` when absent.
-pub fn state_script(paths: &[&str]) -> String {
+///
+/// Hashing every target on every run costs a full read of each binary (hundreds of MiB on a
+/// worker). So the node keeps a digest cache, `digest_cache`, of lines
+/// `<inode> <size> <mtime ns> <ctime ns> <sha256> <path>`: a file whose inode, size, mtime and
+/// ctime all match its line is not read again (git's index does the same). Any write, rename,
+/// chmod or chown changes ctime, which cannot be set back by userspace, so a changed file is
+/// always hashed. A file changed less than 2 s before it was recorded is not cached (a write in
+/// the same timestamp tick could go unseen), so a fresh upload is hashed once more on the next
+/// run and cached from then on. The cache is only an accelerator: unreadable or unwritable, it is
+/// ignored.
+pub fn state_script(paths: &[&str], digest_cache: &str) -> String {
     let mut s = String::from("set -u\n");
     let dirs = parents(paths);
     if !dirs.is_empty() {
@@ -183,14 +193,33 @@ pub fn state_script(paths: &[&str]) -> String {
         }
         s.push_str(" || exit 1\n");
     }
+    let cache = shell_quote(digest_cache);
+    s.push_str(&format!(
+        "cache={cache}\nmkdir -p -- \"${{cache%/*}}\" 2>/dev/null\n\
+         new=$(mktemp \"$cache.XXXXXX\" 2>/dev/null) || new=/dev/null\n\
+         now=$(date +%s)\n"
+    ));
     s.push_str("for p in");
     for p in paths {
         s.push(' ');
         s.push_str(&shell_quote(p));
     }
-    s.push_str(
-        "; do\n  if [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n    h=$(sha256sum < \"$p\") || exit 1\n    m=$(stat -c '%a %U:%G %u:%g' -- \"$p\") || exit 1\n    printf 'k8sforge-state F %s %s %s\\n' \"${h%% *}\" \"$m\" \"$p\"\n  else\n    printf 'k8sforge-state M %s\\n' \"$p\"\n  fi\ndone\n",
-    );
+    s.push_str(concat!(
+        "; do\n",
+        "  if [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n",
+        "    st=$(stat -c '%i %s %.9Y %.9Z %a %U:%G %u:%g' -- \"$p\") || exit 1\n",
+        "    set -- $st\n",
+        "    key=\"$1 $2 $3 $4\"; meta=\"$5 $6 $7\"; ct=${4%%.*}\n",
+        "    h=$(awk -v k=\"$key\" -v p=\"$p\" '$1\" \"$2\" \"$3\" \"$4 == k && $6 == p { print $5; exit }' \"$cache\" 2>/dev/null)\n",
+        "    if [ -z \"$h\" ]; then h=$(sha256sum < \"$p\") || exit 1; h=${h%% *}; fi\n",
+        "    if [ $((now - ct)) -ge 2 ]; then printf '%s %s %s\\n' \"$key\" \"$h\" \"$p\" >> \"$new\"; fi\n",
+        "    printf 'k8sforge-state F %s %s %s\\n' \"$h\" \"$meta\" \"$p\"\n",
+        "  else\n",
+        "    printf 'k8sforge-state M %s\\n' \"$p\"\n",
+        "  fi\n",
+        "done\n",
+        "[ \"$new\" = /dev/null ] || mv -f -- \"$new\" \"$cache\" 2>/dev/null || rm -f -- \"$new\"\n",
+    ));
     s
 }
 
@@ -497,7 +526,15 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m["/etc/k"].mode, 0o600);
         assert!(parse_state("k8sforge-state X y").is_err());
-        assert!(state_script(&["/etc/k"]).contains("printf 'k8sforge-state F %s %s %s\\n'"));
+        let script = state_script(&["/etc/k"], "/var/lib/k8sforge/digests/n1");
+        assert!(
+            script.contains("printf 'k8sforge-state F %s %s %s\\n'"),
+            "{script}"
+        );
+        assert!(
+            script.contains("cache='/var/lib/k8sforge/digests/n1'"),
+            "{script}"
+        );
     }
 
     #[test]
