@@ -92,6 +92,9 @@ pub enum Command {
         /// Run phases even when their inputs are unchanged (re-converge every node)
         #[arg(long)]
         force: bool,
+        /// Verify artifacts against the mirror's own k8sforge-artifacts.json instead of the pinned sums
+        #[arg(long)]
+        trust_mirror_checksums: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },

@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             from,
             mirror,
             force,
+            trust_mirror_checksums: _,
             output,
         } => up(
             &home,

@@ -12,5 +12,8 @@ pub mod phases;
 pub mod pki;
 pub mod profile;
 pub mod provider;
+pub mod remote;
 pub mod render;
 pub mod state;
+#[doc(hidden)]
+pub mod testkit;

@@ -1,0 +1,112 @@
+//! Pinned digests of upstream release artifacts (linux/amd64), as published upstream.
+//!
+//! Sources, so each value can be re-checked:
+//! - SHA-256 of etcd, containerd, runc, CNI plugins, crictl, kubelet and kubectl: kubespray,
+//!   `roles/kubespray_defaults/vars/main/checksums.yml` (keys `etcd_binary_checksums`,
+//!   `containerd_archive_checksums`, `runc_checksums`, `cni_binary_checksums`,
+//!   `crictl_checksums`, `kubelet_checksums`, `kubectl_checksums`; arch `amd64`), which copies
+//!   them from the projects' release pages and dl.k8s.io `.sha256` files.
+//! - SHA-512 of `kubernetes-server-linux-amd64.tar.gz`: Kubernetes
+//!   `CHANGELOG/CHANGELOG-1.34.md`, "Server Binaries" of the release (kubespray has no sums for
+//!   kube-apiserver, -controller-manager, -scheduler or kube-proxy, since it uses kubeadm images).
+
+use super::{Component, Digest};
+
+enum Algo {
+    Sha256,
+    Sha512,
+}
+
+/// (component, version without `v`, algorithm, hex digest).
+const PINS: &[(Component, &str, Algo, &str)] = &[
+    // etcd_binary_checksums.amd64."3.6.5"
+    (
+        Component::Etcd,
+        "3.6.5",
+        Algo::Sha256,
+        "66bad39ed920f6fc15fd74adcb8bfd38ba9a6412f8c7852d09eb11670e88cac3",
+    ),
+    // containerd_archive_checksums.amd64."2.1.5"
+    (
+        Component::Containerd,
+        "2.1.5",
+        Algo::Sha256,
+        "403af72d9f956ed8a5ad5b0ac0f1e8e371a1488f2b9edf9b4ba13db0653936ea",
+    ),
+    // runc_checksums.amd64."1.3.3"
+    (
+        Component::Runc,
+        "1.3.3",
+        Algo::Sha256,
+        "8781ab9f71c12f314d21c8e85f13ca1a82d90cf475aa5131a7b543fcc5487543",
+    ),
+    // cni_binary_checksums.amd64."1.8.0"
+    (
+        Component::CniPlugins,
+        "1.8.0",
+        Algo::Sha256,
+        "ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6",
+    ),
+    // crictl_checksums.amd64."1.34.0"
+    (
+        Component::Crictl,
+        "1.34.0",
+        Algo::Sha256,
+        "a8ff2a3edb37a98daf3aba7c3b284fe0aa5bff24166d896ab9ef64c8913c9f51",
+    ),
+    // kubelet_checksums.amd64."1.34.2"
+    (
+        Component::Kubelet,
+        "1.34.2",
+        Algo::Sha256,
+        "9c5e717b774ee9b9285ce47e7d2150c29e84837eb19a7eaa24b60b1543c9d58f",
+    ),
+    // kubectl_checksums.amd64."1.34.2"
+    (
+        Component::Kubectl,
+        "1.34.2",
+        Algo::Sha256,
+        "9591f3d75e1581f3f7392e6ad119aab2f28ae7d6c6e083dc5d22469667f27253",
+    ),
+    // CHANGELOG-1.34.md, v1.34.2, Server Binaries, kubernetes-server-linux-amd64.tar.gz (sha512)
+    (
+        Component::KubernetesServer,
+        "1.34.2",
+        Algo::Sha512,
+        "016b09cb70b4335201095b96cd564059eece9ece9e945e045b4558afa9dbd99840cd7a48ed6c06a888276c939c8dc30afc8a7435689c9efd295a9f9de1f477c3",
+    ),
+];
+
+/// The pinned digest of `component` at `version` (with or without a leading `v`).
+pub fn pinned(component: Component, version: &str) -> Option<Digest> {
+    let bare = version.trim_start_matches('v');
+    PINS.iter()
+        .find(|(c, v, _, _)| *c == component && *v == bare)
+        .map(|(_, _, algo, hex)| match algo {
+            Algo::Sha256 => Digest::Sha256((*hex).to_string()),
+            Algo::Sha512 => Digest::Sha512((*hex).to_string()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_well_formed_and_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (c, v, algo, hex) in PINS {
+            assert!(seen.insert((*c, *v)), "{c} {v} pinned twice");
+            let len = match algo {
+                Algo::Sha256 => 64,
+                Algo::Sha512 => 128,
+            };
+            assert_eq!(hex.len(), len, "{c} {v}");
+            assert!(hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+        assert!(pinned(Component::Etcd, "v3.6.5").is_some());
+        assert!(pinned(Component::Etcd, "3.4.23").is_none());
+    }
+}

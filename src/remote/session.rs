@@ -1,0 +1,529 @@
+//! One SSH session to one node: connect with timeout and retries (exponential backoff with
+//! jitter), verify the host key against the cluster's pins, authenticate by key, run commands
+//! with a timeout, and stream files over SFTP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use ssh2::{ErrorCode, MethodType, OpenFlags, OpenType, Session};
+
+use super::known_hosts::{self, HostKeyCheck, KnownHosts};
+use super::sync::{shell_quote, FileSource};
+use super::{ExecutorOptions, RemoteError};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub node: String,
+    pub addr: SocketAddr,
+    pub user: String,
+    pub key: PathBuf,
+}
+
+/// Captured result of a remote command.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExecOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Exit status GNU `timeout` returns when it had to stop the command.
+const REMOTE_TIMEOUT_STATUS: i32 = 124;
+/// Extra local slack over the remote `timeout`, so the remote side normally fires first and
+/// reports; the local timeout only catches a dead transport.
+const LOCAL_SLACK: Duration = Duration::from_secs(10);
+/// Host key algorithms we accept, strongest first (all supported by libssh2 with OpenSSL).
+const HOSTKEY_ALGS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+];
+const CHUNK: usize = 1 << 20;
+
+/// An authenticated session to a node.
+pub struct Conn {
+    sess: Session,
+    node: String,
+    sftp: Option<ssh2::Sftp>,
+    /// The session's socket, to wait on while non-blocking.
+    fd: std::os::unix::io::RawFd,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("node", &self.node).finish()
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+/// Delay before retry `attempt` (0-based): base·2^attempt capped at max, scaled by a random
+/// factor in [0.5, 1.0) so a thousand nodes that failed together do not retry together.
+pub fn backoff(opts: &ExecutorOptions, attempt: u32) -> Duration {
+    let exp = opts
+        .backoff_base
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+    let capped = exp.min(opts.backoff_max);
+    capped.mul_f64(rand::thread_rng().gen_range(0.5..1.0))
+}
+
+/// Host key method preference: what is pinned for the host first (so a host with several keys
+/// presents the pinned one), then the rest.
+fn hostkey_prefs(pinned: &[String], supported: &[&str]) -> String {
+    let mut prefs: Vec<&str> = Vec::new();
+    for t in pinned {
+        let one = [t.as_str()];
+        let algs: &[&str] = if t == "ssh-rsa" {
+            &["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"]
+        } else {
+            &one
+        };
+        for a in algs {
+            if supported.contains(a) && !prefs.contains(a) {
+                prefs.push(a);
+            }
+        }
+    }
+    for a in HOSTKEY_ALGS {
+        if supported.contains(a) && !prefs.contains(a) {
+            prefs.push(a);
+        }
+    }
+    prefs.join(",")
+}
+
+/// Connect with retries on connection and authentication failures. A changed host key or a
+/// missing key file fails at once.
+pub fn connect(
+    target: &Target,
+    known: &KnownHosts,
+    opts: &ExecutorOptions,
+) -> Result<Conn, RemoteError> {
+    let mut attempt = 0;
+    loop {
+        match connect_once(target, known, opts) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.is_retryable() && attempt < opts.retries => {
+                let wait = backoff(opts, attempt);
+                tracing::debug!(node = %target.node, attempt, ?wait, error = %e, "retrying connect");
+                std::thread::sleep(wait);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn connect_once(
+    target: &Target,
+    known: &KnownHosts,
+    opts: &ExecutorOptions,
+) -> Result<Conn, RemoteError> {
+    let node = target.node.clone();
+    let addr = target.addr;
+    let connect_err = |reason: String| RemoteError::Connect {
+        node: node.clone(),
+        addr,
+        reason,
+    };
+    if !target.key.is_file() {
+        return Err(RemoteError::Config {
+            node: node.clone(),
+            reason: format!(
+                "SSH private key {} does not exist (set ssh.privateKey in the profile or generate the cluster key)",
+                target.key.display()
+            ),
+        });
+    }
+    let tcp = TcpStream::connect_timeout(&addr, opts.connect_timeout)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let _ = tcp.set_nodelay(true);
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+    let mut sess = Session::new().map_err(|e| connect_err(e.to_string()))?;
+    // The handshake and auth are bounded by the connect timeout too.
+    sess.set_timeout(millis(opts.connect_timeout));
+    let pattern = known_hosts::host_pattern(addr.ip(), addr.port());
+    let supported = sess
+        .supported_algs(MethodType::HostKey)
+        .map_err(|e| connect_err(e.to_string()))?;
+    let prefs = hostkey_prefs(&known.pinned_types(&pattern), &supported);
+    sess.method_pref(MethodType::HostKey, &prefs)
+        .map_err(|e| connect_err(e.to_string()))?;
+    sess.set_tcp_stream(tcp);
+    sess.handshake()
+        .map_err(|e| connect_err(format!("SSH handshake: {e}")))?;
+
+    let (blob, _) = sess
+        .host_key()
+        .ok_or_else(|| connect_err("server presented no host key".into()))?;
+    let blob = blob.to_vec();
+    match known.check(&pattern, &blob) {
+        HostKeyCheck::Match => {}
+        HostKeyCheck::Unknown => {
+            known.pin(&node, &pattern, &blob)?;
+            tracing::info!(
+                node = %node,
+                host = %pattern,
+                fingerprint = %known_hosts::fingerprint(&blob),
+                "pinned SSH host key on first contact (trust on first use)"
+            );
+        }
+        HostKeyCheck::Changed { pinned } => {
+            return Err(RemoteError::HostKeyChanged {
+                node,
+                host: pattern,
+                presented: format!(
+                    "{} {}",
+                    known_hosts::blob_key_type(&blob).unwrap_or_default(),
+                    known_hosts::fingerprint(&blob)
+                ),
+                pinned: pinned.join(", "),
+                known_hosts: known.path().to_path_buf(),
+            });
+        }
+    }
+
+    sess.userauth_pubkey_file(&target.user, None, &target.key, None)
+        .map_err(|e| RemoteError::Auth {
+            node: node.clone(),
+            user: target.user.clone(),
+            key: target.key.clone(),
+            reason: e.to_string(),
+        })?;
+    if !sess.authenticated() {
+        return Err(RemoteError::Auth {
+            node: node.clone(),
+            user: target.user.clone(),
+            key: target.key.clone(),
+            reason: "server did not accept the key".into(),
+        });
+    }
+    Ok(Conn {
+        sess,
+        node,
+        sftp: None,
+        fd,
+    })
+}
+
+fn is_timeout(e: &ssh2::Error) -> bool {
+    e.code() == ErrorCode::Session(-9) // LIBSSH2_ERROR_TIMEOUT
+}
+
+impl Conn {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn ssh_err(&self, what: &str, e: impl std::fmt::Display) -> RemoteError {
+        RemoteError::Ssh {
+            node: self.node.clone(),
+            what: what.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    fn timeout_err(&self, what: &str, t: Duration) -> RemoteError {
+        RemoteError::Timeout {
+            node: self.node.clone(),
+            what: what.to_string(),
+            secs: t.as_secs_f64(),
+        }
+    }
+
+    /// Run `cmd` (a POSIX shell script) and fail unless it exits 0.
+    pub fn exec(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RemoteError> {
+        let out = self.exec_status(cmd, timeout)?;
+        if out.status != 0 {
+            return Err(RemoteError::Command {
+                node: self.node.clone(),
+                cmd: summarize(cmd),
+                status: out.status,
+                stderr: tail(&out.stderr),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Run `cmd` and return its output and exit status, whatever the status (except a timeout,
+    /// which is an error). The remote side is bounded by coreutils `timeout`, which kills the
+    /// command's process group; the local side by the session timeout plus some slack.
+    pub fn exec_status(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RemoteError> {
+        let what = format!("command `{}`", summarize(cmd));
+        let secs = timeout.as_secs_f64().max(0.001);
+        let wrapped = format!("timeout -k 5 {secs:.3} sh -c {}", shell_quote(cmd));
+        self.sess.set_timeout(millis(timeout + LOCAL_SLACK));
+        let started = Instant::now();
+        let map = |e: ssh2::Error| {
+            if is_timeout(&e) {
+                self.timeout_err(&what, timeout)
+            } else {
+                self.ssh_err(&what, e)
+            }
+        };
+        let mut ch = self.sess.channel_session().map_err(map)?;
+        ch.exec(&wrapped).map_err(map)?;
+        let deadline = started + timeout + LOCAL_SLACK;
+        // Both streams are drained together (non-blocking, waiting on the socket in between), so
+        // a command that writes a lot to stderr can never stall on a full channel window.
+        self.sess.set_blocking(false);
+        let drained = self.drain(&mut ch, deadline);
+        self.sess.set_blocking(true);
+        let (stdout, stderr) = match drained {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(self.timeout_err(&what, timeout))
+            }
+            Err(e) => return Err(self.ssh_err(&what, e)),
+        };
+        ch.wait_close().map_err(map)?;
+        let status = ch.exit_status().map_err(map)?;
+        if status == REMOTE_TIMEOUT_STATUS
+            && started.elapsed() + Duration::from_millis(50) >= timeout
+        {
+            return Err(self.timeout_err(&what, timeout));
+        }
+        Ok(ExecOutput {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Read stdout and stderr until the remote side closes them, or fail at `deadline`.
+    fn drain(
+        &self,
+        ch: &mut ssh2::Channel,
+        deadline: Instant,
+    ) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let mut progressed = false;
+            for stream in [0, 1] {
+                let r = if stream == 0 {
+                    ch.read(&mut buf)
+                } else {
+                    ch.stderr().read(&mut buf)
+                };
+                match r {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        progressed = true;
+                        if stream == 0 {
+                            stdout.extend_from_slice(&buf[..n]);
+                        } else {
+                            stderr.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // eof() is only true once no data of either stream is left unread.
+            if !progressed && ch.eof() {
+                return Ok((stdout, stderr));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+            }
+            if !progressed {
+                self.wait_socket((deadline - now).min(Duration::from_millis(200)));
+            }
+        }
+    }
+
+    /// Sleep until the session's socket is ready in the direction libssh2 is blocked on.
+    fn wait_socket(&self, max: Duration) {
+        let dirs = self.sess.block_directions();
+        let mut events = 0;
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Inbound | ssh2::BlockDirections::Both
+        ) {
+            events |= libc::POLLIN;
+        }
+        if matches!(
+            dirs,
+            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+        ) {
+            events |= libc::POLLOUT;
+        }
+        if events == 0 {
+            events = libc::POLLIN;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.fd,
+            events,
+            revents: 0,
+        };
+        let ms = i32::try_from(max.as_millis()).unwrap_or(i32::MAX).max(1);
+        // SAFETY: one valid pollfd for the socket this session owns; poll only reads/writes it.
+        unsafe {
+            libc::poll(&mut pfd, 1, ms);
+        }
+    }
+
+    /// Stream `source` into `remote_path` (created 0600, fsynced). The caller renames it into
+    /// place after fixing mode and owner. Every SFTP operation is bounded by `op_timeout`.
+    pub fn upload(
+        &mut self,
+        source: &FileSource,
+        remote_path: &str,
+        op_timeout: Duration,
+    ) -> Result<u64, RemoteError> {
+        self.sess.set_timeout(millis(op_timeout));
+        let what = format!("upload to {remote_path}");
+        let node = self.node.clone();
+        let map = |e: ssh2::Error| {
+            if is_timeout(&e) {
+                RemoteError::Timeout {
+                    node: node.clone(),
+                    what: what.clone(),
+                    secs: op_timeout.as_secs_f64(),
+                }
+            } else {
+                RemoteError::Ssh {
+                    node: node.clone(),
+                    what: what.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        if self.sftp.is_none() {
+            self.sftp = Some(self.sess.sftp().map_err(map)?);
+        }
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.ssh_err(&what, "no SFTP subsystem"));
+        };
+        let mut remote = sftp
+            .open_mode(
+                Path::new(remote_path),
+                OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
+                0o600,
+                OpenType::File,
+            )
+            .map_err(map)?;
+        let io_map = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                RemoteError::Timeout {
+                    node: node.clone(),
+                    what: what.clone(),
+                    secs: op_timeout.as_secs_f64(),
+                }
+            } else {
+                RemoteError::Ssh {
+                    node: node.clone(),
+                    what: what.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let written = match source {
+            FileSource::Bytes(b) => {
+                remote.write_all(b).map_err(io_map)?;
+                b.len() as u64
+            }
+            FileSource::Local(path) => {
+                let mut f = std::fs::File::open(path).map_err(|source| RemoteError::Local {
+                    node: node.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                let mut buf = vec![0u8; CHUNK];
+                let mut total = 0u64;
+                loop {
+                    let n = f.read(&mut buf).map_err(|source| RemoteError::Local {
+                        node: node.clone(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    remote.write_all(&buf[..n]).map_err(io_map)?;
+                    total += n as u64;
+                }
+                total
+            }
+        };
+        remote.fsync().map_err(map)?;
+        remote.close().map_err(map)?;
+        Ok(written)
+    }
+}
+
+/// First line of a command, shortened, for error messages.
+fn summarize(cmd: &str) -> String {
+    let first = cmd.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut s: String = first.chars().take(120).collect();
+    if s.len() < first.len() || cmd.lines().filter(|l| !l.trim().is_empty()).count() > 1 {
+        s.push('…');
+    }
+    s
+}
+
+/// Last lines of stderr, enough to explain a failure without flooding the summary.
+fn tail(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(8);
+    lines[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let opts = ExecutorOptions {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..ExecutorOptions::default()
+        };
+        for _ in 0..50 {
+            let d0 = backoff(&opts, 0);
+            assert!(d0 >= Duration::from_millis(50) && d0 < Duration::from_millis(100));
+            let d3 = backoff(&opts, 3);
+            assert!(d3 >= Duration::from_millis(400) && d3 < Duration::from_millis(800));
+            let d10 = backoff(&opts, 10);
+            assert!(d10 >= Duration::from_millis(500) && d10 < Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn pinned_key_types_come_first() {
+        let supported = [
+            "ecdsa-sha2-nistp256",
+            "ssh-ed25519",
+            "rsa-sha2-256",
+            "ssh-rsa",
+        ];
+        assert_eq!(
+            hostkey_prefs(&["ssh-rsa".into()], &supported),
+            "rsa-sha2-256,ssh-rsa,ssh-ed25519,ecdsa-sha2-nistp256"
+        );
+        assert_eq!(
+            hostkey_prefs(&[], &supported),
+            "ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-256,ssh-rsa"
+        );
+    }
+
+    #[test]
+    fn summaries_are_short() {
+        assert_eq!(summarize("set -e\nls"), "set -e…");
+        assert_eq!(tail("a\nb\n"), "a\nb");
+    }
+}
