@@ -13,4 +13,6 @@ pub mod pki;
 pub mod profile;
 pub mod provider;
 pub mod render;
+pub mod ssh_command;
+pub mod sshkeys;
 pub mod state;
