@@ -550,7 +550,7 @@ impl LocalProvider {
         })
     }
 
-    fn check_root(&self, verb: &str) -> Result<(), LocalError> {
+    pub fn check_root(&self, verb: &str) -> Result<(), LocalError> {
         if sys::is_root() {
             Ok(())
         } else {

@@ -70,6 +70,7 @@ impl ProvisionReport {
 pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<ExitCode> {
     let p = &loaded.profile;
     let provider = LocalProvider::from_profile(p)?;
+    provider.check_root("teardown")?;
     let dir = ClusterDir::open(home, &p.name)?;
     let mut st = dir.load_state()?;
     let planned = inventory::planned(p, &st.pod_cidrs)?;
