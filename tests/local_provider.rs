@@ -349,6 +349,12 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
         err.contains("host key of node worker-2") && err.contains("changed"),
         "error must name the node and the change: {err}"
     );
+    // Provisioning again keeps the running node and does not re-pin whatever key it shows now.
+    let (detail, _) = c.provision();
+    assert!(detail.contains("0 booted, 3 kept"), "{detail}");
+    let (code, _, err) = c.ssh("worker-2", "true");
+    assert_ne!(code, 0, "still refused after a re-provision");
+    assert!(err.contains("host key of node worker-2"), "{err}");
     // The other nodes are unaffected.
     assert_eq!(c.ssh_ok("worker-1", "echo connected"), "connected");
 

@@ -60,8 +60,10 @@ impl NodeDir {
     pub fn stop_flag(&self) -> PathBuf {
         self.dir.join("stop")
     }
+    /// The host public key as generated, kept outside the node: what gets pinned. The copy in
+    /// the node's /etc/ssh can be changed from inside and is never trusted.
     pub fn host_pubkey(&self) -> PathBuf {
-        self.upper().join("etc/ssh/ssh_host_ed25519_key.pub")
+        self.dir.join("host_ed25519_key.pub")
     }
     pub fn machine_id(&self) -> PathBuf {
         self.upper().join("etc/machine-id")
@@ -186,11 +188,14 @@ pub fn write_identity(nd: &NodeDir, id: &Identity) -> Result<(String, String), L
         key.private_openssh.as_bytes(),
         0o600,
     )?;
+    let public = format!("{}\n", key.public_openssh);
     write_mode(
-        &nd.host_pubkey(),
-        format!("{}\n", key.public_openssh).as_bytes(),
+        &upper.join("etc/ssh/ssh_host_ed25519_key.pub"),
+        public.as_bytes(),
         0o644,
     )?;
+    // Last: its presence marks a complete identity.
+    write_mode(&nd.host_pubkey(), public.as_bytes(), 0o644)?;
     Ok((key.public_openssh, mid))
 }
 
@@ -309,6 +314,12 @@ mod tests {
             authorized_key: "ssh-ed25519 AAAA k8sforge@c".into(),
         };
         let (k1, m1) = write_identity(&nd, &id).unwrap();
+        // A key changed inside the node does not change what k8sforge pins.
+        fs::write(
+            nd.upper().join("etc/ssh/ssh_host_ed25519_key.pub"),
+            "ssh-ed25519 AAAAother root@evil\n",
+        )
+        .unwrap();
         let (k2, m2) = write_identity(&nd, &id).unwrap();
         assert_eq!((k1.clone(), m1.clone()), (k2, m2), "identity is kept");
         assert!(k1.starts_with("ssh-ed25519 "));
