@@ -397,6 +397,37 @@ fn dead_node_is_replaced_and_teardown_after_sigkill_leaves_nothing() {
     );
     c.ssh_ok("worker-1", "ping -c1 -W2 controlplane-1");
 
+    // `systemctl reboot` inside a node: nspawn exits 133 and the launcher boots it again.
+    let launcher = c.pid("worker-1", "launcher.pid");
+    let nspawn = c.pid("worker-1", "nspawn.pid");
+    let boot_id = c.ssh_ok("worker-1", "cat /proc/sys/kernel/random/boot_id");
+    let _ = c.ssh("worker-1", "systemctl reboot");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (code, id, _) = c.ssh(
+            "worker-1",
+            "systemctl is-system-running --wait >/dev/null; cat /etc/machine-id",
+        );
+        let new_nspawn = fs::read_to_string(c.node_dir("worker-1").join("nspawn.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if code == 0 && !id.is_empty() && new_nspawn.is_some_and(|p| p != nspawn) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker-1 did not come back after reboot; console:\n{}",
+            fs::read_to_string(c.node_dir("worker-1").join("console.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(c.pid("worker-1", "launcher.pid"), launcher, "same launcher");
+    assert_ne!(
+        c.ssh_ok("worker-1", "cat /proc/sys/kernel/random/boot_id"),
+        boot_id,
+        "a new boot"
+    );
+
     // Crash every launcher and nspawn; nodes' processes stay behind in their cgroups.
     for n in &nodes {
         unsafe {
