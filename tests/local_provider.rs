@@ -448,6 +448,33 @@ fn dead_node_is_replaced_and_teardown_after_sigkill_leaves_nothing() {
 }
 
 #[test]
+fn boot_timeout_names_the_node_with_its_console_and_a_rerun_completes() {
+    let c = Cluster::new("lpt-timeout", 253);
+    // No node can answer within 0 s: the error must name one and show its console log.
+    let mut cmd = Command::new(BIN);
+    cmd.args(["up", "--only", "provision"])
+        .args(c.profile_args())
+        .env("K8SFORGE_HOME", c.home.path())
+        .env("K8SFORGE_LOCAL_BOOT_TIMEOUT", "0");
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {err}");
+    assert!(
+        err.contains("node controlplane-1 did not come up")
+            && err.contains("did not answer within 0s")
+            && err.contains("console log")
+            && err.contains("[launcher"),
+        "unclear boot failure: {err}"
+    );
+    // The same command without the impossible timeout completes, keeping the booted nodes.
+    let (detail, inv) = c.provision();
+    assert!(detail.contains("3 kept"), "{detail}");
+    assert_eq!(node_names(&inv).len(), 3);
+    c.teardown();
+    assert_eq!(c.leftovers(), Vec::<String>::new());
+}
+
+#[test]
 fn without_root_the_local_provider_says_so_and_writes_nothing() {
     require_root();
     if Command::new("setpriv").arg("--version").output().is_err() {

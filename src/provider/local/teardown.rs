@@ -148,13 +148,19 @@ impl ClusterScope<'_> {
                     .unwrap_or_default(),
             ));
         }
+        let mut pids = std::collections::BTreeSet::new();
         for d in self.cgroup_subtrees() {
-            for p in cgroups::procs_below(&d) {
-                if sys::pid_alive(p) {
-                    v.push(("process".into(), format!("{p} {}", sys::cmdline(p))));
-                }
-            }
+            pids.extend(
+                cgroups::procs_below(&d)
+                    .into_iter()
+                    .filter(|p| sys::pid_alive(*p)),
+            );
             v.push(("cgroup".into(), d.display().to_string()));
+        }
+        for p in pids {
+            let cl = sys::cmdline(p);
+            let short: String = cl.chars().take(60).collect();
+            v.push(("process".into(), format!("{p} {short}")));
         }
         for m in sys::mounts_under(self.runtime_dir) {
             v.push(("mount".into(), m.display().to_string()));

@@ -89,8 +89,16 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
         dir.save_state(&st)?;
     }
     let verb = if dry_run { "would remove" } else { "removed" };
+    // Nodes and network by name; processes, mounts and cgroup directories by count.
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (kind, id) in &report.deleted {
-        eprintln!("  {verb} {kind} {id}");
+        match kind.as_str() {
+            "process" | "mount" | "cgroup" => *counts.entry(kind.as_str()).or_default() += 1,
+            _ => eprintln!("  {verb} {kind} {id}"),
+        }
+    }
+    for (kind, n) in counts {
+        eprintln!("  {verb} {n} {kind}(s)");
     }
     if dry_run {
         eprintln!(
