@@ -230,6 +230,12 @@ pub fn ensure(root: &Path, mirror: &str) -> Result<Image, LocalError> {
         .open(&lock_path)
         .map_err(|e| LocalError::io(&lock_path, e))?;
     let mut lock = fd_lock::RwLock::new(lock_file);
+    if lock.try_write().is_err() {
+        tracing::info!(
+            "waiting for another k8sforge run to finish building the node image ({})",
+            lock_path.display()
+        );
+    }
     let _guard = lock.write().map_err(|e| LocalError::io(&lock_path, e))?;
     if let Some(img) = cached(root) {
         return Ok(img);
