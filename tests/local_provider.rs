@@ -266,6 +266,15 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
         .collect();
     assert_eq!(ips, ["198.19.251.11", "198.19.251.12", "198.19.251.13"]);
 
+    // An unknown node is named, with the ones that exist.
+    let (code, _, err) = c.ssh("nope-1", "true");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no node named \"nope-1\"")
+            && err.contains("controlplane-1, worker-1, worker-2"),
+        "{err}"
+    );
+
     // Every sshd answers with the key pinned before boot (ssh runs with
     // StrictHostKeyChecking=yes against the cluster's known_hosts only).
     let kh = c.known_hosts();
