@@ -62,7 +62,11 @@ impl Cluster {
 
     /// `up --only provision`: (the phase's detail line, the inventory recorded in state).
     fn provision(&self) -> (String, serde_json::Value) {
-        let out = self.run(&["up", "--only", "provision", "--output", "json"], &[]);
+        self.provision_with(&[])
+    }
+
+    fn provision_with(&self, extra: &[&str]) -> (String, serde_json::Value) {
+        let out = self.run(&["up", "--only", "provision", "--output", "json"], extra);
         assert!(
             out.status.success(),
             "provision failed: {}",
@@ -372,7 +376,7 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
 }
 
 #[test]
-fn dead_node_is_replaced_and_teardown_after_sigkill_leaves_nothing() {
+fn dead_node_is_replaced_nodes_scale_and_teardown_after_sigkill_leaves_nothing() {
     let c = Cluster::new("lpt-crash", 252);
     let (_, first) = c.provision();
     let nodes = node_names(&first);
@@ -436,6 +440,23 @@ fn dead_node_is_replaced_and_teardown_after_sigkill_leaves_nothing() {
         boot_id,
         "a new boot"
     );
+
+    // Scale out: the new node boots, the running ones are kept and learn its name.
+    let (detail, inv) = c.provision_with(&["--set", "workers[0].count=3"]);
+    assert!(
+        detail.starts_with("4 local nodes: 1 booted, 3 kept, 0 replaced, 0 removed"),
+        "{detail}"
+    );
+    assert_eq!(node_names(&inv).len(), 4);
+    c.ssh_ok("worker-1", "ping -c1 -W2 worker-3");
+    c.ssh_ok("worker-3", "ping -c1 -W2 controlplane-1");
+    // Scale back in: the node no longer in the profile is removed.
+    let (detail, _) = c.provision();
+    assert!(
+        detail.starts_with("3 local nodes: 0 booted, 3 kept, 0 replaced, 1 removed (worker-3)"),
+        "{detail}"
+    );
+    assert!(!c.node_dir("worker-3").exists());
 
     // Crash every launcher and nspawn; nodes' processes stay behind in their cgroups.
     for n in &nodes {

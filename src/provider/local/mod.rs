@@ -423,6 +423,13 @@ impl LocalProvider {
             .map(|n| (n.name.clone(), n.internal_ip))
             .collect();
         let hosts = node::hosts_file(cfg.host_addr, &hosts);
+        // Kept nodes learn about added or removed nodes too. Written through the merged root on
+        // the host (the same overlay mount the node uses), never into the upper dir directly.
+        for name in &report.kept {
+            let path = cfg.node_dir(name).root().join("etc/hosts");
+            crate::fsutil::write_if_changed(&path, hosts.as_bytes(), crate::fsutil::PUBLIC)
+                .map_err(|e| LocalError::io(&path, e))?;
+        }
 
         // Prepare and start in parallel: identity, overlay, network, launcher.
         let prepared: Vec<Result<(), LocalError>> = to_boot
