@@ -144,6 +144,13 @@ pub enum Command {
         command: Vec<String>,
     },
 
+    /// Internal: supervise one local node (started by the local provider, not by users)
+    #[command(name = "local-node-launcher", hide = true)]
+    LocalNodeLauncher {
+        /// The node's directory under the local provider root
+        node_dir: PathBuf,
+    },
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
         #[arg(value_enum)]

@@ -46,8 +46,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             output,
         }) => certs_check(&home, &profile, warn_days, output),
         Command::Certs(CertsCommand::Rotate { .. }) => not_implemented("`certs rotate`"),
-        Command::Teardown { profile, .. } => {
+        Command::Teardown { profile, dry_run } => {
             let loaded = load_profile(&profile)?;
+            if loaded.profile.provider.kind == profile::ProviderKind::Local {
+                return crate::provider::local::verbs::teardown(&home, &loaded, dry_run);
+            }
             not_implemented(&format!(
                 "`teardown` for the {} provider",
                 loaded.profile.provider.kind.as_str()
@@ -70,7 +73,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             eprintln!("Set kubectl context to {context:?} in {}", target.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ssh { .. } => not_implemented("`ssh`"),
+        Command::Ssh {
+            profile,
+            node,
+            command,
+        } => {
+            let loaded = load_profile(&profile)?;
+            crate::ssh_command::run(&home, &loaded.profile.name, &node, &command)
+        }
+        Command::LocalNodeLauncher { node_dir } => Ok(ExitCode::from(
+            crate::provider::local::launcher::run(&node_dir).clamp(0, 255) as u8,
+        )),
         Command::Profiles(ProfilesCommand::List) => {
             for name in builtin::names() {
                 let desc = profile::load(name, &[])

@@ -14,6 +14,8 @@ pub mod profile;
 pub mod provider;
 pub mod remote;
 pub mod render;
+pub mod ssh_command;
+pub mod sshkeys;
 pub mod state;
 #[doc(hidden)]
 pub mod testkit;

@@ -23,6 +23,7 @@ impl Phase for Provision {
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
         let p = &ctx.loaded.profile;
+        let mut local_detail = None;
         let inv = match p.provider.kind {
             ProviderKind::Static => {
                 let spec = p
@@ -34,14 +35,23 @@ impl Phase for Provision {
                 static_hosts::load(&path, p, &ctx.state.pod_cidrs)
                     .map_err(|e| PhaseError::Failed(e.to_string()))?
             }
-            ProviderKind::Local | ProviderKind::Aws | ProviderKind::Gcp => {
+            ProviderKind::Local => {
+                let (inv, report) = crate::provider::local::verbs::provision_phase(
+                    ctx.loaded,
+                    &ctx.dir.root,
+                    &ctx.state.pod_cidrs,
+                )?;
+                local_detail = Some(report.detail(inv.nodes.len()));
+                inv
+            }
+            ProviderKind::Aws | ProviderKind::Gcp => {
                 // Validate the plan (names, pod CIDRs) before reporting what is missing.
                 inventory::planned(p, &ctx.state.pod_cidrs)
                     .map_err(|e| PhaseError::Failed(e.to_string()))?;
                 return Err(PhaseError::NotImplemented(PhaseName::Provision));
             }
         };
-        let detail = format!("{} nodes", inv.nodes.len());
+        let detail = local_detail.unwrap_or_else(|| format!("{} nodes", inv.nodes.len()));
         ctx.state.pod_cidrs = inv
             .nodes
             .iter()
