@@ -34,6 +34,17 @@ impl BundleFile {
     }
 }
 
+/// A binary the node needs installed (by the artifacts step; binaries are not in the bundle).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Binary {
+    pub name: String,
+    /// Absolute install path on the node.
+    pub path: String,
+    /// Which release artifact ships it: kubernetes, etcd, containerd, runc, cni-plugins.
+    pub artifact: String,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeBundle {
     pub files: Vec<BundleFile>,
@@ -41,6 +52,8 @@ pub struct NodeBundle {
     pub units: Vec<String>,
     /// Shell commands to run after files are in place, in order.
     pub commands: Vec<String>,
+    /// Binaries the node needs, sorted by path.
+    pub binaries: Vec<Binary>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,6 +83,7 @@ struct Manifest<'a> {
     node: &'a str,
     files: Vec<ManifestEntry<'a>>,
     units: &'a [String],
+    binaries: &'a [Binary],
 }
 
 impl Bundle {
@@ -125,6 +139,7 @@ impl Bundle {
                     })
                     .collect(),
                 units: &nb.units,
+                binaries: &nb.binaries,
             };
             let mut json = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
             json.push(b'\n');
