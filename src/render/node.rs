@@ -168,7 +168,12 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         let api = &[APISERVER][..];
         let api_cm = &[APISERVER, CONTROLLER_MANAGER][..];
         f.secret(PATHS.ca_key, &pki.ca.key, &[CONTROLLER_MANAGER]);
-        f.pair(PATHS.apiserver_crt, PATHS.apiserver_key, &pki.apiserver, api);
+        f.pair(
+            PATHS.apiserver_crt,
+            PATHS.apiserver_key,
+            &pki.apiserver,
+            api,
+        );
         f.pair(
             PATHS.apiserver_kubelet_client_crt,
             PATHS.apiserver_kubelet_client_key,

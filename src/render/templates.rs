@@ -52,10 +52,7 @@ const TEMPLATES: &[(&str, &str)] = &[
         "systemd-manager.conf",
         include_str!("../../templates/systemd-manager.conf.j2"),
     ),
-    (
-        "etcd.service",
-        include_str!("../../units/etcd.service.j2"),
-    ),
+    ("etcd.service", include_str!("../../units/etcd.service.j2")),
     (
         "kube-apiserver.service",
         include_str!("../../units/kube-apiserver.service.j2"),
