@@ -724,3 +724,23 @@ fn kubelet_refused_labels_are_rejected_with_node_and_label() {
     let msg = err.to_string();
     assert!(msg.contains(&inv.nodes[1].name) && msg.contains("node-role.kubernetes.io/worker"));
 }
+
+#[test]
+fn write_to_repairs_changed_files_and_modes_only() {
+    let fx = fixture("local-3", &[]);
+    let out = tempfile::tempdir().unwrap();
+    fx.bundle.write_to(out.path()).unwrap();
+    let before = tree(out.path());
+    let files = out.path().join("worker-1/files");
+    let tampered = files.join("etc/kubernetes/kubelet-config.yaml");
+    std::fs::write(&tampered, "tampered\n").unwrap();
+    let key = files.join("etc/kubernetes/pki/kubelet.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let report = fx.bundle.write_to(out.path()).unwrap();
+    assert_eq!(report.changed, 1, "only the tampered file is rewritten");
+    assert_eq!(before, tree(out.path()), "content and modes restored");
+    // No temp files left behind.
+    assert!(!tree(out.path())
+        .keys()
+        .any(|p| p.to_string_lossy().contains(".tmp-")));
+}
