@@ -130,8 +130,10 @@ fn node_root(nb: &NodeBundle) -> tempfile::TempDir {
         std::fs::write(&p, &f.content).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode)).unwrap();
     }
-    for b in &nb.binaries {
-        let p = root.path().join(b.path.trim_start_matches('/'));
+    // The node's own OS provides /bin/sh (the pod-routes unit runs its script with it).
+    let system = ["/bin/sh".to_string()];
+    for p in nb.binaries.iter().map(|b| &b.path).chain(system.iter()) {
+        let p = root.path().join(p.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -514,6 +516,20 @@ fn local_workarounds_only_on_local_nodes() {
     assert_eq!(kp["conntrack"]["maxPerCore"], 0);
 
     assert!(!c.units.iter().any(|u| u.contains("node-prep")));
+    // gpu-dev routes pods through AWS route tables: no host routes on the nodes.
+    assert!(!c.units.iter().any(|u| u.contains("pod-routes")));
+    let routes = text(l, "/usr/local/lib/k8sforge/pod-routes.sh");
+    for other in local
+        .inventory
+        .nodes
+        .iter()
+        .filter(|n| n.name != "worker-1")
+    {
+        assert!(routes.contains(&format!(
+            "ip route replace {} via {}",
+            other.pod_cidr, other.internal_ip
+        )));
+    }
     assert!(!text(c, "/etc/containerd/config.toml").contains("restrict_oom_score_adj"));
     let kp = yaml(c, "/etc/kubernetes/kube-proxy-config.yaml");
     assert!(kp.get("conntrack").is_none());
@@ -561,6 +577,7 @@ fn units_start_in_dependency_order_after_daemon_reload() {
         cp.units,
         [
             "k8sforge-node-prep.service",
+            "k8sforge-pod-routes.service",
             "etcd.service",
             "kube-apiserver.service",
             "kube-controller-manager.service",
@@ -583,6 +600,7 @@ fn units_start_in_dependency_order_after_daemon_reload() {
         w.units,
         [
             "k8sforge-node-prep.service",
+            "k8sforge-pod-routes.service",
             "containerd.service",
             "kubelet.service",
             "kube-proxy.service"

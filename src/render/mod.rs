@@ -81,6 +81,7 @@ pub fn render(
     };
     let shared = node::Shared {
         env,
+        inventory,
         cluster_dir,
         release,
         cluster: &cluster,

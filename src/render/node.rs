@@ -10,10 +10,11 @@ use super::bundle::{Binary, BundleFile, NodeBundle};
 use super::context::{ClusterCtx, NodeCtx};
 use super::paths::{self, PATHS};
 use super::pki_files::{self, Pair, SharedPki};
+use super::routes;
 use super::RenderError;
 use crate::artifacts::Release;
 use crate::fsutil;
-use crate::inventory::{Node, Role};
+use crate::inventory::{Inventory, Node, Role};
 use crate::pki::layout;
 
 const ETCD: &str = "etcd.service";
@@ -28,6 +29,7 @@ const NODE_PREP: &str = "k8sforge-node-prep.service";
 /// Inputs shared by every node's render.
 pub struct Shared<'a> {
     pub env: &'a Environment<'static>,
+    pub inventory: &'a Inventory,
     pub cluster_dir: &'a Path,
     pub release: &'a Release,
     pub cluster: &'a ClusterCtx,
@@ -133,6 +135,13 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             &[],
         );
         units.push(NODE_PREP);
+    }
+    if shared.cluster.host_routes {
+        // Every node, control planes included: replies from the apiserver to pods (through the
+        // `kubernetes` Service) need the route back as much as pod-to-pod traffic does.
+        f.files
+            .extend(routes::pod_route_files(shared.inventory, node));
+        units.push(routes::ROUTES_UNIT);
     }
     if !local && runs_pods {
         // Applied by the commands below (modules-load restart, sysctl --system), not by restarts.
