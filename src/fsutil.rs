@@ -73,18 +73,7 @@ pub fn write_batch_atomic(files: &[(std::path::PathBuf, Vec<u8>, u32)]) -> io::R
     }
     let temps: Vec<std::path::PathBuf> = files
         .par_iter()
-        .map(|(path, bytes, mode)| {
-            let tmp = temp_path(path);
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(*mode)
-                .open(&tmp)?;
-            f.set_permissions(fs::Permissions::from_mode(*mode))?;
-            f.write_all(bytes)?;
-            Ok(tmp)
-        })
+        .map(|(path, bytes, mode)| write_temp(path, bytes, *mode))
         .collect::<io::Result<_>>()
         .inspect_err(|_| {
             for (path, _, _) in files {
@@ -130,4 +119,47 @@ fn sync_filesystem_of(files: &[std::path::PathBuf]) -> io::Result<()> {
         fs::File::open(f)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Write `bytes` to a temp file beside `path` (created with `mode`, never wider) and return its
+/// path, without fsync: for callers that write many files, make them durable together with
+/// [`sync_filesystem`], then rename each over its target.
+pub fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> io::Result<std::path::PathBuf> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)
+    })();
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Flush every dirty page and metadata change of the filesystem holding `path` (`syncfs(2)`):
+/// one flush for a batch of files instead of one fsync each.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path)?;
+    // SAFETY: syncfs only reads the descriptor, which `f` keeps open for the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -296,6 +296,7 @@ fn bundle_apply_runs_commands_and_reports_json() {
             }],
             units: vec![],
             commands: vec![format!("echo run >> {}", marker.display())],
+            binaries: vec![],
         },
     );
     let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();

@@ -1,26 +1,99 @@
 //! Render: Profile + Inventory + PKI → Bundle, the exact files and commands each node receives.
+//!
+//! Pure apart from reading the PKI files: the same inputs give a byte-identical bundle. Shared
+//! PKI files are read once; nodes render in parallel.
 
 pub mod bundle;
+pub mod context;
+pub mod node;
+pub mod paths;
+pub mod pki_files;
 pub mod routes;
+pub mod templates;
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-pub use bundle::{Bundle, BundleFile, NodeBundle};
+use minijinja::value::Serde;
+use minijinja::{context, Value};
+use rayon::prelude::*;
 
+pub use bundle::{Binary, Bundle, BundleFile, NodeBundle};
+
+use crate::artifacts;
 use crate::inventory::Inventory;
 use crate::profile::Profile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("rendering is not built yet in this version")]
-    NotBuilt,
+    #[error("PKI file {path} is missing: run `k8sforge plan` (it issues the PKI) or restore it")]
+    MissingPki { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no pinned release for Kubernetes {version}; known: {}", known.join(", "))]
+    UnknownRelease { version: String, known: Vec<String> },
+    #[error("cannot parse {what} version {version:?}")]
+    Version { what: &'static str, version: String },
+    #[error("node {node}: label {label:?} cannot be set by its kubelet: {why}")]
+    Label {
+        node: String,
+        label: String,
+        why: String,
+    },
+    #[error("template {template} for node {node}: {message}")]
+    Template {
+        node: String,
+        template: String,
+        message: String,
+    },
+    #[error("templates do not compile (a k8sforge build defect): {0}")]
+    Templates(String),
+    #[error("node {node}: two files render to {path}")]
+    DuplicateFile { node: String, path: String },
 }
 
 /// Render every node's files from the profile, the inventory and the PKI in `cluster_dir`.
 pub fn render(
-    _profile: &Profile,
-    _inventory: &Inventory,
-    _cluster_dir: &Path,
+    profile: &Profile,
+    inventory: &Inventory,
+    cluster_dir: &Path,
 ) -> Result<Bundle, RenderError> {
-    Err(RenderError::NotBuilt)
+    let release = artifacts::release(&profile.kubernetes.version).ok_or_else(|| {
+        RenderError::UnknownRelease {
+            version: profile.kubernetes.version.clone(),
+            known: artifacts::known_kubernetes_versions()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    })?;
+    let features = context::Features::for_release(release)?;
+    let env = templates::env().map_err(RenderError::Templates)?;
+    let pki = pki_files::SharedPki::read(cluster_dir)?;
+    let cluster = context::ClusterCtx::new(profile, inventory, release);
+    let base = context! {
+        cluster => Value::from(Serde(&cluster)),
+        features => Value::from(Serde(features)),
+        paths => Value::from(Serde(paths::PATHS)),
+    };
+    let shared = node::Shared {
+        env,
+        inventory,
+        cluster_dir,
+        release,
+        cluster: &cluster,
+        base,
+        pki: &pki,
+    };
+    let nodes: Vec<(String, NodeBundle)> = inventory
+        .nodes
+        .par_iter()
+        .map(|n| node::render_node(&shared, n).map(|b| (n.name.clone(), b)))
+        .collect::<Result<_, _>>()?;
+    Ok(Bundle {
+        nodes: nodes.into_iter().collect::<BTreeMap<_, _>>(),
+    })
 }

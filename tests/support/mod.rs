@@ -1,1 +1,7 @@
+//! Fixtures shared by the integration tests and benches.
+#![allow(dead_code, unused_imports)]
+
+pub mod placeholder_pki;
 pub mod sshd;
+
+pub use placeholder_pki::*;
