@@ -30,13 +30,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             from,
             mirror,
             force,
-            trust_mirror_checksums: _,
+            trust_mirror_checksums,
             output,
         } => up(
             &home,
             &profile,
             PhaseName::selection(only, from),
             mirror,
+            trust_mirror_checksums,
             force,
             output,
         ),
@@ -112,6 +113,7 @@ fn up(
     args: &ProfileArgs,
     phases: Vec<PhaseName>,
     mirror: Option<String>,
+    trust_mirror_checksums: bool,
     force: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
@@ -128,6 +130,8 @@ fn up(
         &UpOptions {
             phases,
             mirror,
+            trust_mirror_checksums,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             force,
         },
     )?;
@@ -137,7 +141,7 @@ fn up(
     Ok(if report.ok() {
         ExitCode::SUCCESS
     } else if report.not_implemented() {
-        eprintln!("k8sforge: a phase of this run is not implemented yet in this version; the phases before it completed.");
+        eprintln!("k8sforge: some phases of this run are not implemented yet in this version (marked ✗ above); the others completed.");
         ExitCode::from(NOT_IMPLEMENTED)
     } else {
         ExitCode::from(1)

@@ -450,3 +450,29 @@ impl Cache {
         })
     }
 }
+
+/// `release` with each component's version replaced by the one the mirror's list serves (when
+/// the source has a list that names it). Versions from a mirror live for the rest of the run, so
+/// they are leaked into `&'static str` once per call; a run makes at most a few such calls.
+pub fn effective_release(
+    release: &Release,
+    source: &ArtifactSource,
+) -> Result<Release, ArtifactError> {
+    let Some((_, manifest)) = load_manifest(&source.mirror)? else {
+        return Ok(*release);
+    };
+    let mut r = *release;
+    for e in &manifest.artifacts {
+        let v: &'static str = Box::leak(e.version.clone().into_boxed_str());
+        match Component::from_name(&e.name) {
+            Some(Component::Etcd) => r.etcd = v,
+            Some(Component::Containerd) => r.containerd = v,
+            Some(Component::Runc) => r.runc = v,
+            Some(Component::CniPlugins) => r.cni_plugins = v,
+            Some(Component::Crictl) => r.crictl = v,
+            // Kubernetes binaries share the profile's version; a mirror cannot change it.
+            _ => {}
+        }
+    }
+    Ok(r)
+}

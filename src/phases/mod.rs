@@ -1,10 +1,14 @@
 //! The phases of `up`, in order. Each is a Hard Way chapter: plan against current state, apply,
 //! verify, and record completion in the state file with a fingerprint of its inputs.
 
+pub mod etcd;
+pub mod network;
 pub mod pki;
 pub mod provision;
+pub mod remote_step;
 pub mod runner;
 pub mod status;
+pub mod workers;
 
 use std::time::Duration;
 
@@ -26,6 +30,44 @@ pub struct Context<'a> {
     pub inventory: Option<Inventory>,
     /// `--mirror DIR|URL`, overriding the profile's artifact source.
     pub mirror: Option<String>,
+    /// `--trust-mirror-checksums`: verify artifacts against the mirror's list, not the pins.
+    pub trust_mirror_checksums: bool,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+    /// The rendered bundle, computed once per run (after pki) for every remote phase.
+    pub bundle: Option<crate::render::Bundle>,
+}
+
+impl Context<'_> {
+    /// Render the bundle on first use.
+    pub fn bundle(&mut self) -> Result<&crate::render::Bundle, PhaseError> {
+        if self.bundle.is_none() {
+            let inv = self.inventory.as_ref().ok_or(PhaseError::NoInventory {
+                phase: PhaseName::Workers,
+            })?;
+            let p = &self.loaded.profile;
+            let pinned = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
+                PhaseError::Failed(format!(
+                    "no pinned release for Kubernetes {}",
+                    p.kubernetes.version
+                ))
+            })?;
+            let source = crate::artifacts::ArtifactSource::from_profile(
+                &p.artifacts,
+                self.mirror.as_deref(),
+                self.trust_mirror_checksums,
+            )
+            .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            let release = crate::artifacts::source::effective_release(pinned, &source)
+                .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            let b = crate::render::render_release(p, inv, &self.dir.root, &release)
+                .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            self.bundle = Some(b);
+        }
+        self.bundle
+            .as_ref()
+            .ok_or_else(|| PhaseError::Failed("bundle missing".into()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

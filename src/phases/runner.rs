@@ -14,6 +14,9 @@ use crate::state::{ClusterDir, PhaseRecord};
 pub struct UpOptions {
     pub phases: Vec<PhaseName>,
     pub mirror: Option<String>,
+    pub trust_mirror_checksums: bool,
+    /// Progress bars on stderr (off for `--output json` consumers that want quiet stderr).
+    pub progress: bool,
     /// Run phases even when their inputs are unchanged (re-converge nodes).
     pub force: bool,
 }
@@ -42,7 +45,10 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
     match name {
         PhaseName::Provision => Some(Box::new(super::provision::Provision)),
         PhaseName::Pki => Some(Box::new(super::pki::Pki)),
-        _ => None,
+        PhaseName::Etcd => Some(Box::new(super::etcd::Etcd)),
+        PhaseName::Workers => Some(Box::new(super::workers::Workers)),
+        PhaseName::Network => Some(Box::new(super::network::Network)),
+        PhaseName::ControlPlane | PhaseName::Addons | PhaseName::Training => None,
     }
 }
 
@@ -66,6 +72,9 @@ pub fn run_up(
         state,
         inventory,
         mirror: opts.mirror.clone(),
+        trust_mirror_checksums: opts.trust_mirror_checksums,
+        progress: opts.progress,
+        bundle: None,
     };
     let mut report = UpReport {
         cluster: loaded.profile.name.clone(),
@@ -89,7 +98,9 @@ pub fn run_up(
                 Outcome::NotImplemented,
                 "not implemented yet".into(),
             ));
-            break;
+            // Later phases that do not depend on it still run; the run's exit status says
+            // plainly that something was not done.
+            continue;
         };
         let line = StatusLine::start(phase.title());
         let result = (|| -> Result<PhaseSummary, PhaseError> {
@@ -129,8 +140,9 @@ pub fn run_up(
         for (node, err) in &s.failed_nodes {
             eprintln!("     {node}: {err}");
         }
+        let failed = s.outcome == Outcome::Failed;
         report.phases.push(s);
-        if !ok {
+        if failed {
             break;
         }
     }

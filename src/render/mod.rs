@@ -55,7 +55,8 @@ pub enum RenderError {
     DuplicateFile { node: String, path: String },
 }
 
-/// Render every node's files from the profile, the inventory and the PKI in `cluster_dir`.
+/// Render every node's files from the profile, the inventory and the PKI in `cluster_dir`, for the
+/// component versions pinned with the profile's Kubernetes version.
 pub fn render(
     profile: &Profile,
     inventory: &Inventory,
@@ -70,6 +71,17 @@ pub fn render(
                 .collect(),
         }
     })?;
+    render_release(profile, inventory, cluster_dir, release)
+}
+
+/// Render for explicit component versions: those an artifact mirror actually serves, when its
+/// list overrides the pins (config formats differ between e.g. containerd 1.6 and 2.x).
+pub fn render_release(
+    profile: &Profile,
+    inventory: &Inventory,
+    cluster_dir: &Path,
+    release: &artifacts::Release,
+) -> Result<Bundle, RenderError> {
     let features = context::Features::for_release(release)?;
     let env = templates::env().map_err(RenderError::Templates)?;
     let pki = pki_files::SharedPki::read(cluster_dir)?;

@@ -1,0 +1,43 @@
+//! Phase `network` (Hard Way: "Provisioning Pod Network Routes"): every node routes each other
+//! node's pod CIDR via that node's address, from a oneshot unit so the routes survive reboots.
+//! This is the host-routes model for local and same-subnet nodes; cloud route tables and GCP alias
+//! ranges are set up by the provider at provision time.
+
+use std::time::Instant;
+
+use super::remote_step::{self, RemoteStep};
+use super::{Context, Phase, PhaseError, PhaseName, PhaseSummary};
+use crate::render::routes::ROUTES_UNIT;
+
+pub struct Network;
+
+const STEP: RemoteStep = RemoteStep {
+    phase: PhaseName::Network,
+    nodes: |_| true,
+    units: &[ROUTES_UNIT],
+    path_prefixes: &[],
+    components: &[],
+};
+
+impl Phase for Network {
+    fn name(&self) -> PhaseName {
+        PhaseName::Network
+    }
+
+    fn title(&self) -> &'static str {
+        "Routing pod networks"
+    }
+
+    fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
+        let started = Instant::now();
+        let (_, report) = remote_step::apply(ctx, &STEP)?;
+        let routes = report.nodes_total.saturating_sub(1);
+        let detail = format!("{} nodes, {routes} routes each", report.nodes_total);
+        Ok(remote_step::summary(
+            PhaseName::Network,
+            &report,
+            started,
+            detail,
+        ))
+    }
+}

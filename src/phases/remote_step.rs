@@ -1,0 +1,160 @@
+//! What the remote phases share: take the part of each node's bundle a phase owns (its units, the
+//! files that restart them, its path prefixes) plus the binaries of its artifacts, push it with the
+//! executor (checksums first, atomic, restart only what changed), and turn the executor's report
+//! into the phase summary.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Context, Outcome, PhaseError, PhaseName, PhaseSummary};
+use crate::artifacts::{self, ArtifactSource, Component};
+use crate::inventory::Node;
+use crate::remote::sync::{NodePlan, SyncFile};
+use crate::remote::{Executor, ExecutorOptions, PhaseReport};
+
+/// The slice of the cluster one phase is responsible for.
+pub struct RemoteStep {
+    pub phase: PhaseName,
+    /// Which nodes take part.
+    pub nodes: fn(&Node) -> bool,
+    /// Units this phase owns, in start order.
+    pub units: &'static [&'static str],
+    /// Files under these prefixes belong to the phase even when they restart nothing.
+    pub path_prefixes: &'static [&'static str],
+    /// Artifacts whose binaries the phase installs, with the units each restarts on change.
+    pub components: &'static [(Component, &'static [&'static str])],
+}
+
+impl RemoteStep {
+    fn owns(&self, f: &crate::render::BundleFile) -> bool {
+        f.restarts.iter().any(|u| self.units.contains(&u.as_str()))
+            || self.path_prefixes.iter().any(|p| f.path.starts_with(p))
+    }
+}
+
+pub fn executor(ctx: &Context) -> Result<Executor, PhaseError> {
+    let opts = ExecutorOptions {
+        progress: ctx.progress,
+        ..ExecutorOptions::default()
+    };
+    Executor::new(&ctx.dir.root, opts).map_err(|e| PhaseError::Failed(e.to_string()))
+}
+
+/// Fetch (cached, verified) and extract the artifacts of `components`.
+fn artifact_files(
+    ctx: &Context,
+    components: &[(Component, &[&str])],
+) -> Result<Vec<SyncFile>, PhaseError> {
+    if components.is_empty() {
+        return Ok(Vec::new());
+    }
+    let p = &ctx.loaded.profile;
+    let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
+        PhaseError::Failed(format!(
+            "no pinned release for Kubernetes {}",
+            p.kubernetes.version
+        ))
+    })?;
+    let source = ArtifactSource::from_profile(
+        &p.artifacts,
+        ctx.mirror.as_deref(),
+        ctx.trust_mirror_checksums,
+    )
+    .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    let wanted: Vec<Component> = components.iter().map(|(c, _)| *c).collect();
+    let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
+    let prepared = artifacts::prepare(home, release, &source, &wanted)
+        .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    let mut files = Vec::new();
+    for (art, installed) in &prepared {
+        let restarts = components
+            .iter()
+            .find(|(c, _)| *c == art.component)
+            .map(|(_, r)| *r)
+            .unwrap_or(&[]);
+        files.extend(artifacts::extract::sync_files(installed, restarts));
+    }
+    Ok(files)
+}
+
+/// Build every participating node's plan for `step`.
+pub fn plans(
+    ctx: &mut Context,
+    step: &RemoteStep,
+) -> Result<BTreeMap<String, NodePlan>, PhaseError> {
+    let binaries = artifact_files(ctx, step.components)?;
+    let inv = ctx
+        .inventory
+        .clone()
+        .ok_or(PhaseError::NoInventory { phase: step.phase })?;
+    let bundle = ctx.bundle()?;
+    let mut plans = BTreeMap::new();
+    for node in inv.nodes.iter().filter(|n| (step.nodes)(n)) {
+        let Some(nb) = bundle.nodes.get(&node.name) else {
+            continue;
+        };
+        let mut files: Vec<SyncFile> = nb
+            .files
+            .iter()
+            .filter(|f| step.owns(f))
+            .map(SyncFile::from_bundle)
+            .collect();
+        files.extend(binaries.iter().cloned());
+        let units = nb
+            .units
+            .iter()
+            .filter(|u| step.units.contains(&u.as_str()))
+            .cloned()
+            .collect();
+        plans.insert(
+            node.name.clone(),
+            NodePlan {
+                files,
+                units,
+                commands: Vec::new(),
+            },
+        );
+    }
+    Ok(plans)
+}
+
+/// Push the plans and summarise. Nodes that fail are listed; the others complete.
+pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseReport), PhaseError> {
+    let plans = plans(ctx, step)?;
+    let exec = executor(ctx)?;
+    let inv = ctx
+        .inventory
+        .as_ref()
+        .ok_or(PhaseError::NoInventory { phase: step.phase })?;
+    let report = exec.apply_plans(inv, &plans, step.phase.as_str());
+    Ok((exec, report))
+}
+
+pub fn summary(
+    phase: PhaseName,
+    report: &PhaseReport,
+    started: Instant,
+    detail: String,
+) -> PhaseSummary {
+    PhaseSummary {
+        phase,
+        outcome: if report.ok() {
+            Outcome::Done
+        } else {
+            Outcome::Failed
+        },
+        files_changed: report.files_changed,
+        units_restarted: report.units_restarted,
+        failed_nodes: report.failed_pairs(),
+        detail: if report.ok() {
+            detail
+        } else {
+            format!(
+                "{} of {} nodes failed",
+                report.failed.len(),
+                report.nodes_total
+            )
+        },
+        elapsed: started.elapsed(),
+    }
+}
