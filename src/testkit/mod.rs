@@ -4,3 +4,4 @@
 //! production code path calls it.
 
 pub mod mirror;
+pub mod oci;

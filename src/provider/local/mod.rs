@@ -496,7 +496,7 @@ impl LocalProvider {
         }
         for n in &to_boot {
             let nd = cfg.node_dir(&n.name);
-            if !node::wait_launcher_ready(&nd, Duration::from_secs(10)) {
+            if !node::wait_launcher_ready(&nd, Duration::from_secs(60)) {
                 return Err(LocalError::NodeDown {
                     node: n.name.clone(),
                     reason: "its launcher did not start systemd-nspawn".into(),

@@ -1,0 +1,347 @@
+//! `k8sforge up` on real local nodes (systemd-nspawn, real sshd and systemd) with artifacts from a
+//! test mirror repackaged from Debian packages: etcd over TLS, containerd + runc + CNI on every
+//! node, pod routes between nodes — and the failure modes: a re-run changes nothing, a SIGKILLed
+//! run resumes, a stopped node is named and a re-run completes after it is back.
+//!
+//! One cluster is shared by the steps (they build on each other), so this is a single test.
+//! Needs root, systemd-container, debootstrap (node image, cached) and apt access (test mirror,
+//! cached under /var/cache/k8sforge-testkit).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8sforge::testkit::{mirror, oci};
+
+const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+const NAME: &str = "e2e-up";
+const NODE_CIDR: &str = "198.19.240.0/24";
+
+struct Cluster {
+    home: tempfile::TempDir,
+    mirror: PathBuf,
+}
+
+impl Cluster {
+    fn cmd(&self, args: &[&str]) -> Command {
+        // The verb, then the profile, then the verb's own arguments (`ssh NODE -- CMD` ends
+        // with a trailing command that must come last).
+        let mut c = Command::new(BIN);
+        c.env("K8SFORGE_HOME", self.home.path())
+            .arg(args[0])
+            .args([
+                "--profile",
+                "local-3",
+                "--set",
+                &format!("name={NAME}"),
+                "--set",
+                &format!("network.nodeCIDR={NODE_CIDR}"),
+            ])
+            .args(&args[1..]);
+        c
+    }
+
+    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
+        let mirror = self.mirror.display().to_string();
+        let mut args = vec![
+            "up",
+            "--mirror",
+            &mirror,
+            "--trust-mirror-checksums",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cmd(&args).output().unwrap();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (out, report)
+    }
+
+    /// Run `script` on `node` through `k8sforge ssh` (pinned host key, cluster key).
+    fn ssh(&self, node: &str, script: &str) -> Output {
+        self.cmd(&["ssh", node, "--", script]).output().unwrap()
+    }
+
+    fn ssh_ok(&self, node: &str, script: &str) -> String {
+        let out = self.ssh(node, script);
+        assert!(
+            out.status.success(),
+            "on {node}: {script}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        Path::new("/var/lib/k8sforge/clusters")
+            .join(NAME)
+            .join("nodes")
+            .join(node)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["teardown"]).output();
+    }
+}
+
+fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["phases"]
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["phase"] == name))
+        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
+}
+
+fn assert_done(report: &serde_json::Value, names: &[&str]) {
+    for n in names {
+        assert_eq!(phase(report, n)["outcome"], "done", "phase {n}: {report:#}");
+    }
+}
+
+/// Power the node off from inside (its launcher then exits; provision boots it again).
+fn stop_node(c: &Cluster, node: &str) {
+    let _ = c.ssh(node, "systemctl poweroff");
+    let pidfile = c.node_dir(node).join("nspawn.pid");
+    for _ in 0..60 {
+        let alive = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !alive && c.ssh(node, "true").status.code() != Some(0) {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("{node} did not power off");
+}
+
+/// Add a network namespace on `node` with the CNI bridge plugin and the node's own CNI config;
+/// returns the pod address.
+fn cni_pod(c: &Cluster, node: &str) -> String {
+    let out = c.ssh_ok(
+        node,
+        "ip netns del tpod 2>/dev/null; ip netns add tpod && \
+         CNI_COMMAND=ADD CNI_CONTAINERID=tpod CNI_NETNS=/run/netns/tpod CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
+         /opt/cni/bin/bridge < /etc/cni/net.d/10-bridge.conf",
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{node}: CNI result {out}: {e}"));
+    let addr = v["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{node}: no address in {v}"));
+    addr.split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test boots systemd-nspawn nodes: run as root"
+    );
+    let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
+    let c = Cluster {
+        home: tempfile::tempdir().unwrap(),
+        mirror: m.root.clone(),
+    };
+
+    // 1. The whole run: every phase that exists completes; the rest say they are not built yet.
+    let (out, report) = c.up(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_done(&report, &["provision", "pki", "etcd", "workers", "network"]);
+    assert_eq!(
+        phase(&report, "control-plane")["outcome"],
+        "not-implemented",
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not-implemented phases make the exit status non-zero: {stderr}"
+    );
+    assert!(phase(&report, "workers")["files_changed"].as_u64().unwrap() > 0);
+
+    // 2. etcd answers over TLS with the generated client cert; plaintext and foreign certs are refused.
+    // etcdctl 3.4 prints health results on stderr.
+    let health = c.ssh("controlplane-1", k8sforge::phases::etcd::HEALTH_CMD);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&health.stdout),
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(
+        health.status.success() && text.contains("https://198.19.240.11:2379 is healthy"),
+        "{text}"
+    );
+    let plain = c.ssh(
+        "controlplane-1",
+        "ETCDCTL_API=3 etcdctl --endpoints=http://127.0.0.1:2379 --command-timeout=3s endpoint health",
+    );
+    assert!(!plain.status.success(), "plaintext client was accepted");
+    let dir = tempfile::tempdir().unwrap();
+    let (key, crt) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let gen = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=root",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
+    let pem = |p: &Path| std::fs::read_to_string(p).unwrap();
+    let foreign = c.ssh(
+        "controlplane-1",
+        &format!(
+            "printf '%s' '{}' > /tmp/f.key && printf '%s' '{}' > /tmp/f.crt && \
+             ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/ca.crt \
+             --cert=/tmp/f.crt --key=/tmp/f.key --command-timeout=3s endpoint health; rc=$?; \
+             ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/tmp/f.crt \
+             --cert=/etc/etcd/healthcheck-client.crt --key=/etc/etcd/healthcheck-client.key \
+             --command-timeout=3s endpoint health && exit 0; exit $rc",
+            pem(&key),
+            pem(&crt)
+        ),
+    );
+    assert!(
+        !foreign.status.success(),
+        "a client cert from a foreign CA, or a wrong CA, was accepted"
+    );
+
+    // 3. Pod network: a CNI pod on each worker gets an address from that node's pod CIDR and
+    //    reaches the pod on the other worker through the host routes.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(c.home.path().join(NAME).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    let pod1 = cni_pod(&c, "worker-1");
+    let pod2 = cni_pod(&c, "worker-2");
+    for (node, ip) in [("worker-1", &pod1), ("worker-2", &pod2)] {
+        let cidr: ipnet::Ipv4Net = state["pod_cidrs"][node].as_str().unwrap().parse().unwrap();
+        assert!(
+            cidr.contains(&ip.parse::<std::net::Ipv4Addr>().unwrap()),
+            "{node}: {ip} not in {cidr}"
+        );
+    }
+    c.ssh_ok(
+        "worker-1",
+        &format!("ip netns exec tpod ping -c 2 -W 3 {pod2}"),
+    );
+    c.ssh_ok(
+        "worker-2",
+        &format!("ip netns exec tpod ping -c 2 -W 3 {pod1}"),
+    );
+
+    // 4. containerd runs a container from a local OCI archive (no registry).
+    let archive = dir.path().join("busybox-oci.tar");
+    oci::build_archive(
+        &m.busybox,
+        &["sh", "echo", "hostname"],
+        &["/bin/sh"],
+        "docker.io/library/k8sforge-busybox:latest",
+        &archive,
+    )
+    .unwrap();
+    let mut push = c.cmd(&["ssh", "worker-1", "--", "cat > /tmp/busybox-oci.tar"]);
+    push.stdin(Stdio::from(std::fs::File::open(&archive).unwrap()));
+    assert!(push.status().unwrap().success());
+    let ran = c.ssh_ok(
+        "worker-1",
+        "ctr images import /tmp/busybox-oci.tar >/dev/null && \
+         timeout 60 ctr run --rm docker.io/library/k8sforge-busybox:latest t1 /bin/sh -c 'echo hello-from-container'",
+    );
+    assert!(ran.contains("hello-from-container"), "{ran}");
+
+    // 5. A second up changes nothing and restarts nothing.
+    let (_, report) = c.up(&[]);
+    for p in ["etcd", "workers", "network"] {
+        assert_eq!(phase(&report, p)["files_changed"], 0, "{p}: {report:#}");
+        assert_eq!(phase(&report, p)["units_restarted"], 0, "{p}: {report:#}");
+    }
+
+    // 6. SIGKILL in the middle of the workers phase, then up again: it completes, and the
+    //    runtime works. The binaries are removed first so the phase has real work to be cut in.
+    for n in ["controlplane-1", "worker-1", "worker-2"] {
+        c.ssh_ok(
+            n,
+            "rm -f /usr/local/bin/containerd /usr/local/sbin/runc /opt/cni/bin/bridge",
+        );
+    }
+    let mirror_arg = c.mirror.display().to_string();
+    let mut child = c
+        .cmd(&[
+            "up",
+            "--from",
+            "workers",
+            "--mirror",
+            &mirror_arg,
+            "--trust-mirror-checksums",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let (out, report) = c.up(&["--from", "workers"]);
+    assert_done(&report, &["workers", "network"]);
+    assert!(
+        out.status.code() == Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ran = c.ssh_ok(
+        "worker-2",
+        "ctr images ls -q >/dev/null && /usr/local/sbin/runc --version && systemctl is-active containerd",
+    );
+    assert!(ran.contains("active"), "{ran}");
+
+    // 7. One node stopped: the run names it and the reason, finishes the others, exits non-zero;
+    //    after the node is back (provision restarts it), a re-run completes.
+    stop_node(&c, "worker-2");
+    let (out, report) = c.up(&["--from", "etcd"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let workers = phase(&report, "workers");
+    assert_eq!(workers["outcome"], "failed", "{report:#}");
+    let failed = workers["failed_nodes"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0][0], "worker-2");
+    assert!(!failed[0][1].as_str().unwrap().is_empty());
+    assert!(
+        stderr.contains("worker-2:"),
+        "stderr names the node: {stderr}"
+    );
+    let (out, report) = c.up(&[]);
+    assert_done(&report, &["provision", "etcd", "workers", "network"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.ssh_ok(
+        "worker-2",
+        "systemctl is-active containerd && test -x /opt/cni/bin/bridge",
+    );
+}
