@@ -17,5 +17,6 @@ pub mod render;
 pub mod ssh_command;
 pub mod sshkeys;
 pub mod state;
+pub mod status;
 #[doc(hidden)]
 pub mod testkit;

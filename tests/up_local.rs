@@ -278,6 +278,24 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
         assert_eq!(phase(&report, p)["units_restarted"], 0, "{p}: {report:#}");
     }
 
+    // `status` sees every node and its units.
+    let out = c.cmd(&["status", "-o", "json"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        status["nodes"][0]["units"]["etcd.service"], "active",
+        "{status:#}"
+    );
+    assert_eq!(
+        status["nodes"][2]["units"]["containerd.service"], "active",
+        "{status:#}"
+    );
+
     // 6. SIGKILL in the middle of the workers phase, then up again: it completes, and the
     //    runtime works. The binaries are removed first so the phase has real work to be cut in.
     for n in ["controlplane-1", "worker-1", "worker-2"] {

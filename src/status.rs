@@ -1,0 +1,142 @@
+//! `k8sforge status`: per node, whether it answers over SSH and the state of every unit its
+//! bundle starts; plus which phases completed, from the state file. Reads only.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::inventory::Inventory;
+use crate::remote::{Executor, ExecutorOptions};
+use crate::state::State;
+
+/// The units k8sforge may start on a node, in start order.
+pub const UNITS: &[&str] = &[
+    "etcd.service",
+    "kube-apiserver.service",
+    "kube-controller-manager.service",
+    "kube-scheduler.service",
+    "containerd.service",
+    "kubelet.service",
+    "kube-proxy.service",
+    "k8sforge-pod-routes.service",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// unit → `systemctl is-active` answer, for units installed on the node.
+    pub units: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    /// Completed phases and when (unix seconds).
+    pub phases: BTreeMap<String, String>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// Ask every node (bounded fan-out) for its units' states.
+pub fn collect(
+    cluster_dir: &Path,
+    inv: &Inventory,
+    state: &State,
+    progress: bool,
+) -> Result<ClusterStatus, crate::remote::RemoteError> {
+    let exec = Executor::new(
+        cluster_dir,
+        ExecutorOptions {
+            progress,
+            retries: 1,
+            connect_timeout: Duration::from_secs(5),
+            ..ExecutorOptions::default()
+        },
+    )?;
+    // Only units whose file exists are reported, so a worker does not list etcd as missing.
+    let script = UNITS
+        .iter()
+        .map(|u| {
+            format!("[ -e /etc/systemd/system/{u} ] && echo \"{u} $(systemctl is-active {u})\"")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+        + "; true";
+    let nodes: Vec<_> = inv.nodes.iter().collect();
+    let results = exec.run_all(&nodes, &script, Duration::from_secs(20));
+    let nodes = results
+        .into_iter()
+        .map(|o| match o.result {
+            Ok(out) => NodeStatus {
+                node: o.node,
+                reachable: true,
+                error: None,
+                units: out
+                    .stdout
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .map(|(u, s)| (u.to_string(), s.to_string()))
+                    .collect(),
+            },
+            Err(e) => NodeStatus {
+                node: o.node,
+                reachable: false,
+                error: Some(e.to_string()),
+                units: BTreeMap::new(),
+            },
+        })
+        .collect();
+    Ok(ClusterStatus {
+        cluster: inv.cluster.clone(),
+        phases: state
+            .phases
+            .iter()
+            .map(|(k, v)| (k.clone(), v.completed_at.clone()))
+            .collect(),
+        nodes,
+    })
+}
+
+/// Human table: one line per node.
+pub fn print_table(s: &ClusterStatus) {
+    let phases: Vec<&str> = s.phases.keys().map(String::as_str).collect();
+    println!(
+        "cluster {}: phases completed: {}",
+        s.cluster,
+        if phases.is_empty() {
+            "none".into()
+        } else {
+            phases.join(", ")
+        }
+    );
+    println!("{:<24} {:<10} UNITS", "NODE", "SSH");
+    for n in &s.nodes {
+        let units = if n.reachable {
+            n.units
+                .iter()
+                .map(|(u, st)| format!("{}={st}", u.trim_end_matches(".service")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            n.error.clone().unwrap_or_default()
+        };
+        println!(
+            "{:<24} {:<10} {units}",
+            n.node,
+            if n.reachable { "ok" } else { "DOWN" }
+        );
+    }
+}
+
+impl ClusterStatus {
+    /// Healthy: every node answers and every installed unit is active.
+    pub fn healthy(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.reachable && n.units.values().all(|s| s == "active"))
+    }
+}
