@@ -7,7 +7,8 @@
 //!
 //!   K8SFORGE_BENCH_NODES=20 cargo bench --bench remote_push
 //!
-//! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64).
+//! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64),
+//! K8SFORGE_BENCH_PROGRESS (set: draw the executor's progress bars).
 
 #[path = "../tests/support/sshd.rs"]
 mod sshd;
@@ -129,7 +130,7 @@ fn main() {
         &fx.cluster_dir,
         ExecutorOptions {
             concurrency,
-            progress: false,
+            progress: std::env::var_os("K8SFORGE_BENCH_PROGRESS").is_some(),
             command_timeout: Duration::from_secs(600),
             digest_cache_dir: fx.dir.path().join("digests").display().to_string(),
             ..ExecutorOptions::default()

@@ -470,6 +470,9 @@ fn fan_out_is_bounded_over_many_sessions() {
         &fx.cluster_dir,
         ExecutorOptions {
             concurrency: 4,
+            // The bar code path runs (indicatif hides it when stderr is not a terminal).
+            progress: true,
+            multi_progress: Some(indicatif::MultiProgress::new()),
             ..opts()
         },
     )

@@ -124,6 +124,8 @@ pub struct ExecutorOptions {
     pub unit_timeout: Duration,
     /// Draw indicatif bars on stderr.
     pub progress: bool,
+    /// Draw them under this MultiProgress (shared with the caller's status lines).
+    pub multi_progress: Option<indicatif::MultiProgress>,
     /// Directory on the nodes for the sync's digest cache (see `sync::state_script`); one file
     /// per node name, so logical nodes sharing a host do not collide.
     pub digest_cache_dir: String,
@@ -141,6 +143,7 @@ impl Default for ExecutorOptions {
             transfer_timeout: Duration::from_secs(60),
             unit_timeout: Duration::from_secs(180),
             progress: true,
+            multi_progress: None,
             digest_cache_dir: "/var/lib/k8sforge/digests".into(),
         }
     }
@@ -294,6 +297,7 @@ impl Executor {
             self.opts.concurrency,
             phase,
             self.opts.progress,
+            self.opts.multi_progress.as_ref(),
             |(name, plan, node)| match node {
                 Some(node) => self.apply_node(node, plan),
                 None => Err(RemoteError::Config {
@@ -404,6 +408,7 @@ impl Executor {
             self.opts.concurrency,
             "exec",
             self.opts.progress,
+            self.opts.multi_progress.as_ref(),
             |node| self.connect(node)?.exec(cmd, timeout),
         );
         nodes
