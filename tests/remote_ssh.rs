@@ -354,6 +354,20 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         Err(RemoteError::HostKeyChanged { .. })
     ));
 
+    // OpenSSH itself, given k8sforge's command line, refuses the changed key too.
+    let argv = ex.ssh_argv(&n).unwrap();
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["-o", "BatchMode=yes", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{stderr}"
+    );
+
     // A provider that pins the right key up front connects without trust-on-first-use.
     let pinned_dir = fx.dir.path().join("cluster2");
     std::fs::create_dir_all(pinned_dir.join("ssh")).unwrap();
@@ -364,6 +378,18 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         .pin_public_key_line("cp-1", &format!("[127.0.0.1]:{port}"), &line)
         .unwrap();
     ex2.connect(&n).expect("pre-pinned key accepted");
+    // ...and so does OpenSSH with the same pins: `k8sforge ssh` works against the same file.
+    let argv = ex2.ssh_argv(&n).unwrap();
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["-o", "BatchMode=yes", "echo via-openssh"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via-openssh"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

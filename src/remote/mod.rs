@@ -266,6 +266,36 @@ impl Executor {
         })
     }
 
+    /// The OpenSSH command line that reaches `node` with the cluster's key and pinned host keys
+    /// (strict checking), for `k8sforge ssh NODE [cmd]` to exec. Pins the key first if this node
+    /// was never contacted, so that OpenSSH never prompts.
+    pub fn ssh_argv(&self, node: &Node) -> Result<Vec<String>, RemoteError> {
+        let t = self.target(node)?;
+        let pattern = known_hosts::host_pattern(t.addr.ip(), t.addr.port());
+        if self.known.pinned_types(&pattern).is_empty() {
+            drop(self.connect(node)?);
+        }
+        Ok(vec![
+            "ssh".into(),
+            "-i".into(),
+            t.key.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known.path().display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!(
+                "ConnectTimeout={}",
+                self.opts.connect_timeout.as_secs().max(1)
+            ),
+            "-p".into(),
+            t.addr.port().to_string(),
+            format!("{}@{}", t.user, t.addr.ip()),
+        ])
+    }
+
     pub fn connect(&self, node: &Node) -> Result<Conn, RemoteError> {
         session::connect(&self.target(node)?, &self.known, &self.opts)
     }
