@@ -193,8 +193,12 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
     // systemd-level restarts on the local nspawn nodes.
     assert!(rep.nodes[0].units_restarted.is_empty());
 
-    // Second run: nothing changes, nothing is uploaded, nothing restarts.
+    // Second run: nothing changes, nothing is uploaded, nothing restarts; the temp file an
+    // interrupted upload left behind is cleaned up.
+    let stale = r("/usr/local/bin/.demo.k8sforge-tmp");
+    std::fs::write(&stale, b"half an upload").unwrap();
     let rep = apply(&plan);
+    assert!(!Path::new(&stale).exists());
     assert_eq!(rep.files_changed, 0);
     assert_eq!(rep.nodes[0].bytes_uploaded, 0);
     assert!(rep.nodes[0].units_restarted.is_empty());
