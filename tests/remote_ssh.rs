@@ -358,11 +358,10 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         Err(RemoteError::HostKeyChanged { .. })
     ));
 
-    // OpenSSH itself, given k8sforge's command line, refuses the changed key too.
-    let argv = ex.ssh_argv(&n).unwrap();
-    let out = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["-o", "BatchMode=yes", "true"])
+    // OpenSSH itself (`k8sforge ssh`'s command line) reads the same pins and refuses too.
+    let out = std::process::Command::new("ssh")
+        .args(k8sforge::ssh_command::ssh_args(&fx.cluster_dir, &n))
+        .arg("true")
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -383,10 +382,9 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         .unwrap();
     ex2.connect(&n).expect("pre-pinned key accepted");
     // ...and so does OpenSSH with the same pins: `k8sforge ssh` works against the same file.
-    let argv = ex2.ssh_argv(&n).unwrap();
-    let out = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["-o", "BatchMode=yes", "echo via-openssh"])
+    let out = std::process::Command::new("ssh")
+        .args(k8sforge::ssh_command::ssh_args(&pinned_dir, &n))
+        .arg("echo via-openssh")
         .output()
         .unwrap();
     assert!(

@@ -18,21 +18,13 @@ use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
 pub mod fanout;
-pub mod keys;
 pub mod known_hosts;
 pub mod session;
 pub mod sync;
 
-pub use keys::{ensure_cluster_key, ClusterKey};
 pub use known_hosts::KnownHosts;
 pub use session::{Conn, ExecOutput, Target};
 pub use sync::{FileSource, NodePlan, SyncFile};
-
-/// The cluster's own SSH key, relative to the cluster directory (generated with the cluster;
-/// its public half is what providers install on machines).
-pub const CLUSTER_KEY: &str = "ssh/id_ed25519";
-/// Pinned host keys, relative to the cluster directory.
-pub const KNOWN_HOSTS: &str = "known_hosts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -226,10 +218,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Uses `<cluster_dir>/known_hosts` for host keys and `<cluster_dir>/ssh/id_ed25519` as the
-    /// key for nodes that name none.
+    /// Uses `<cluster_dir>/known_hosts` for host keys and the cluster key
+    /// (`sshkeys::cluster_key_path`, `<cluster_dir>/ssh/id_ed25519`) for nodes that name none.
     pub fn new(cluster_dir: &Path, opts: ExecutorOptions) -> Result<Executor, RemoteError> {
-        let known = KnownHosts::load(&cluster_dir.join(KNOWN_HOSTS))?;
+        let known = KnownHosts::load(&crate::sshkeys::known_hosts_path(cluster_dir))?;
         Ok(Executor {
             cluster_dir: cluster_dir.to_path_buf(),
             known,
@@ -256,7 +248,7 @@ impl Executor {
         }
         let key = match &node.ssh.key {
             Some(k) => expand_home(k),
-            None => self.cluster_dir.join(CLUSTER_KEY),
+            None => crate::sshkeys::cluster_key_path(&self.cluster_dir),
         };
         Ok(Target {
             node: node.name.clone(),
@@ -264,36 +256,6 @@ impl Executor {
             user: node.ssh.user.clone(),
             key,
         })
-    }
-
-    /// The OpenSSH command line that reaches `node` with the cluster's key and pinned host keys
-    /// (strict checking), for `k8sforge ssh NODE [cmd]` to exec. Pins the key first if this node
-    /// was never contacted, so that OpenSSH never prompts.
-    pub fn ssh_argv(&self, node: &Node) -> Result<Vec<String>, RemoteError> {
-        let t = self.target(node)?;
-        let pattern = known_hosts::host_pattern(t.addr.ip(), t.addr.port());
-        if self.known.pinned_types(&pattern).is_empty() {
-            drop(self.connect(node)?);
-        }
-        Ok(vec![
-            "ssh".into(),
-            "-i".into(),
-            t.key.display().to_string(),
-            "-o".into(),
-            "IdentitiesOnly=yes".into(),
-            "-o".into(),
-            format!("UserKnownHostsFile={}", self.known.path().display()),
-            "-o".into(),
-            "StrictHostKeyChecking=yes".into(),
-            "-o".into(),
-            format!(
-                "ConnectTimeout={}",
-                self.opts.connect_timeout.as_secs().max(1)
-            ),
-            "-p".into(),
-            t.addr.port().to_string(),
-            format!("{}@{}", t.user, t.addr.ip()),
-        ])
     }
 
     pub fn connect(&self, node: &Node) -> Result<Conn, RemoteError> {
