@@ -38,16 +38,28 @@ pub struct Release {
 
 /// Supported releases, oldest first. Each version here has a digest in `pins::PINS`
 /// (a unit test checks that).
-pub const RELEASES: &[Release] = &[Release {
-    kubernetes: "v1.34.2",
-    etcd: "v3.6.5",
-    containerd: "2.1.5",
-    runc: "v1.3.3",
-    cni_plugins: "v1.8.0",
-    crictl: "v1.34.0",
-    coredns: "v1.12.1",
-    pause: "3.10.1",
-}];
+pub const RELEASES: &[Release] = &[
+    Release {
+        kubernetes: "v1.28.7",
+        etcd: "v3.5.10",
+        containerd: "1.7.13",
+        runc: "v1.1.12",
+        cni_plugins: "v1.4.0",
+        crictl: "v1.28.0",
+        coredns: "v1.10.1",
+        pause: "3.9",
+    },
+    Release {
+        kubernetes: "v1.34.2",
+        etcd: "v3.6.5",
+        containerd: "2.1.5",
+        runc: "v1.3.3",
+        cni_plugins: "v1.8.0",
+        crictl: "v1.34.0",
+        coredns: "v1.12.1",
+        pause: "3.10.1",
+    },
+];
 
 pub fn release(kubernetes: &str) -> Option<&'static Release> {
     RELEASES.iter().find(|r| r.kubernetes == kubernetes)

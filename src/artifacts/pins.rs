@@ -6,9 +6,13 @@
 //!   `containerd_archive_checksums`, `runc_checksums`, `cni_binary_checksums`,
 //!   `crictl_checksums`, `kubelet_checksums`, `kubectl_checksums`; arch `amd64`), which copies
 //!   them from the projects' release pages and dl.k8s.io `.sha256` files.
+//!   The v1.28.7 release's sums come from the same file before kubespray dropped Kubernetes 1.28
+//!   (parent of its commit fb312e51 "cleanup kube 1.28", then at
+//!   `roles/kubespray-defaults/defaults/main/checksums.yml`).
 //! - SHA-512 of `kubernetes-server-linux-amd64.tar.gz`: Kubernetes
-//!   `CHANGELOG/CHANGELOG-1.34.md`, "Server Binaries" of the release (kubespray has no sums for
-//!   kube-apiserver, -controller-manager, -scheduler or kube-proxy, since it uses kubeadm images).
+//!   `CHANGELOG/CHANGELOG-1.34.md` / `CHANGELOG-1.28.md`, "Server Binaries" of the release
+//!   (kubespray has no sums for kube-apiserver, -controller-manager, -scheduler or kube-proxy,
+//!   since it uses kubeadm images).
 
 use super::{Component, Digest};
 
@@ -19,6 +23,64 @@ enum Algo {
 
 /// (component, version without `v`, algorithm, hex digest).
 const PINS: &[(Component, &str, Algo, &str)] = &[
+    // ---- release v1.28.7 (kubespray before fb312e51) ----
+    // etcd_binary_checksums.amd64.v3.5.10
+    (
+        Component::Etcd,
+        "3.5.10",
+        Algo::Sha256,
+        "26e90d024fa2310bc52bb40e7f2132e81640b55f8fc446c00ae07e30af2a44fd",
+    ),
+    // containerd_archive_checksums.amd64."1.7.13"
+    (
+        Component::Containerd,
+        "1.7.13",
+        Algo::Sha256,
+        "c2371c009dd8b7738663333d91e5ab50d204f8bcae24201f45d59060d12c3a23",
+    ),
+    // runc_checksums.amd64.v1.1.12
+    (
+        Component::Runc,
+        "1.1.12",
+        Algo::Sha256,
+        "aadeef400b8f05645768c1476d1023f7875b78f52c7ff1967a6dbce236b8cbd8",
+    ),
+    // cni_binary_checksums.amd64.v1.4.0
+    (
+        Component::CniPlugins,
+        "1.4.0",
+        Algo::Sha256,
+        "c2485ddb3ffc176578ae30ae58137f0b88e50f7c7f2af7d53a569276b2949a33",
+    ),
+    // crictl_checksums.amd64.v1.28.0
+    (
+        Component::Crictl,
+        "1.28.0",
+        Algo::Sha256,
+        "8dc78774f7cbeaf787994d386eec663f0a3cc24de1ea4893598096cb39ef2508",
+    ),
+    // kubelet_checksums.amd64.v1.28.7
+    (
+        Component::Kubelet,
+        "1.28.7",
+        Algo::Sha256,
+        "120b1495babc4364f7e16a9d0f8b8e6b6f78316d047e4f6de77b5569b05813c7",
+    ),
+    // kubectl_checksums.amd64.v1.28.7
+    (
+        Component::Kubectl,
+        "1.28.7",
+        Algo::Sha256,
+        "aff42d3167685e4d8e86fda0ad9c6ce6ec6c047bc24d608041d54717a18192ba",
+    ),
+    // CHANGELOG-1.28.md, v1.28.7, Server Binaries, kubernetes-server-linux-amd64.tar.gz (sha512)
+    (
+        Component::KubernetesServer,
+        "1.28.7",
+        Algo::Sha512,
+        "ea566c66916cb6b892dec2151850bae766a5593e3a4c1cc39b1ff945fffd843611ea980a01cc9dea4bd69bc1a1fefc6e31284937e8d88c19f7d8e183917bdf8f",
+    ),
+    // ---- release v1.34.2 (kubespray HEAD) ----
     // etcd_binary_checksums.amd64."3.6.5"
     (
         Component::Etcd,
