@@ -7,7 +7,15 @@
 //!
 //!   K8SFORGE_BENCH_NODES=20 cargo bench --bench remote_push
 //!
-//! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64).
+//! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64),
+//! K8SFORGE_BENCH_PROGRESS (set: draw the executor's progress bars).
+//!
+//! Against real nodes instead (e.g. the local provider's nspawn nodes), with the files at their
+//! real paths: K8SFORGE_BENCH_CLUSTER_DIR=<$K8SFORGE_HOME/<cluster>> (its state.json inventory,
+//! cluster key and pinned known_hosts are used; every node gets the worker bundle):
+//!
+//!   k8sforge up --profile local-3 --set workers[0].count=49 --only provision
+//!   K8SFORGE_BENCH_CLUSTER_DIR=~/.k8sforge/local-3 cargo bench --bench remote_push
 
 #[path = "../tests/support/sshd.rs"]
 mod sshd;
@@ -32,8 +40,9 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let nodes_n = env_usize("K8SFORGE_BENCH_NODES", 20);
     let concurrency = env_usize("K8SFORGE_BENCH_CONCURRENCY", 64);
+    let real_cluster = std::env::var_os("K8SFORGE_BENCH_CLUSTER_DIR").map(std::path::PathBuf::from);
     let fx = sshd::Fixture::new();
-    let server = fx.sshd();
+    let server = real_cluster.is_none().then(|| fx.sshd());
 
     let mirror = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("test mirror: {e}"));
@@ -62,9 +71,31 @@ fn main() {
     let root = fx.dir.path().join("nodes");
     let mut nodes = Vec::new();
     let mut plans = BTreeMap::new();
+    let real_nodes: Vec<Node> = match &real_cluster {
+        Some(dir) => {
+            k8sforge::state::load_state_at(&dir.join("state.json"))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .inventory
+                .unwrap_or_else(|| panic!("{} has no inventory", dir.display()))
+                .nodes
+        }
+        None => Vec::new(),
+    };
+    let nodes_n = if real_cluster.is_some() {
+        real_nodes.len()
+    } else {
+        nodes_n
+    };
     for i in 1..=nodes_n {
-        let name = format!("w-{i:04}");
-        let prefix = format!("{}/{name}", root.display());
+        let name = match real_nodes.get(i - 1) {
+            Some(n) => n.name.clone(),
+            None => format!("w-{i:04}"),
+        };
+        let prefix = if real_cluster.is_some() {
+            String::new()
+        } else {
+            format!("{}/{name}", root.display())
+        };
         let mut files: Vec<SyncFile> = installed
             .iter()
             .map(|f| {
@@ -96,6 +127,10 @@ fn main() {
                 ..NodePlan::default()
             },
         );
+        if let Some(n) = real_nodes.get(i - 1) {
+            nodes.push(n.clone());
+            continue;
+        }
         nodes.push(Node {
             name,
             roles: BTreeSet::from([Role::Worker]),
@@ -104,7 +139,7 @@ fn main() {
             pod_cidr: "10.200.0.0/24".parse().unwrap(),
             ssh: SshEndpoint {
                 host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                port: server.port,
+                port: server.as_ref().map_or(22, |s| s.port),
                 user: "root".into(),
                 key: None,
                 bastion: None,
@@ -126,20 +161,27 @@ fn main() {
         planned: false,
     };
     let ex = Executor::new(
-        &fx.cluster_dir,
+        real_cluster.as_deref().unwrap_or(&fx.cluster_dir),
         ExecutorOptions {
             concurrency,
-            progress: false,
+            progress: std::env::var_os("K8SFORGE_BENCH_PROGRESS").is_some(),
             command_timeout: Duration::from_secs(600),
-            digest_cache_dir: fx.dir.path().join("digests").display().to_string(),
+            digest_cache_dir: match &real_cluster {
+                Some(_) => ExecutorOptions::default().digest_cache_dir,
+                None => fx.dir.path().join("digests").display().to_string(),
+            },
             ..ExecutorOptions::default()
         },
     )
     .unwrap();
 
     let files_per_node = plans.values().next().map_or(0, |p| p.files.len());
+    let target = match &real_cluster {
+        Some(d) => format!("nodes of {}", d.display()),
+        None => "logical nodes on one local sshd".to_string(),
+    };
     println!(
-        "remote_push: {nodes_n} logical nodes on one local sshd, concurrency {concurrency}, \
+        "remote_push: {nodes_n} {target}, concurrency {concurrency}, \
          {files_per_node} files and {:.1} MiB of binaries per node",
         bytes_per_node as f64 / (1 << 20) as f64
     );

@@ -193,8 +193,12 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
     // systemd-level restarts on the local nspawn nodes.
     assert!(rep.nodes[0].units_restarted.is_empty());
 
-    // Second run: nothing changes, nothing is uploaded, nothing restarts.
+    // Second run: nothing changes, nothing is uploaded, nothing restarts; the temp file an
+    // interrupted upload left behind is cleaned up.
+    let stale = r("/usr/local/bin/.demo.k8sforge-tmp");
+    std::fs::write(&stale, b"half an upload").unwrap();
     let rep = apply(&plan);
+    assert!(!Path::new(&stale).exists());
     assert_eq!(rep.files_changed, 0);
     assert_eq!(rep.nodes[0].bytes_uploaded, 0);
     assert!(rep.nodes[0].units_restarted.is_empty());
@@ -354,6 +358,19 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         Err(RemoteError::HostKeyChanged { .. })
     ));
 
+    // OpenSSH itself (`k8sforge ssh`'s command line) reads the same pins and refuses too.
+    let out = std::process::Command::new("ssh")
+        .args(k8sforge::ssh_command::ssh_args(&fx.cluster_dir, &n))
+        .arg("true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED"),
+        "{stderr}"
+    );
+
     // A provider that pins the right key up front connects without trust-on-first-use.
     let pinned_dir = fx.dir.path().join("cluster2");
     std::fs::create_dir_all(pinned_dir.join("ssh")).unwrap();
@@ -364,6 +381,17 @@ fn changed_host_key_is_refused_and_never_replaces_the_pin() {
         .pin_public_key_line("cp-1", &format!("[127.0.0.1]:{port}"), &line)
         .unwrap();
     ex2.connect(&n).expect("pre-pinned key accepted");
+    // ...and so does OpenSSH with the same pins: `k8sforge ssh` works against the same file.
+    let out = std::process::Command::new("ssh")
+        .args(k8sforge::ssh_command::ssh_args(&pinned_dir, &n))
+        .arg("echo via-openssh")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("via-openssh"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -470,6 +498,9 @@ fn fan_out_is_bounded_over_many_sessions() {
         &fx.cluster_dir,
         ExecutorOptions {
             concurrency: 4,
+            // The bar code path runs (indicatif hides it when stderr is not a terminal).
+            progress: true,
+            multi_progress: Some(indicatif::MultiProgress::new()),
             ..opts()
         },
     )

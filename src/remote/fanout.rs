@@ -4,23 +4,30 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::RemoteError;
 
 /// Stack per worker: libssh2 and OpenSSL need little; 1000 nodes must not need 8 GiB of stacks.
 const WORKER_STACK: usize = 512 * 1024;
 
-fn bar(label: &str, total: usize, show: bool) -> ProgressBar {
+fn bar(label: &str, total: usize, show: bool, multi: Option<&MultiProgress>) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    // Under the caller's MultiProgress (e.g. next to a phase's status line), so the two never
+    // draw over each other.
+    let pb = match multi {
+        Some(m) => m.add(pb),
+        None => pb,
+    };
     let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} nodes {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     pb.set_style(style);
     pb.set_prefix(label.to_string());
+    pb.set_message("done, 0 failed");
     pb
 }
 
@@ -30,6 +37,7 @@ pub fn parallel_each<I, T, F>(
     concurrency: usize,
     label: &str,
     show_progress: bool,
+    multi: Option<&MultiProgress>,
     job: F,
 ) -> Vec<Result<T, RemoteError>>
 where
@@ -38,7 +46,7 @@ where
     F: Fn(&I) -> Result<T, RemoteError> + Sync,
 {
     let total = items.len();
-    let pb = bar(label, total, show_progress);
+    let pb = bar(label, total, show_progress, multi);
     let next = AtomicUsize::new(0);
     let failed = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<Result<T, RemoteError>>>> =
@@ -55,7 +63,7 @@ where
                 let r = job(&items[i]);
                 if r.is_err() {
                     let f = failed.fetch_add(1, Ordering::Relaxed) + 1;
-                    pb.set_message(format!("({f} failed)"));
+                    pb.set_message(format!("done, {f} failed"));
                 }
                 pb.inc(1);
                 if let Ok(mut res) = results.lock() {

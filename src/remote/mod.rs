@@ -18,21 +18,13 @@ use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
 pub mod fanout;
-pub mod keys;
 pub mod known_hosts;
 pub mod session;
 pub mod sync;
 
-pub use keys::{ensure_cluster_key, ClusterKey};
 pub use known_hosts::KnownHosts;
 pub use session::{Conn, ExecOutput, Target};
 pub use sync::{FileSource, NodePlan, SyncFile};
-
-/// The cluster's own SSH key, relative to the cluster directory (generated with the cluster;
-/// its public half is what providers install on machines).
-pub const CLUSTER_KEY: &str = "ssh/id_ed25519";
-/// Pinned host keys, relative to the cluster directory.
-pub const KNOWN_HOSTS: &str = "known_hosts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -124,6 +116,8 @@ pub struct ExecutorOptions {
     pub unit_timeout: Duration,
     /// Draw indicatif bars on stderr.
     pub progress: bool,
+    /// Draw them under this MultiProgress (shared with the caller's status lines).
+    pub multi_progress: Option<indicatif::MultiProgress>,
     /// Directory on the nodes for the sync's digest cache (see `sync::state_script`); one file
     /// per node name, so logical nodes sharing a host do not collide.
     pub digest_cache_dir: String,
@@ -141,6 +135,7 @@ impl Default for ExecutorOptions {
             transfer_timeout: Duration::from_secs(60),
             unit_timeout: Duration::from_secs(180),
             progress: true,
+            multi_progress: None,
             digest_cache_dir: "/var/lib/k8sforge/digests".into(),
         }
     }
@@ -223,10 +218,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Uses `<cluster_dir>/known_hosts` for host keys and `<cluster_dir>/ssh/id_ed25519` as the
-    /// key for nodes that name none.
+    /// Uses `<cluster_dir>/known_hosts` for host keys and the cluster key
+    /// (`sshkeys::cluster_key_path`, `<cluster_dir>/ssh/id_ed25519`) for nodes that name none.
     pub fn new(cluster_dir: &Path, opts: ExecutorOptions) -> Result<Executor, RemoteError> {
-        let known = KnownHosts::load(&cluster_dir.join(KNOWN_HOSTS))?;
+        let known = KnownHosts::load(&crate::sshkeys::known_hosts_path(cluster_dir))?;
         Ok(Executor {
             cluster_dir: cluster_dir.to_path_buf(),
             known,
@@ -253,7 +248,7 @@ impl Executor {
         }
         let key = match &node.ssh.key {
             Some(k) => expand_home(k),
-            None => self.cluster_dir.join(CLUSTER_KEY),
+            None => crate::sshkeys::cluster_key_path(&self.cluster_dir),
         };
         Ok(Target {
             node: node.name.clone(),
@@ -294,6 +289,7 @@ impl Executor {
             self.opts.concurrency,
             phase,
             self.opts.progress,
+            self.opts.multi_progress.as_ref(),
             |(name, plan, node)| match node {
                 Some(node) => self.apply_node(node, plan),
                 None => Err(RemoteError::Config {
@@ -404,6 +400,7 @@ impl Executor {
             self.opts.concurrency,
             "exec",
             self.opts.progress,
+            self.opts.multi_progress.as_ref(),
             |node| self.connect(node)?.exec(cmd, timeout),
         );
         nodes

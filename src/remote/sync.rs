@@ -169,7 +169,8 @@ fn parents(paths: &[&str]) -> Vec<String> {
 /// Prefix of the state lines, so noise a login shell prints (profile scripts) is ignored.
 const STATE_TAG: &str = "k8sforge-state";
 
-/// One remote call: create missing parent directories, then print one line per target:
+/// One remote call: create missing parent directories, remove temp files an interrupted run
+/// left behind, then print one line per target:
 /// `k8sforge-state F <sha256> <octal mode> <user:group> <uid:gid> <path>`, or
 /// `k8sforge-state M <path>` when absent.
 ///
@@ -192,6 +193,15 @@ pub fn state_script(paths: &[&str], digest_cache: &str) -> String {
             s.push_str(&shell_quote(d));
         }
         s.push_str(" || exit 1\n");
+    }
+    if !paths.is_empty() {
+        // Temp files an interrupted run left next to its targets.
+        s.push_str("rm -f --");
+        for p in paths {
+            s.push(' ');
+            s.push_str(&shell_quote(&temp_path(p)));
+        }
+        s.push('\n');
     }
     let cache = shell_quote(digest_cache);
     s.push_str(&format!(

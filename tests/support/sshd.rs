@@ -169,9 +169,9 @@ impl Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster_dir = dir.path().join("cluster");
         // The cluster key as k8sforge generates it; its .pub is the server's authorized_keys.
-        let client_key = k8sforge::remote::ensure_cluster_key(&cluster_dir, "k8sforge-test")
+        let client_key = k8sforge::sshkeys::ensure_cluster_key(&cluster_dir, "test")
             .expect("cluster key")
-            .private;
+            .private_path;
         let host_key = dir.path().join("host_a");
         keygen(&host_key);
         Fixture {
