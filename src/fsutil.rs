@@ -63,16 +63,17 @@ pub fn write_if_changed(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool
 }
 
 /// Write many files atomically with one durability barrier instead of one fsync per file: every
-/// temp file is written (in parallel), then one `syncfs` flushes them all, then each is renamed
-/// over its target and the parent directories are fsynced. A crash leaves every target either
-/// old or new, never partial. Used where thousands of small files are written (PKI of 1000 nodes).
+/// temp file is written, then one `syncfs` flushes them all, then each is renamed over its target
+/// and the parent directories are fsynced. A crash leaves every target either old or new, never
+/// partial. Used where thousands of small files are written (PKI of 1000 nodes). Sequential on
+/// purpose: creating files in one directory from several threads contends on the directory lock
+/// and cost 3x the CPU time (measured: gpu-1000 PKI, 1.4 s vs 0.4 s).
 pub fn write_batch_atomic(files: &[(std::path::PathBuf, Vec<u8>, u32)]) -> io::Result<()> {
-    use rayon::prelude::*;
     if files.is_empty() {
         return Ok(());
     }
     let temps: Vec<std::path::PathBuf> = files
-        .par_iter()
+        .iter()
         .map(|(path, bytes, mode)| write_temp(path, bytes, *mode))
         .collect::<io::Result<_>>()
         .inspect_err(|_| {

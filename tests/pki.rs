@@ -598,7 +598,25 @@ fn certs_check_through_the_binary() {
         "{err}"
     );
 
-    pki::ensure(&p, &inv, &home.path().join(&p.name)).unwrap();
+    // `plan` builds the PKI (and the bundle); a second plan issues nothing.
+    for run in 0..2 {
+        let out = k8sforge(
+            home.path(),
+            &["plan", "--profile", "local-3", "--output", "json"],
+        );
+        assert!(
+            out.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let issued = v["certificates_issued"].as_array().unwrap().len();
+        if run == 1 {
+            assert_eq!(issued, 0, "{v}");
+        } else {
+            assert!(issued > 0, "{v}");
+        }
+    }
     let certs = table::expand(&p, &inv);
 
     let out = k8sforge(home.path(), &["certs", "check", "--profile", "local-3"]);
