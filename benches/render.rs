@@ -40,6 +40,10 @@ fn main() {
     let t = Instant::now();
     let first = bundle.write_to(&out.path().join("bundle")).expect("write");
     let first_write = t.elapsed();
+    // `plan` also hashes every file once more to compare against the last applied state.
+    let t = Instant::now();
+    let digests = bundle.digests();
+    let digest_time = t.elapsed();
     let t = Instant::now();
     let second = bundle.write_to(&out.path().join("bundle")).expect("write");
     let second_write = t.elapsed();
@@ -68,6 +72,11 @@ fn main() {
         rendered.as_secs_f64() * 1e3,
         first_write.as_secs_f64() * 1e3,
         (rendered + first_write).as_secs_f64() * 1e3
+    );
+    println!(
+        "digests (plan's change summary, {} files): {:.1} ms",
+        digests.len(),
+        digest_time.as_secs_f64() * 1e3
     );
     println!(
         "second write_to (nothing changed, {} written): {:.1} ms",

@@ -91,9 +91,12 @@ pub fn render_release(
         features => Value::from(Serde(features)),
         paths => Value::from(Serde(paths::PATHS)),
     };
+    let routes = cluster
+        .host_routes
+        .then(|| routes::PodRoutes::new(inventory));
     let shared = node::Shared {
         env,
-        inventory,
+        routes: routes.as_ref(),
         cluster_dir,
         release,
         cluster: &cluster,

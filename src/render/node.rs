@@ -14,7 +14,7 @@ use super::routes;
 use super::RenderError;
 use crate::artifacts::Release;
 use crate::fsutil;
-use crate::inventory::{Inventory, Node, Role};
+use crate::inventory::{Node, Role};
 use crate::pki::layout;
 
 const ETCD: &str = "etcd.service";
@@ -29,7 +29,8 @@ const NODE_PREP: &str = "k8sforge-node-prep.service";
 /// Inputs shared by every node's render.
 pub struct Shared<'a> {
     pub env: &'a Environment<'static>,
-    pub inventory: &'a Inventory,
+    /// Pod routes (host-routes model only), formatted once for all nodes.
+    pub routes: Option<&'a routes::PodRoutes>,
     pub cluster_dir: &'a Path,
     pub release: &'a Release,
     pub cluster: &'a ClusterCtx,
@@ -136,11 +137,10 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         );
         units.push(NODE_PREP);
     }
-    if shared.cluster.host_routes {
+    if let Some(routes) = shared.routes {
         // Every node, control planes included: replies from the apiserver to pods (through the
         // `kubernetes` Service) need the route back as much as pod-to-pod traffic does.
-        f.files
-            .extend(routes::pod_route_files(shared.inventory, node));
+        f.files.extend(routes.files(node));
         units.push(routes::ROUTES_UNIT);
     }
     if !local && runs_pods {

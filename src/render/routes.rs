@@ -11,15 +11,52 @@ pub const ROUTES_UNIT: &str = "k8sforge-pod-routes.service";
 
 /// The script and unit that install `node`'s routes to every other node's pod CIDR.
 pub fn pod_route_files(inv: &Inventory, node: &Node) -> Vec<BundleFile> {
-    let mut script = String::from(
-        "#!/bin/sh\n# Routes to the other nodes' pod CIDRs, written by k8sforge. `replace` makes re-runs idempotent.\nset -eu\n",
-    );
-    for other in inv.nodes.iter().filter(|n| n.name != node.name) {
-        script.push_str(&format!(
-            "ip route replace {} via {} # {}\n",
-            other.pod_cidr, other.internal_ip, other.name
-        ));
+    PodRoutes::new(inv).files(node)
+}
+
+const SCRIPT_HEAD: &str = "#!/bin/sh\n# Routes to the other nodes' pod CIDRs, written by k8sforge. `replace` makes re-runs idempotent.\nset -eu\n";
+
+/// Every node's route line, formatted once per render: with N nodes each script has N-1 lines,
+/// so formatting per node would cost N² address formats (a million at 1000 nodes).
+pub struct PodRoutes {
+    /// (node name, `ip route replace ...` line), in inventory order.
+    lines: Vec<(String, String)>,
+    total: usize,
+}
+
+impl PodRoutes {
+    pub fn new(inv: &Inventory) -> PodRoutes {
+        let lines: Vec<(String, String)> = inv
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.clone(),
+                    format!(
+                        "ip route replace {} via {} # {}\n",
+                        n.pod_cidr, n.internal_ip, n.name
+                    ),
+                )
+            })
+            .collect();
+        let total = lines.iter().map(|(_, l)| l.len()).sum();
+        PodRoutes { lines, total }
     }
+
+    /// The script and unit for `node`.
+    pub fn files(&self, node: &Node) -> Vec<BundleFile> {
+        let mut script = String::with_capacity(SCRIPT_HEAD.len() + self.total);
+        script.push_str(SCRIPT_HEAD);
+        for (name, line) in &self.lines {
+            if *name != node.name {
+                script.push_str(line);
+            }
+        }
+        route_files(script)
+    }
+}
+
+fn route_files(script: String) -> Vec<BundleFile> {
     let unit = format!(
         "[Unit]\n\
          Description=Routes to the pod CIDRs of the other cluster nodes (k8sforge)\n\
