@@ -762,3 +762,64 @@ fn write_to_repairs_changed_files_and_modes_only() {
         .keys()
         .any(|p| p.to_string_lossy().contains(".tmp-")));
 }
+
+/// With the real PKI phase (`pki::ensure`), each node receives its own certificates and the
+/// apiserver's request-header trust names the front-proxy client certificate's actual CN.
+#[test]
+fn renders_from_real_pki() {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let p = profile::load("local-ha", &[]).unwrap().profile;
+    let inv = inventory::planned(&p, &BTreeMap::new()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    k8sforge::pki::ensure(&p, &inv, dir.path()).unwrap();
+    let bundle = render::render(&p, &inv, dir.path()).unwrap();
+    let cn = |pem_text: &str| -> String {
+        let der = pem_der(pem_text);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string();
+        cn
+    };
+    for n in &inv.nodes {
+        let nb = node(&bundle, &n.name);
+        assert_eq!(
+            cn(&text(nb, "/etc/kubernetes/pki/kubelet.crt")),
+            format!("system:node:{}", n.name)
+        );
+        if n.has(Role::Etcd) {
+            let server = text(nb, "/etc/etcd/server.crt");
+            let pki = layout::pki_dir(dir.path());
+            let want =
+                std::fs::read_to_string(layout::cert_path(&pki, &layout::etcd_server(&n.name)))
+                    .unwrap();
+            assert_eq!(server, want);
+        }
+        if n.has(Role::ControlPlane) {
+            let f = flags(&unit_text(nb, "kube-apiserver.service"));
+            assert_eq!(
+                f["requestheader-allowed-names"],
+                cn(&text(nb, &f["proxy-client-cert-file"]))
+            );
+        }
+    }
+}
+
+/// DER bytes of the first PEM block.
+fn pem_der(pem_text: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem_text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+}
