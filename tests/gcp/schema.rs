@@ -30,7 +30,9 @@ pub struct FieldDef {
     pub message: Option<String>,
     #[serde(default)]
     pub values: Vec<String>,
+    #[serde(default)]
     pub repeated: bool,
+    #[serde(default)]
     pub required: bool,
 }
 

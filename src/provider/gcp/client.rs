@@ -162,7 +162,11 @@ impl Compute {
 
     /// Relative path of a project-scoped resource: `projects/<project>/<rest>`.
     pub fn path(&self, rest: &str) -> String {
-        format!("projects/{}/{rest}", self.project)
+        if rest.is_empty() {
+            format!("projects/{}", self.project)
+        } else {
+            format!("projects/{}/{rest}", self.project)
+        }
     }
 
     /// Full URL of a project-scoped resource (what the API wants in reference fields).
