@@ -29,7 +29,8 @@ use serde_json::{json, Value};
 
 use fake::{Fake, World};
 
-const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcpTestKeyOnlyForTheFakeServer0000000000000 k8sforge";
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGcpTestKeyOnlyForTheFakeServer0000000000000 k8sforge";
 
 fn load(name: &str, extra: &[&str]) -> Profile {
     let mut sets = vec![
@@ -56,7 +57,8 @@ fn small(workers: u32, extra: &[&str]) -> Profile {
 fn provider(fake: &Fake, p: &Profile) -> GcpProvider {
     let spec = p.provider.gcp.as_ref().expect("gcp section");
     // Explicit endpoint and no credentials: never application-default credentials in tests.
-    let mut cfg = GcpConfig::resolve(spec, fake.endpoint(), Credentials::Anonymous).expect("config");
+    let mut cfg =
+        GcpConfig::resolve(spec, fake.endpoint(), Credentials::Anonymous).expect("config");
     cfg.retry = RetryPolicy {
         attempts: 6,
         base: Duration::from_millis(10),
@@ -78,11 +80,20 @@ fn ctx<'a>(p: &'a Profile, inv: &'a Inventory) -> ProvisionContext<'a> {
     }
 }
 
-async fn up(fake: &Fake, gcp: &GcpProvider, p: &Profile, inv: &Inventory) -> Result<Inventory, String> {
+async fn up(
+    fake: &Fake,
+    gcp: &GcpProvider,
+    p: &Profile,
+    inv: &Inventory,
+) -> Result<Inventory, String> {
     let c = ctx(p, inv);
     gcp.preflight(&c).await.map_err(|e| e.to_string())?;
     let r = gcp.provision(&c).await.map_err(|e| e.to_string());
-    assert_eq!(fake.violations(), Vec::<String>::new(), "requests broke the Compute v1 contract");
+    assert_eq!(
+        fake.violations(),
+        Vec::<String>::new(),
+        "requests broke the Compute v1 contract"
+    );
     r
 }
 
@@ -93,31 +104,48 @@ fn labelled(v: &Value, cluster: &str) -> bool {
 /// Count resources the cluster owns in the fake (label or exact marker).
 fn owned(fake: &Fake, cluster: &str) -> usize {
     let marker = format!("k8sforge.io/cluster={cluster}");
-    ["networks", "subnetworks", "firewalls", "instances", "instanceGroups", "healthChecks", "backendServices", "addresses", "forwardingRules"]
-        .iter()
-        .flat_map(|k| fake.all(k))
-        .filter(|v| labelled(v, cluster) || v["description"] == marker.as_str())
-        .count()
+    [
+        "networks",
+        "subnetworks",
+        "firewalls",
+        "instances",
+        "instanceGroups",
+        "healthChecks",
+        "backendServices",
+        "addresses",
+        "forwardingRules",
+    ]
+    .iter()
+    .flat_map(|k| fake.all(k))
+    .filter(|v| labelled(v, cluster) || v["description"] == marker.as_str())
+    .count()
 }
 
 fn instance_creation_calls(fake: &Fake) -> usize {
     fake.calls()
         .iter()
-        .filter(|c| c.method_id == "compute.instances.bulkInsert" || c.method_id == "compute.instances.insert")
+        .filter(|c| {
+            c.method_id == "compute.instances.bulkInsert"
+                || c.method_id == "compute.instances.insert"
+        })
         .count()
 }
 
 fn mutating_calls(fake: &Fake) -> Vec<String> {
     fake.calls()
         .into_iter()
-        .filter(|c| c.http_method != "GET" && !c.method_id.ends_with("Operations.wait") && c.method_id != "compute.instanceGroups.listInstances")
+        .filter(|c| {
+            c.http_method != "GET"
+                && !c.method_id.ends_with("Operations.wait")
+                && c.method_id != "compute.instanceGroups.listInstances"
+        })
         .map(|c| format!("{} {}", c.method_id, c.path))
         .collect()
 }
 
 /// gcloud pointed at the fake, isolated from the user's config; never contacts Google or the
 /// metadata server.
-fn gcloud(fake: &Fake, args: &[&str]) -> Value {
+fn gcloud(fake: &Fake, args: &[&str], batch: bool) -> Value {
     let cfg = tempfile::tempdir().expect("tempdir");
     let out = Command::new("gcloud")
         .args(args)
@@ -129,6 +157,12 @@ fn gcloud(fake: &Fake, args: &[&str]) -> Value {
         .env("CLOUDSDK_CORE_DISABLE_USAGE_REPORTING", "true")
         .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "true")
         .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        // This gcloud sends a single list request directly and several as one multipart batch;
+        // forcing the batch path exercises the fake's `/batch/compute/v1`.
+        .env(
+            "CLOUDSDK_COMPUTE_FORCE_BATCH_REQUEST",
+            if batch { "true" } else { "false" },
+        )
         .env("GCE_METADATA_HOST", "127.0.0.1:9")
         .env("GCE_METADATA_IP", "127.0.0.1:9")
         .output()
@@ -145,7 +179,11 @@ fn gcloud(fake: &Fake, args: &[&str]) -> Value {
 async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
     let fake = Fake::start(World::default()).await;
     // Someone else's network in the same project: must never be touched.
-    fake.seed("global/networks", "someone-elses-net", json!({"autoCreateSubnetworks": false, "description": "not ours"}));
+    fake.seed(
+        "global/networks",
+        "someone-elses-net",
+        json!({"autoCreateSubnetworks": false, "description": "not ours"}),
+    );
     let p = load("gpu-1000", &[]);
     let inv = planned(&p);
     assert_eq!(inv.nodes.len(), 1003);
@@ -155,37 +193,78 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
 
     // Batched: one bulkInsert per group here (3 control planes, 1000 workers), ≤ 1 per 1000.
     let creations = instance_creation_calls(&fake);
-    assert!(creations <= 1003usize.div_ceil(1000), "{creations} instance-creation calls for 1003 nodes");
+    assert!(
+        creations <= 1003usize.div_ceil(1000),
+        "{creations} instance-creation calls for 1003 nodes"
+    );
     let instances = fake.all("instances");
     assert_eq!(instances.len(), 1003);
     assert!(instances.iter().all(|i| labelled(i, "gpu-1000")));
 
     // Network: custom mode, subnet with the pods' secondary range.
     let nets = fake.all("networks");
-    let net = nets.iter().find(|n| n["name"] == "gpu-1000-net").expect("network");
+    let net = nets
+        .iter()
+        .find(|n| n["name"] == "gpu-1000-net")
+        .expect("network");
     assert_eq!(net["autoCreateSubnetworks"], false);
     let subnet = &fake.all("subnetworks")[0];
     assert_eq!(subnet["ipCidrRange"], "10.0.0.0/20");
-    assert_eq!(subnet["secondaryIpRanges"], json!([{"rangeName": "pods", "ipCidrRange": "10.64.0.0/14"}]));
+    assert_eq!(
+        subnet["secondaryIpRanges"],
+        json!([{"rangeName": "pods", "ipCidrRange": "10.64.0.0/14"}])
+    );
 
     // Firewall: admin CIDRs for SSH+API, internal ranges, health checkers to 6443 only.
-    let fws: BTreeMap<String, Value> = fake.all("firewalls").into_iter().map(|f| (f["name"].as_str().unwrap().to_string(), f)).collect();
+    let fws: BTreeMap<String, Value> = fake
+        .all("firewalls")
+        .into_iter()
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f))
+        .collect();
     assert_eq!(fws.len(), 3);
-    assert_eq!(fws["gpu-1000-allow-admin"]["sourceRanges"], json!(["203.0.113.0/24"]));
-    assert_eq!(fws["gpu-1000-allow-admin"]["allowed"], json!([{"IPProtocol": "tcp", "ports": ["22", "6443"]}]));
-    assert_eq!(fws["gpu-1000-allow-internal"]["sourceRanges"], json!(["10.0.0.0/20", "10.64.0.0/14"]));
-    assert_eq!(fws["gpu-1000-allow-health-checks"]["allowed"], json!([{"IPProtocol": "tcp", "ports": ["6443"]}]));
-    assert_eq!(fws["gpu-1000-allow-health-checks"]["targetTags"], json!(["k8sforge-controlplane"]));
+    assert_eq!(
+        fws["gpu-1000-allow-admin"]["sourceRanges"],
+        json!(["203.0.113.0/24"])
+    );
+    assert_eq!(
+        fws["gpu-1000-allow-admin"]["allowed"],
+        json!([{"IPProtocol": "tcp", "ports": ["22", "6443"]}])
+    );
+    assert_eq!(
+        fws["gpu-1000-allow-internal"]["sourceRanges"],
+        json!(["10.0.0.0/20", "10.64.0.0/14"])
+    );
+    assert_eq!(
+        fws["gpu-1000-allow-health-checks"]["allowed"],
+        json!([{"IPProtocol": "tcp", "ports": ["6443"]}])
+    );
+    assert_eq!(
+        fws["gpu-1000-allow-health-checks"]["targetTags"],
+        json!(["k8sforge-controlplane"])
+    );
 
     // Workers: 8 H100 each, TERMINATE on host maintenance, boot disk size and image, SSH key.
-    let by_name: BTreeMap<String, &Value> = instances.iter().map(|i| (i["name"].as_str().unwrap().to_string(), i)).collect();
+    let by_name: BTreeMap<String, &Value> = instances
+        .iter()
+        .map(|i| (i["name"].as_str().unwrap().to_string(), i))
+        .collect();
     let w = by_name["gpu-1000-gpu-17"];
-    assert!(w["machineType"].as_str().unwrap().ends_with("/machineTypes/a3-highgpu-8g"));
+    assert!(w["machineType"]
+        .as_str()
+        .unwrap()
+        .ends_with("/machineTypes/a3-highgpu-8g"));
     assert_eq!(w["guestAccelerators"][0]["acceleratorCount"], 8);
-    assert!(w["guestAccelerators"][0]["acceleratorType"].as_str().unwrap().ends_with("/nvidia-h100-80gb"));
+    assert!(w["guestAccelerators"][0]["acceleratorType"]
+        .as_str()
+        .unwrap()
+        .ends_with("/nvidia-h100-80gb"));
     assert_eq!(w["scheduling"]["onHostMaintenance"], "TERMINATE");
     assert_eq!(w["disks"][0]["diskSizeGb"], "500");
-    assert!(w["metadata"]["items"].as_array().unwrap().iter().any(|i| i["key"] == "ssh-keys" && i["value"].as_str().unwrap().contains(SSH_KEY)));
+    assert!(w["metadata"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["key"] == "ssh-keys" && i["value"].as_str().unwrap().contains(SSH_KEY)));
     let cp = by_name["gpu-1000-controlplane-1"];
     assert_eq!(cp["tags"]["items"], json!(["k8sforge-controlplane"]));
     assert_eq!(cp["disks"][0]["diskSizeGb"], "200");
@@ -197,11 +276,21 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         let i = by_name[&format!("gpu-1000-{}", n.name)];
         let alias = &i["networkInterfaces"][0]["aliasIpRanges"][0];
         assert_eq!(alias["subnetworkRangeName"], "pods");
-        assert_eq!(alias["ipCidrRange"].as_str().unwrap(), n.pod_cidr.to_string());
+        assert_eq!(
+            alias["ipCidrRange"].as_str().unwrap(),
+            n.pod_cidr.to_string()
+        );
         assert_eq!(n.pod_cidr.prefix_len(), 24);
         assert!(pods.contains(&n.pod_cidr));
-        assert!(seen.insert(n.pod_cidr), "pod CIDR {} handed out twice", n.pod_cidr);
-        assert_eq!(i["networkInterfaces"][0]["networkIP"].as_str().unwrap(), n.internal_ip.to_string());
+        assert!(
+            seen.insert(n.pod_cidr),
+            "pod CIDR {} handed out twice",
+            n.pod_cidr
+        );
+        assert_eq!(
+            i["networkInterfaces"][0]["networkIP"].as_str().unwrap(),
+            n.internal_ip.to_string()
+        );
     }
     assert!(!got.planned);
     assert_eq!(got.count(Role::Worker), 1000);
@@ -224,18 +313,53 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
     // Second run: adopts everything, creates nothing.
     fake.clear_calls();
     let again = up(&fake, &gcp, &p, &inv).await.expect("second provision");
-    assert_eq!(mutating_calls(&fake), Vec::<String>::new(), "a re-run must create nothing");
+    assert_eq!(
+        mutating_calls(&fake),
+        Vec::<String>::new(),
+        "a re-run must create nothing"
+    );
     assert_eq!(again, got);
 
     // gcloud sees what k8sforge created (through the fake, incl. its batch endpoint).
-    let listed = gcloud(&fake, &["compute", "instances", "list"]);
+    fake.clear_calls();
+    let listed = gcloud(&fake, &["compute", "instances", "list"], false);
     let listed = listed.as_array().expect("list");
     assert_eq!(listed.len(), 1003);
-    assert!(listed.iter().all(|i| i["labels"]["k8sforge-io-cluster"] == "gpu-1000"));
-    let nets = gcloud(&fake, &["compute", "networks", "list"]);
-    let names: BTreeSet<&str> = nets.as_array().unwrap().iter().filter_map(|n| n["name"].as_str()).collect();
+    assert!(listed
+        .iter()
+        .all(|i| i["labels"]["k8sforge-io-cluster"] == "gpu-1000"));
+    let zonal = gcloud(
+        &fake,
+        &[
+            "compute",
+            "instances",
+            "list",
+            "--zones=us-central1-a",
+            "--filter=labels.k8sforge-io-cluster=gpu-1000",
+        ],
+        true,
+    );
+    assert_eq!(zonal.as_array().expect("list").len(), 1003);
+    let nets = gcloud(&fake, &["compute", "networks", "list"], true);
+    let names: BTreeSet<&str> = nets
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
     assert_eq!(names, BTreeSet::from(["gpu-1000-net", "someone-elses-net"]));
-    assert_eq!(fake.violations(), Vec::<String>::new(), "gcloud's requests broke the contract");
+    let gcloud_calls = fake.call_counts();
+    eprintln!(
+        "gcloud used: {gcloud_calls:?}, {} batch request(s)",
+        fake.batches()
+    );
+    assert!(fake.batches() > 0, "gcloud lists through /batch/compute/v1");
+    assert!(gcloud_calls.contains_key("compute.networks.list"));
+    assert_eq!(
+        fake.violations(),
+        Vec::<String>::new(),
+        "gcloud's requests broke the contract"
+    );
 
     // Dry run lists, deletes nothing.
     let before = owned(&fake, "gpu-1000");
@@ -248,10 +372,27 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
     // Teardown: nothing of ours left; the other network untouched.
     let report = gcp.teardown(&c, false).await.expect("teardown");
     assert_eq!(report.deleted.len(), before);
-    let order: Vec<&str> = report.deleted.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>();
+    let order: Vec<&str> = report
+        .deleted
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect::<Vec<_>>();
     let mut kinds: Vec<&str> = order.clone();
     kinds.dedup();
-    assert_eq!(kinds, ["forwardingRule", "address", "backendService", "healthCheck", "instanceGroup", "instance", "firewall", "subnetwork", "network"]);
+    assert_eq!(
+        kinds,
+        [
+            "forwardingRule",
+            "address",
+            "backendService",
+            "healthCheck",
+            "instanceGroup",
+            "instance",
+            "firewall",
+            "subnetwork",
+            "network"
+        ]
+    );
     assert_eq!(owned(&fake, "gpu-1000"), 0);
     let left: Vec<Value> = fake.all("networks");
     assert_eq!(left.len(), 1);
@@ -268,11 +409,26 @@ async fn quota_shortfall_is_explained_and_nothing_is_created() {
     let p = load("gpu-1000", &[]);
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
-    let err = gcp.preflight(&ctx(&p, &inv)).await.expect_err("quota must be short").to_string();
-    assert!(err.contains("NVIDIA_H100_GPUS in region us-central1: this run needs 8000, allowed 16"), "{err}");
-    assert!(err.contains("GPUS_ALL_REGIONS in project-wide (all regions): this run needs 8000, allowed 0"), "{err}");
+    let err = gcp
+        .preflight(&ctx(&p, &inv))
+        .await
+        .expect_err("quota must be short")
+        .to_string();
+    assert!(
+        err.contains("NVIDIA_H100_GPUS in region us-central1: this run needs 8000, allowed 16"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "GPUS_ALL_REGIONS in project-wide (all regions): this run needs 8000, allowed 0"
+        ),
+        "{err}"
+    );
     assert!(err.contains("nothing was created"), "{err}");
-    assert!(err.contains("https://console.cloud.google.com/iam-admin/quotas?project=k8sforge-test"), "{err}");
+    assert!(
+        err.contains("https://console.cloud.google.com/iam-admin/quotas?project=k8sforge-test"),
+        "{err}"
+    );
     assert!(err.contains("--quota-id=NVIDIA-H100-GPUS-per-project-region --preferred-value=8000 --dimensions=region=us-central1"), "{err}");
     assert_eq!(mutating_calls(&fake), Vec::<String>::new());
     assert_eq!(fake.violations(), Vec::<String>::new());
@@ -286,7 +442,11 @@ async fn missing_accelerator_type_is_reported_before_creating() {
     let p = small(2, &[]);
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
-    let err = gcp.preflight(&ctx(&p, &inv)).await.expect_err("no H100 in zone").to_string();
+    let err = gcp
+        .preflight(&ctx(&p, &inv))
+        .await
+        .expect_err("no H100 in zone")
+        .to_string();
     assert!(err.contains("accelerator type nvidia-h100-80gb (group gpu) does not exist in zone us-central1-a; offered there: nvidia-tesla-t4"), "{err}");
     assert_eq!(mutating_calls(&fake), Vec::<String>::new());
 }
@@ -300,10 +460,15 @@ async fn rate_limits_and_server_errors_are_retried() {
     let p = small(3, &[]);
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
-    let got = up(&fake, &gcp, &p, &inv).await.expect("provision despite rate limits");
+    let got = up(&fake, &gcp, &p, &inv)
+        .await
+        .expect("provision despite rate limits");
     assert_eq!(got.nodes.len(), 4);
     let counts = fake.call_counts();
-    assert_eq!(counts["compute.networks.insert"], 3, "two rate-limited answers, then success");
+    assert_eq!(
+        counts["compute.networks.insert"], 3,
+        "two rate-limited answers, then success"
+    );
     // Retried mutations reuse their requestId: still exactly one network and 4 instances.
     assert_eq!(fake.all("networks").len(), 1);
     assert_eq!(fake.all("instances").len(), 4);
@@ -317,9 +482,17 @@ async fn partial_bulk_insert_is_reported_per_instance_and_rerun_completes() {
     let p = small(5, &[]);
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
-    let err = up(&fake, &gcp, &p, &inv).await.expect_err("one instance fails");
-    assert!(err.contains("1 instance(s) could not be created (5 created or already there)"), "{err}");
-    assert!(err.contains("small-gpu-3: ZONE_RESOURCE_POOL_EXHAUSTED: The zone"), "{err}");
+    let err = up(&fake, &gcp, &p, &inv)
+        .await
+        .expect_err("one instance fails");
+    assert!(
+        err.contains("1 instance(s) could not be created (5 created or already there)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("small-gpu-3: ZONE_RESOURCE_POOL_EXHAUSTED: The zone"),
+        "{err}"
+    );
     assert_eq!(fake.all("instances").len(), 5);
 
     // Capacity is back: the re-run creates exactly the missing one with one call.
@@ -328,7 +501,11 @@ async fn partial_bulk_insert_is_reported_per_instance_and_rerun_completes() {
     let got = up(&fake, &gcp, &p, &inv).await.expect("re-run");
     assert_eq!(got.nodes.len(), 6);
     assert_eq!(instance_creation_calls(&fake), 1);
-    let bulk = fake.calls().into_iter().filter(|c| c.method_id == "compute.instances.bulkInsert").count();
+    let bulk = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method_id == "compute.instances.bulkInsert")
+        .count();
     assert_eq!(bulk, 1);
     assert_eq!(fake.all("instances").len(), 6);
 }
@@ -336,25 +513,50 @@ async fn partial_bulk_insert_is_reported_per_instance_and_rerun_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n1_with_attached_t4s_sends_guest_accelerators() {
     let fake = Fake::start(World::default()).await;
-    let p = small(2, &["workers[0].gcp.machineType=n1-standard-8", "workers[0].gcp.acceleratorType=nvidia-tesla-t4", "workers[0].gpusPerNode=2"]);
+    let p = small(
+        2,
+        &[
+            "workers[0].gcp.machineType=n1-standard-8",
+            "workers[0].gcp.acceleratorType=nvidia-tesla-t4",
+            "workers[0].gpusPerNode=2",
+        ],
+    );
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
     up(&fake, &gcp, &p, &inv).await.expect("provision");
-    let w = fake.all("instances").into_iter().find(|i| i["name"] == "small-gpu-1").expect("worker");
+    let w = fake
+        .all("instances")
+        .into_iter()
+        .find(|i| i["name"] == "small-gpu-1")
+        .expect("worker");
     assert_eq!(w["guestAccelerators"][0]["acceleratorCount"], 2);
-    assert!(w["guestAccelerators"][0]["acceleratorType"].as_str().unwrap().ends_with("/acceleratorTypes/nvidia-tesla-t4"));
+    assert!(w["guestAccelerators"][0]["acceleratorType"]
+        .as_str()
+        .unwrap()
+        .ends_with("/acceleratorTypes/nvidia-tesla-t4"));
     assert_eq!(w["scheduling"]["onHostMaintenance"], "TERMINATE");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_named_resource_without_marker_is_not_adopted() {
     let fake = Fake::start(World::default()).await;
-    fake.seed("global/networks", "small-net", json!({"autoCreateSubnetworks": false}));
+    fake.seed(
+        "global/networks",
+        "small-net",
+        json!({"autoCreateSubnetworks": false}),
+    );
     let p = small(1, &[]);
     let inv = planned(&p);
     let gcp = provider(&fake, &p);
-    let err = gcp.provision(&ctx(&p, &inv)).await.expect_err("not ours").to_string();
-    assert!(err.contains("network small-net exists but is not owned by cluster small"), "{err}");
+    let err = gcp
+        .provision(&ctx(&p, &inv))
+        .await
+        .expect_err("not ours")
+        .to_string();
+    assert!(
+        err.contains("network small-net exists but is not owned by cluster small"),
+        "{err}"
+    );
     // And teardown leaves it alone.
     let report = gcp.teardown(&ctx(&p, &inv), false).await.expect("teardown");
     assert!(report.deleted.is_empty());
@@ -372,39 +574,77 @@ async fn fake_rejects_what_the_api_rejects() {
         async move {
             let mut req = http.post(url);
             if !body.is_null() {
-                req = req.header("content-type", "application/json").body(body.to_string());
+                req = req
+                    .header("content-type", "application/json")
+                    .body(body.to_string());
             }
             let r = req.send().await.expect("send");
             let code = r.status().as_u16();
-            (code, serde_json::from_slice::<Value>(&r.bytes().await.expect("body")).expect("json"))
+            (
+                code,
+                serde_json::from_slice::<Value>(&r.bytes().await.expect("body")).expect("json"),
+            )
         }
     };
     // Unknown field.
-    let (code, v) = post("global/networks", json!({"name": "n1", "autoCreateSubnetworks": false, "colour": "red"})).await;
+    let (code, v) = post(
+        "global/networks",
+        json!({"name": "n1", "autoCreateSubnetworks": false, "colour": "red"}),
+    )
+    .await;
     assert_eq!(code, 400);
     assert_eq!(v["error"]["errors"][0]["reason"], "invalid");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Unknown name \"colour\""));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Unknown name \"colour\""));
     // int64 as a JSON number.
-    let (code, v) = post("zones/us-central1-a/instances/bulkInsert", json!({"count": 2, "perInstanceProperties": {}})).await;
+    let (code, v) = post(
+        "zones/us-central1-a/instances/bulkInsert",
+        json!({"count": 2, "perInstanceProperties": {}}),
+    )
+    .await;
     assert_eq!(code, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("TYPE_INT64"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TYPE_INT64"),
+        "{v}"
+    );
     // Missing required field.
     let (code, v) = post("global/networks", json!({"autoCreateSubnetworks": false})).await;
     assert_eq!(code, 400);
     assert_eq!(v["error"]["errors"][0]["reason"], "required");
     // Bad enum value.
-    let (code, _) = post("global/firewalls", json!({"name": "f", "direction": "SIDEWAYS"})).await;
+    let (code, _) = post(
+        "global/firewalls",
+        json!({"name": "f", "direction": "SIDEWAYS"}),
+    )
+    .await;
     assert_eq!(code, 400);
     // Operations answer both get and wait.
-    let (code, op) = post("global/networks", json!({"name": "n2", "autoCreateSubnetworks": false})).await;
+    let (code, op) = post(
+        "global/networks",
+        json!({"name": "n2", "autoCreateSubnetworks": false}),
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(op["status"], "RUNNING");
     let name = op["name"].as_str().unwrap();
     let get = |url: String| {
         let http = http.clone();
-        async move { serde_json::from_slice::<Value>(&http.get(url).send().await.unwrap().bytes().await.unwrap()).unwrap() }
+        async move {
+            serde_json::from_slice::<Value>(
+                &http.get(url).send().await.unwrap().bytes().await.unwrap(),
+            )
+            .unwrap()
+        }
     };
-    let got = get(format!("{base}projects/k8sforge-test/global/operations/{name}")).await;
+    let got = get(format!(
+        "{base}projects/k8sforge-test/global/operations/{name}"
+    ))
+    .await;
     assert_eq!(got["status"], "DONE");
     let (_, waited) = post(&format!("global/operations/{name}/wait"), Value::Null).await;
     assert_eq!(waited["status"], "DONE");
@@ -430,17 +670,40 @@ async fn cli_up_and_teardown_with_endpoint_override() {
     let run = move |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_k8sforge"));
         cmd.args(args)
-            .args(["--profile", "gpu-1000", "--set", "provider.kind=gcp", "--set", "provider.gcp.project=k8sforge-test",
-                "--set", "name=cli", "--set", "controlPlane.count=1", "--set", "etcd.members=1", "--set", "workers[0].count=2"])
+            .args([
+                "--profile",
+                "gpu-1000",
+                "--set",
+                "provider.kind=gcp",
+                "--set",
+                "provider.gcp.project=k8sforge-test",
+                "--set",
+                "name=cli",
+                "--set",
+                "controlPlane.count=1",
+                "--set",
+                "etcd.members=1",
+                "--set",
+                "workers[0].count=2",
+            ])
             .env("K8SFORGE_HOME", &home_path)
             .env("K8SFORGE_GCP_ENDPOINT", &endpoint)
             .env_remove("GOOGLE_APPLICATION_CREDENTIALS");
         cmd
     };
     let r = run.clone();
-    let a = tokio::task::spawn_blocking(move || r(&["up", "--only", "provision"]).output().unwrap()).await.unwrap();
-    assert!(a.status.success(), "up: {}", String::from_utf8_lossy(&a.stderr));
-    let state: Value = serde_json::from_slice(&std::fs::read(home.path().join("cli/state.json")).unwrap()).unwrap();
+    let a =
+        tokio::task::spawn_blocking(move || r(&["up", "--only", "provision"]).output().unwrap())
+            .await
+            .unwrap();
+    assert!(
+        a.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(home.path().join("cli/state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["inventory"]["planned"], false);
     assert_eq!(state["inventory"]["nodes"].as_array().unwrap().len(), 3);
     assert!(state["phases"]["provision"].is_object());
@@ -451,11 +714,19 @@ async fn cli_up_and_teardown_with_endpoint_override() {
     })
     .await
     .unwrap();
-    assert!(b.status.success(), "dry run: {}", String::from_utf8_lossy(&b.stderr));
+    assert!(
+        b.status.success(),
+        "dry run: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
     let dry = String::from_utf8_lossy(&b.stdout);
     assert!(dry.contains("would delete network cli-net"), "{dry}");
     assert!(dry.contains("would delete instance cli-gpu-2"), "{dry}");
-    assert!(c.status.success(), "teardown: {}", String::from_utf8_lossy(&c.stderr));
+    assert!(
+        c.status.success(),
+        "teardown: {}",
+        String::from_utf8_lossy(&c.stderr)
+    );
     assert_eq!(owned(&fake, "cli"), 0);
     assert_eq!(fake.violations(), Vec::<String>::new());
 }

@@ -111,6 +111,8 @@ struct State {
     /// Instance names whose creation fails (per-instance bulkInsert error).
     failing_instances: BTreeMap<String, String>,
     calls: Vec<Call>,
+    /// Requests to the `/batch/compute/v1` endpoint.
+    batches: usize,
     violations: Vec<String>,
 }
 
@@ -209,6 +211,10 @@ impl Fake {
         m
     }
 
+    pub fn batches(&self) -> usize {
+        self.state.lock().unwrap().batches
+    }
+
     pub fn clear_calls(&self) {
         self.state.lock().unwrap().calls.clear();
     }
@@ -281,6 +287,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Err(_) => Bytes::new(),
     };
     if uri.path() == "/batch/compute/v1" && method == "POST" {
+        ctx.state.lock().unwrap().batches += 1;
         return super::batch::handle(ctx_dispatch(ctx), &content_type, &body);
     }
     let (code, v) = dispatch(ctx, &method, uri.path(), uri.query().unwrap_or(""), &body);
