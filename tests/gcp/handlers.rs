@@ -506,14 +506,14 @@ fn materialise(
             v["size"] = json!(0);
             v["fingerprint"] = json!("AAAAAAAAAAA=");
         }
-        "regionHealthChecks" | "healthChecks" => {
-            if v["type"] == "TCP" && v.get("tcpHealthCheck").is_none() {
-                return Err(err(
-                    400,
-                    "invalid",
-                    "Invalid value for field 'resource.tcpHealthCheck': required for type TCP",
-                ));
-            }
+        "regionHealthChecks" | "healthChecks"
+            if v["type"] == "TCP" && v.get("tcpHealthCheck").is_none() =>
+        {
+            return Err(err(
+                400,
+                "invalid",
+                "Invalid value for field 'resource.tcpHealthCheck': required for type TCP",
+            ));
         }
         "regionBackendServices" => {
             let mut checks = Vec::new();
@@ -643,7 +643,12 @@ fn delete(world: &World, hs: &mut HandlerState, resource: &str, rel: &str) -> An
         return not_found(rel);
     };
     let url = v["selfLink"].as_str().unwrap_or("").to_string();
-    let users = users_of(hs, &url);
+    // Instances are referred to only by instance-group membership, which deleting ends.
+    let users = if resource == "instances" {
+        Vec::new()
+    } else {
+        users_of(hs, &url)
+    };
     if !users.is_empty() {
         return err(
             400,

@@ -40,8 +40,7 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Inventor
     let net = ensure_network(p, &names).await?;
     let subnet = ensure_subnetwork(p, ctx, &names, &net).await?;
     ensure_firewalls(p, ctx, &names, &net).await?;
-    ensure_instances(p, ctx, &names, &subnet).await?;
-    let instances = list_instances(p, &names).await?;
+    let instances = ensure_instances(p, ctx, &names, &subnet).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
     build_inventory(ctx, &names, &instances, lb_ip)
 }
@@ -368,12 +367,9 @@ async fn ensure_instances(
     ctx: &ProvisionContext<'_>,
     names: &Names,
     subnet: &str,
-) -> Result<(), GcpError> {
-    let existing: BTreeSet<String> = list_instances(p, names)
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+) -> Result<Vec<Instance>, GcpError> {
+    let before = list_instances(p, names).await?;
+    let existing: BTreeSet<String> = before.iter().map(|i| i.name.clone()).collect();
     // Missing nodes by group, in inventory order.
     let mut groups: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
     let mut wanted = 0usize;
@@ -442,17 +438,14 @@ async fn ensure_instances(
         }
     }
     if requested.is_empty() {
-        return Ok(());
+        return Ok(before);
     }
     // Which of the requested instances exist now? Report each one that does not.
-    let now: BTreeSet<String> = list_instances(p, names)
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let after = list_instances(p, names).await?;
+    let now: BTreeSet<&str> = after.iter().map(|i| i.name.as_str()).collect();
     let failed: Vec<(String, String)> = requested
         .iter()
-        .filter(|n| !now.contains(*n))
+        .filter(|n| !now.contains(n.as_str()))
         .map(|n| {
             let specific = errors.iter().find_map(|e| {
                 let (loc, msg) = e.split_once('|').unwrap_or(("", e));
@@ -475,7 +468,7 @@ async fn ensure_instances(
         })
         .collect();
     if failed.is_empty() {
-        Ok(())
+        Ok(after)
     } else {
         Err(GcpError::InstancesFailed {
             created: wanted - failed.len(),
