@@ -524,15 +524,21 @@ impl HandlerState<'_> {
     }
 }
 
-/// Lowest free aligned block of `/prefix` in `range` not in `used`.
-pub fn allocate_block(range: Ipv4Net, prefix: u8, used: &[Ipv4Net]) -> Option<Ipv4Net> {
+/// Lowest free aligned block of `/prefix` in `range` not overlapping `used`.
+pub fn allocate_block(
+    range: Ipv4Net,
+    prefix: u8,
+    used: &std::collections::HashSet<Ipv4Net>,
+) -> Option<Ipv4Net> {
     if prefix < range.prefix_len() || prefix > 32 {
         return None;
     }
     let step = 1u64 << (32 - u32::from(prefix));
     let count = 1u64 << (prefix - range.prefix_len());
     let start = u64::from(u32::from(range.network()));
+    // Blocks of other sizes are rare: check overlap with those, equality with the rest.
+    let other: Vec<&Ipv4Net> = used.iter().filter(|u| u.prefix_len() != prefix).collect();
     (0..count)
         .map(|i| Ipv4Net::new(Ipv4Addr::from((start + i * step) as u32), prefix).unwrap())
-        .find(|b| !used.iter().any(|u| u.contains(b) || b.contains(u)))
+        .find(|b| !used.contains(b) && !other.iter().any(|u| u.contains(b) || b.contains(*u)))
 }

@@ -1042,8 +1042,8 @@ fn bulk_insert(
         .as_array()
         .and_then(|a| a.first())
         .cloned();
-    let mut used_ips: Vec<u32> = Vec::new();
-    let mut used_alias: Vec<Ipv4Net> = Vec::new();
+    let mut used_ips: std::collections::HashSet<u32> = Default::default();
+    let mut used_alias: std::collections::HashSet<Ipv4Net> = Default::default();
     for (c, items) in hs.collections() {
         if c.ends_with("/instances") {
             for i in items.values() {
@@ -1053,11 +1053,11 @@ fn bulk_insert(
                             .as_str()
                             .and_then(|s| s.parse::<Ipv4Addr>().ok())
                         {
-                            used_ips.push(u32::from(ip));
+                            used_ips.insert(u32::from(ip));
                         }
                         for a in n["aliasIpRanges"].as_array().into_iter().flatten() {
                             if let Ok(r) = a["ipCidrRange"].as_str().unwrap_or("").parse() {
-                                used_alias.push(r);
+                                used_alias.insert(r);
                             }
                         }
                     }
@@ -1103,11 +1103,11 @@ fn bulk_insert(
                 errors.push(json!({"code": "IP_SPACE_EXHAUSTED", "location": format!("{coll}/{n}"), "message": format!("Secondary range '{range_name}' has no free /{prefix}")}));
                 continue;
             };
-            used_alias.push(block);
+            used_alias.insert(block);
             alias_out
                 .push(json!({"ipCidrRange": block.to_string(), "subnetworkRangeName": range_name}));
         }
-        used_ips.push(ip);
+        used_ips.insert(ip);
         let id = hs.next_id();
         let nat = hs.next_nat();
         let self_link = format!("{base}{coll}/{n}");
