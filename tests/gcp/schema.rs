@@ -81,6 +81,29 @@ pub fn schema() -> &'static Schema {
              install with `apt-get install -y google-cloud-cli` (Google's apt repository)",
             client.display()
         );
+        // One dump per SDK version, shared by the test processes (nextest runs each test in
+        // its own): keyed by the generated files' sizes and mtimes, written atomically.
+        let messages = client.with_file_name("compute_v1_messages.py");
+        let key = [&client, &messages]
+            .iter()
+            .map(|p| {
+                let m = std::fs::metadata(p).expect("SDK file metadata");
+                let t = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                format!("{}-{t}", m.len())
+            })
+            .collect::<Vec<_>>()
+            .join("-");
+        let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("compute-v1-schema-{key}.json"));
+        if let Ok(bytes) = std::fs::read(&cache) {
+            if let Ok(s) = serde_json::from_slice(&bytes) {
+                return s;
+            }
+        }
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/gcp/dump_schema.py");
         let out = Command::new("python3")
             .arg(&script)
@@ -95,6 +118,10 @@ pub fn schema() -> &'static Schema {
             "dump_schema.py failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &out.stdout).is_ok() {
+            let _ = std::fs::rename(&tmp, &cache);
+        }
         serde_json::from_slice(&out.stdout).expect("schema JSON")
     })
 }
