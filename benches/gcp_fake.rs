@@ -15,6 +15,8 @@ mod handlers;
 #[path = "../tests/gcp/schema.rs"]
 #[allow(dead_code)]
 mod schema;
+#[path = "../tests/gcp/token.rs"]
+mod token;
 
 use std::collections::BTreeMap;
 use std::time::Instant;

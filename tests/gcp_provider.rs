@@ -13,6 +13,8 @@ mod fake;
 mod handlers;
 #[path = "gcp/schema.rs"]
 mod schema;
+#[path = "gcp/token.rs"]
+mod token;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -729,4 +731,61 @@ async fn cli_up_and_teardown_with_endpoint_override() {
     );
     assert_eq!(owned(&fake, "cli"), 0);
     assert_eq!(fake.violations(), Vec::<String>::new());
+}
+
+/// The production credential path without Google: a service-account key file whose token_uri
+/// is the fake's `/token`; the fake checks the signed JWT and then requires the bearer token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+
+    let fake = Fake::start(World::default()).await;
+    let key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).expect("RSA key");
+    let public = key
+        .to_public_key()
+        .to_pkcs1_der()
+        .expect("public DER")
+        .as_bytes()
+        .to_vec();
+    fake.require_token(public);
+    let pem = key.to_pkcs8_pem(LineEnding::LF).expect("PEM");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sa.json");
+    std::fs::write(
+        &file,
+        json!({"type": "service_account", "project_id": "k8sforge-test",
+            "client_email": "k8sforge-test@k8sforge-test.iam.gserviceaccount.com",
+            "private_key": pem.as_str(), "token_uri": fake.token_uri()})
+        .to_string(),
+    )
+    .unwrap();
+    let creds = Credentials::from_file(&file).expect("service account file");
+    assert_eq!(
+        format!("{creds:?}"),
+        "ServiceAccount",
+        "key material is never printed"
+    );
+
+    let p = small(1, &["provider.gcp.project=null"]);
+    let spec = p.provider.gcp.as_ref().unwrap();
+    // The project comes from the key file when neither the profile nor the environment sets it.
+    let cfg = GcpConfig::resolve(spec, fake.endpoint(), creds).expect("config");
+    assert_eq!(cfg.project, "k8sforge-test");
+    let gcp = GcpProvider::new(cfg).expect("provider");
+    let inv = planned(&p);
+    up(&fake, &gcp, &p, &inv)
+        .await
+        .expect("provision with a service account");
+    let (grants, refused) = fake.auth_counts();
+    assert_eq!(grants, 1, "one token, cached for every call");
+    assert_eq!(refused, 0, "every Compute call carried the bearer token");
+    assert!(fake.calls().len() > 20);
+
+    // Anonymous calls are refused by this fake: the check is real.
+    let with_project = small(1, &[]);
+    let anon = provider(&fake, &with_project);
+    let err = anon.preflight(&ctx(&with_project, &inv)).await.expect_err("no token");
+    assert!(err.to_string().contains("HTTP 401"), "{err}");
+    assert_eq!(fake.auth_counts().1, 1);
 }

@@ -97,7 +97,7 @@ pub struct Call {
 }
 
 #[derive(Default)]
-struct State {
+pub struct State {
     /// collection path (`projects/p/global/networks`) → name → resource.
     resources: BTreeMap<String, BTreeMap<String, Value>>,
     /// instance group path → member instance URLs.
@@ -113,6 +113,11 @@ struct State {
     calls: Vec<Call>,
     /// Requests to the `/batch/compute/v1` endpoint.
     batches: usize,
+    /// When set, `/token` accepts JWT-bearer grants signed by this RSA key (PKCS#1 DER) and
+    /// Compute calls must carry the token it hands out.
+    pub token_key: Option<Vec<u8>>,
+    pub token_grants: usize,
+    unauthenticated: usize,
     violations: Vec<String>,
 }
 
@@ -215,6 +220,21 @@ impl Fake {
         self.state.lock().unwrap().batches
     }
 
+    /// Require OAuth: tokens come from `/token` for JWTs signed with this key.
+    pub fn require_token(&self, rsa_public_pkcs1_der: Vec<u8>) {
+        self.state.lock().unwrap().token_key = Some(rsa_public_pkcs1_der);
+    }
+
+    /// (token grants, Compute requests refused for lack of a token).
+    pub fn auth_counts(&self) -> (usize, usize) {
+        let st = self.state.lock().unwrap();
+        (st.token_grants, st.unauthenticated)
+    }
+
+    pub fn token_uri(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
     pub fn clear_calls(&self) {
         self.state.lock().unwrap().calls.clear();
     }
@@ -282,10 +302,31 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    if uri.path() == "/token" && method == "POST" {
+        let (code, v) = super::token::grant(
+            &ctx.state,
+            &format!("{}token", ctx.base.trim_end_matches("compute/v1/")),
+            &body,
+        );
+        return respond(code, &v);
+    }
+    {
+        let mut st = ctx.state.lock().unwrap();
+        if st.token_key.is_some() && bearer.as_deref() != Some(super::token::BEARER) {
+            st.unauthenticated += 1;
+            let (code, v) = error(401, "required", "Request is missing required authentication credential. Expected OAuth 2 access token.");
+            return respond(code, &v);
+        }
+    }
     if uri.path() == "/batch/compute/v1" && method == "POST" {
         ctx.state.lock().unwrap().batches += 1;
         return super::batch::handle(ctx_dispatch(ctx), &content_type, &body);
