@@ -785,7 +785,46 @@ async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
     // Anonymous calls are refused by this fake: the check is real.
     let with_project = small(1, &[]);
     let anon = provider(&fake, &with_project);
-    let err = anon.preflight(&ctx(&with_project, &inv)).await.expect_err("no token");
+    let err = anon
+        .preflight(&ctx(&with_project, &inv))
+        .await
+        .expect_err("no token");
     assert!(err.to_string().contains("HTTP 401"), "{err}");
     assert_eq!(fake.auth_counts().1, 1);
+}
+
+/// A re-run after the admin CIDRs changed patches the firewall rule instead of keeping the old
+/// ranges; a changed pod range is refused with a clear message instead of silently adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_follows_profile_changes_or_refuses_them() {
+    let fake = Fake::start(World::default()).await;
+    let p = small(1, &[]);
+    let inv = planned(&p);
+    let gcp = provider(&fake, &p);
+    up(&fake, &gcp, &p, &inv).await.expect("provision");
+
+    let changed = small(1, &["provider.gcp.adminCIDRs=[198.51.100.0/24]"]);
+    fake.clear_calls();
+    up(&fake, &gcp, &changed, &planned(&changed))
+        .await
+        .expect("re-run with new admin CIDRs");
+    let admin = fake
+        .all("firewalls")
+        .into_iter()
+        .find(|f| f["name"] == "small-allow-admin")
+        .unwrap();
+    assert_eq!(admin["sourceRanges"], json!(["198.51.100.0/24"]));
+    assert_eq!(
+        mutating_calls(&fake),
+        vec![
+            "compute.firewalls.patch projects/k8sforge-test/global/firewalls/small-allow-admin"
+                .to_string()
+        ]
+    );
+
+    let moved = small(1, &["network.podCIDR=10.128.0.0/14"]);
+    let err = up(&fake, &gcp, &moved, &planned(&moved))
+        .await
+        .expect_err("pod range moved");
+    assert!(err.contains("subnetwork small-nodes exists with range 10.0.0.0/20 and pods range 10.64.0.0/14, but the profile asks for nodeCIDR 10.0.0.0/20 and podCIDR 10.128.0.0/14"), "{err}");
 }

@@ -255,6 +255,7 @@ pub fn handle(
         }
         (_, "aggregatedList") => aggregated(world, hs, resource, q),
         (_, "delete") => delete(world, hs, resource, rel),
+        (_, "patch") => patch(world, hs, rel, body),
         _ => {
             let v = format!(
                 "{} is a real Compute method the fake does not implement",
@@ -1223,4 +1224,34 @@ fn add_instances(
             None,
         ),
     )
+}
+
+/// JSON merge patch of a stored resource (name and server fields are not patchable).
+fn patch(world: &World, hs: &mut HandlerState, rel: &str, body: Value) -> Answer {
+    let (coll, name) = rel.rsplit_once('/').unwrap_or((rel, ""));
+    let coll = coll.to_string();
+    let Some(current) = hs.get(&coll, name).cloned() else {
+        return not_found(rel);
+    };
+    let mut v = current;
+    for (k, x) in body.as_object().into_iter().flatten() {
+        if matches!(
+            k.as_str(),
+            "name" | "id" | "selfLink" | "creationTimestamp" | "kind"
+        ) {
+            if v.get(k) != Some(x) {
+                return err(
+                    400,
+                    "invalid",
+                    &format!("Invalid value for field 'resource.{k}': it cannot be changed"),
+                );
+            }
+            continue;
+        }
+        v[k] = x.clone();
+    }
+    let url = v["selfLink"].as_str().unwrap_or("").to_string();
+    hs.collection(&coll).insert(name.to_string(), v);
+    let scope = scope_of(&coll);
+    (200, operation(hs, world, &scope, "patch", &url, None, None))
 }

@@ -144,7 +144,7 @@ async fn ensure_subnetwork(
         ..Default::default()
     };
     let collection = format!("regions/{}/subnetworks", p.cfg.region);
-    get_or_insert(
+    let url = get_or_insert(
         p,
         names,
         "subnetwork",
@@ -153,7 +153,34 @@ async fn ensure_subnetwork(
         &body,
         &body.name,
     )
-    .await
+    .await?;
+    // An adopted subnetwork must have the ranges the inventory and the pods rely on.
+    let have: Subnetwork = p
+        .api
+        .get(
+            "compute.subnetworks.get",
+            &format!("{collection}/{}", body.name),
+        )
+        .await?;
+    let pods = have
+        .secondary_ip_ranges
+        .iter()
+        .find(|r| r.range_name == POD_RANGE_NAME);
+    if have.ip_cidr_range != body.ip_cidr_range
+        || pods.map(|r| r.ip_cidr_range.as_str())
+            != Some(body.secondary_ip_ranges[0].ip_cidr_range.as_str())
+    {
+        return Err(GcpError::Config(format!(
+            "subnetwork {} exists with range {} and pods range {}, but the profile asks for nodeCIDR {} and podCIDR {}; \
+             change the profile back, or tear the cluster down and re-create it",
+            body.name,
+            have.ip_cidr_range,
+            pods.map_or("(none)", |r| r.ip_cidr_range.as_str()),
+            nw.node_cidr,
+            nw.pod_cidr
+        )));
+    }
+    Ok(url)
 }
 
 /// API and SSH from the admin CIDRs, everything between nodes and pods, the API port from
@@ -231,6 +258,41 @@ async fn ensure_firewalls(
             &fw.name,
         )
         .await?;
+        // Adopted rules follow the profile (e.g. changed admin CIDRs): patch what differs.
+        let rest = format!("global/firewalls/{}", fw.name);
+        let have: Firewall = p.api.get("compute.firewalls.get", &rest).await?;
+        let sorted = |v: &[String]| {
+            let mut v = v.to_vec();
+            v.sort();
+            v
+        };
+        if sorted(&have.source_ranges) != sorted(&fw.source_ranges)
+            || have.allowed != fw.allowed
+            || sorted(&have.target_tags) != sorted(&fw.target_tags)
+        {
+            tracing::info!("updating firewall rule {} to match the profile", fw.name);
+            #[derive(serde::Serialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Patch<'a> {
+                allowed: &'a [FirewallAllowed],
+                source_ranges: &'a [String],
+                target_tags: &'a [String],
+            }
+            let op = p
+                .api
+                .mutate(
+                    "compute.firewalls.patch",
+                    Method::PATCH,
+                    &rest,
+                    Some(&Patch {
+                        allowed: &fw.allowed,
+                        source_ranges: &fw.source_ranges,
+                        target_tags: &fw.target_tags,
+                    }),
+                )
+                .await?;
+            p.api.wait(op).await?;
+        }
     }
     Ok(())
 }

@@ -162,13 +162,22 @@ async fn delete_all(
     }
     let mut done = Vec::new();
     let mut failed = Vec::new();
+    // A bar for long deletions (hidden when stderr is not a terminal).
+    let bar = indicatif::ProgressBar::new(set.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  deleting {msg}: {pos}/{len} {wide_bar}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("{}s", level.kind));
     while let Some(j) = set.join_next().await {
+        bar.inc(1);
         match j {
             Ok((name, Ok(()))) => done.push(name),
             Ok((name, Err(e))) => failed.push(format!("{name}: {e}")),
             Err(e) => failed.push(format!("task: {e}")),
         }
     }
+    bar.finish_and_clear();
     done.sort();
     if failed.is_empty() {
         Ok(done)
