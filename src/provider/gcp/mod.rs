@@ -11,6 +11,8 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod instances;
+pub mod loadbalancer;
 pub mod names;
 pub mod preflight;
 pub mod provision;
@@ -52,7 +54,7 @@ pub enum GcpError {
         name: String,
         cluster: String,
     },
-    #[error("{}", provision::describe_bulk_failure(.created, .failed))]
+    #[error("{}", instances::describe_bulk_failure(.created, .failed))]
     InstancesFailed {
         created: usize,
         /// `(instance name, reason)` for every instance that does not exist after bulkInsert.
