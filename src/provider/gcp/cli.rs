@@ -63,7 +63,7 @@ pub fn provision(
         cluster_dir: cluster_dir.to_path_buf(),
         ssh_public_key,
     };
-    tracing::info!(
+    tracing::debug!(
         "GCP project {}, zone {}: {} node(s)",
         cfg.project,
         cfg.zone,

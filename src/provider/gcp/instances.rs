@@ -189,7 +189,7 @@ pub(super) async fn ensure_instances(
             .await?;
         let props = instance_properties(ctx, names, subnet, first, !mt.accelerators.is_empty())?;
         for chunk in nodes.chunks(BULK_INSERT_MAX) {
-            tracing::info!(
+            tracing::debug!(
                 "creating {} {group} instance(s) with one bulkInsert",
                 chunk.len()
             );

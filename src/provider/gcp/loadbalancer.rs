@@ -186,7 +186,7 @@ async fn ensure_group_members(
     if add.is_empty() {
         return Ok(());
     }
-    tracing::info!(
+    tracing::debug!(
         "adding {} control plane(s) to the API instance group",
         add.len()
     );

@@ -2,6 +2,7 @@
 //! range) → firewall rules → instances (bulkInsert per group, ≤1000 per call) → API load
 //! balancer (instance group, TCP health check, backend service, address, forwarding rule);
 //! then read the real inventory back from the instances.
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -25,10 +26,6 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Inventor
     let instances = ensure_instances(p, ctx, &names, &subnet).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
     build_inventory(ctx, &names, &instances, lb_ip)
-}
-
-async fn step(what: &str) {
-    tracing::info!("{what}");
 }
 
 /// Get a global/regional resource by name; insert it (and wait) when missing. Unlabelled kinds
@@ -73,7 +70,7 @@ pub(super) async fn get_or_insert<T: Serialize>(
             e.self_link
         });
     }
-    step(&format!("creating {kind} {name}")).await;
+    tracing::debug!("creating {kind} {name}");
     let op = p
         .api
         .mutate(
@@ -252,7 +249,7 @@ async fn ensure_firewalls(
             || have.allowed != fw.allowed
             || sorted(&have.target_tags) != sorted(&fw.target_tags)
         {
-            tracing::info!("updating firewall rule {} to match the profile", fw.name);
+            tracing::debug!("updating firewall rule {} to match the profile", fw.name);
             #[derive(serde::Serialize)]
             #[serde(rename_all = "camelCase")]
             struct Patch<'a> {

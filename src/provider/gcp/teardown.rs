@@ -120,7 +120,7 @@ pub async fn run(
             }
             continue;
         }
-        tracing::info!("deleting {} {}(s)", ours.len(), level.kind);
+        tracing::debug!("deleting {} {}(s)", ours.len(), level.kind);
         let deleted = delete_all(p, &level, ours).await?;
         report
             .deleted
