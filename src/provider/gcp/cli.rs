@@ -1,5 +1,5 @@
 //! The synchronous edge for GCP: the provision phase and `teardown [--dry-run]` call in here;
-//! this builds the tokio runtime and finds the cluster's SSH key.
+//! this builds the tokio runtime and installs the cluster's SSH key (see `sshkeys`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,29 +24,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The cluster's SSH public key (`<cluster_dir>/ssh/id_ed25519.pub`), created with ssh-keygen
-/// when missing (private key 0600, never printed).
-pub fn cluster_ssh_public_key(cluster_dir: &Path) -> Result<String> {
-    let dir = cluster_dir.join("ssh");
-    let key = dir.join("id_ed25519");
-    let public = dir.join("id_ed25519.pub");
-    if !public.exists() {
-        crate::fsutil::ensure_dir(&dir, crate::fsutil::PRIVATE_DIR)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let status = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "k8sforge", "-f"])
-            .arg(&key)
-            .status()
-            .context("running ssh-keygen to create the cluster SSH key (install openssh-client)")?;
-        anyhow::ensure!(
-            status.success(),
-            "ssh-keygen failed to create {}",
-            key.display()
-        );
-    }
-    std::fs::read_to_string(&public).with_context(|| format!("reading {}", public.display()))
-}
-
 /// Preflight and provision on GCP; returns the real inventory. The phase runner records it.
 pub fn provision(
     loaded: &LoadedProfile,
@@ -56,7 +33,8 @@ pub fn provision(
     let profile = &loaded.profile;
     let cfg = GcpConfig::from_profile(profile)?;
     let planned = inventory::planned(profile, pod_cidrs)?;
-    let ssh_public_key = cluster_ssh_public_key(cluster_dir)?;
+    let ssh_public_key =
+        crate::sshkeys::ensure_cluster_key(cluster_dir, &profile.name)?.public_openssh;
     let ctx = ProvisionContext {
         profile,
         planned: &planned,
