@@ -19,8 +19,9 @@ pub const POD_RANGE_NAME: &str = "pods";
 /// Network tag on control-plane instances: the API and health-check rules target it.
 pub const CONTROL_PLANE_TAG: &str = "k8sforge-controlplane";
 
-/// Google's health-check probers (passthrough load balancers); they need to reach 6443.
-pub const HEALTH_CHECK_RANGES: [&str; 2] = ["35.191.0.0/16", "130.211.0.0/22"];
+/// Where Google's health checks for external passthrough network load balancers come from;
+/// they must reach the API port on the control planes.
+pub const HEALTH_CHECK_RANGES: [&str; 3] = ["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"];
 
 #[derive(Debug, Clone)]
 pub struct Names {
