@@ -244,6 +244,10 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         fws["gpu-1000-allow-health-checks"]["targetTags"],
         json!(["k8sforge-controlplane"])
     );
+    assert_eq!(
+        fws["gpu-1000-allow-health-checks"]["sourceRanges"],
+        json!(["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"])
+    );
 
     // Workers: 8 H100 each, TERMINATE on host maintenance, boot disk size and image, SSH key.
     let by_name: BTreeMap<String, &Value> = instances
