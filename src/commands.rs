@@ -52,6 +52,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if loaded.profile.provider.kind == profile::ProviderKind::Local {
                 return crate::provider::local::verbs::teardown(&home, &loaded, dry_run);
             }
+            if loaded.profile.provider.kind == profile::ProviderKind::Gcp {
+                return crate::provider::gcp::cli::teardown(&home, &loaded, dry_run);
+            }
             not_implemented(&format!(
                 "`teardown` for the {} provider",
                 loaded.profile.provider.kind.as_str()

@@ -44,7 +44,12 @@ impl Phase for Provision {
                 local_detail = Some(report.detail(inv.nodes.len()));
                 inv
             }
-            ProviderKind::Aws | ProviderKind::Gcp => {
+            ProviderKind::Gcp => crate::provider::gcp::cli::provision(
+                ctx.loaded,
+                &ctx.dir.root,
+                &ctx.state.pod_cidrs,
+            )?,
+            ProviderKind::Aws => {
                 // Validate the plan (names, pod CIDRs) before reporting what is missing.
                 inventory::planned(p, &ctx.state.pod_cidrs)
                     .map_err(|e| PhaseError::Failed(e.to_string()))?;
