@@ -147,6 +147,8 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
         home: tempfile::tempdir().unwrap(),
         mirror: m.root.clone(),
     };
+    // Nodes left by a crashed earlier run of this test would be adopted with other keys.
+    let _ = c.cmd(&["teardown"]).output();
 
     // 1. The whole run: every phase that exists completes; the rest say they are not built yet.
     let (out, report) = c.up(&[]);
