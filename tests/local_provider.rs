@@ -285,7 +285,10 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
     let mut machine_ids = BTreeSet::new();
     let mut host_keys = BTreeSet::new();
     for (node, ip) in nodes.iter().zip(&ips) {
-        let state = c.ssh(node, "systemctl is-system-running").1;
+        // sshd answers before the boot has finished: wait for systemd to settle first.
+        let state = c
+            .ssh(node, "timeout 60 systemctl is-system-running --wait")
+            .1;
         let failed = c.ssh(node, "systemctl --failed --no-legend --plain").1;
         assert_eq!(state, "running", "{node}: failed units: [{failed}]");
         assert_eq!(c.ssh_ok(node, "hostname"), *node);

@@ -490,13 +490,14 @@ impl LocalProvider {
         }
         sshkeys::pin_host_keys(&ctx.cluster_dir, &pins)?;
 
+        let mut launchers = Vec::new();
         for n in &to_boot {
             let nd = cfg.node_dir(&n.name);
-            node::start_launcher(&nd, &cfg.launcher_exe)?;
+            launchers.push(node::start_launcher(&nd, &cfg.launcher_exe)?);
         }
-        for n in &to_boot {
+        for (n, pid) in to_boot.iter().zip(launchers) {
             let nd = cfg.node_dir(&n.name);
-            if !node::wait_launcher_ready(&nd, Duration::from_secs(60)) {
+            if !node::wait_launcher_ready(&nd, pid, Duration::from_secs(60)) {
                 return Err(LocalError::NodeDown {
                     node: n.name.clone(),
                     reason: "its launcher did not start systemd-nspawn".into(),
