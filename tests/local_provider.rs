@@ -493,7 +493,9 @@ fn boot_timeout_names_the_node_with_its_console_and_a_rerun_completes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must fail: {err}");
     assert!(
-        err.contains("node controlplane-1 did not come up")
+        ["controlplane-1", "worker-1", "worker-2"]
+            .iter()
+            .any(|n| err.contains(&format!("node {n} did not come up")))
             && err.contains("did not answer within 0s")
             && err.contains("console log")
             && err.contains("[launcher"),
