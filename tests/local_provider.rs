@@ -28,15 +28,48 @@ struct Cluster {
     home: tempfile::TempDir,
     name: String,
     cidr: String,
+    /// Holds the subnet reservation for the test's lifetime.
+    _subnet_lock: fs::File,
+}
+
+/// A node subnet 198.19.X.0/24 nobody else uses now: reserved with a lock file (other test
+/// runs on the same machine, e.g. from another checkout, pick different ones) and not assigned
+/// to any host interface.
+fn reserve_subnet() -> (u8, fs::File) {
+    use std::os::unix::io::AsRawFd;
+    for x in 20u8..=250 {
+        let path = std::env::temp_dir().join(format!("k8sforge-local-test-subnet-{x}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let addrs = Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&addrs.stdout).contains(&format!(" 198.19.{x}.")) {
+            return (x, f);
+        }
+    }
+    panic!("no free 198.19.X.0/24 test subnet");
 }
 
 impl Cluster {
-    fn new(name: &str, third_octet: u8) -> Cluster {
+    fn new(kind: &str) -> Cluster {
         require_root();
+        let (x, lock) = reserve_subnet();
         Cluster {
             home: tempfile::tempdir().unwrap(),
-            name: name.to_string(),
-            cidr: format!("198.19.{third_octet}.0/24"),
+            // Unique per subnet, so concurrent runs never share a cluster either.
+            name: format!("lpt-{kind}-{x}"),
+            cidr: format!("198.19.{x}.0/24"),
+            _subnet_lock: lock,
         }
     }
 
@@ -253,7 +286,7 @@ fn node_names(inv: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op() {
-    let c = Cluster::new("lpt-three", 251);
+    let c = Cluster::new("three");
     let (detail, first) = c.provision();
     assert!(
         detail.starts_with("3 local nodes: 3 booted, 0 kept"),
@@ -268,7 +301,12 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
         .iter()
         .map(|n| n["internal_ip"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ips, ["198.19.251.11", "198.19.251.12", "198.19.251.13"]);
+    let net = c.cidr.trim_end_matches("0/24");
+    assert_eq!(
+        ips,
+        [11, 12, 13].map(|h| format!("{net}{h}")),
+        "addresses 10+i in the node subnet"
+    );
 
     // An unknown node is named, with the ones that exist.
     let (code, _, err) = c.ssh("nope-1", "true");
@@ -380,7 +418,7 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
 
 #[test]
 fn dead_node_is_replaced_nodes_scale_and_teardown_after_sigkill_leaves_nothing() {
-    let c = Cluster::new("lpt-crash", 252);
+    let c = Cluster::new("crash");
     let (_, first) = c.provision();
     let nodes = node_names(&first);
     let before: Vec<i32> = nodes.iter().map(|n| c.pid(n, "launcher.pid")).collect();
@@ -482,7 +520,7 @@ fn dead_node_is_replaced_nodes_scale_and_teardown_after_sigkill_leaves_nothing()
 
 #[test]
 fn boot_timeout_names_the_node_with_its_console_and_a_rerun_completes() {
-    let c = Cluster::new("lpt-timeout", 253);
+    let c = Cluster::new("timeout");
     // No node can answer within 0 s: the error must name one and show its console log.
     let mut cmd = Command::new(BIN);
     cmd.args(["up", "--only", "provision"])
