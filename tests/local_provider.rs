@@ -390,6 +390,26 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
     assert_eq!(pids, pids2);
     assert_eq!(c.known_hosts(), kh, "pinned keys unchanged");
 
+    // Another state directory (another cluster key) must not adopt these running nodes.
+    let other_home = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--only", "provision"])
+        .args(c.profile_args())
+        .env("K8SFORGE_HOME", other_home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "foreign nodes adopted: {err}");
+    assert!(
+        err.contains("belongs to another k8sforge state directory"),
+        "{err}"
+    );
+    let pids3: Vec<(i32, i32)> = nodes
+        .iter()
+        .map(|n| (c.pid(n, "launcher.pid"), c.pid(n, "nspawn.pid")))
+        .collect();
+    assert_eq!(pids, pids3, "the refused run left the nodes alone");
+
     // A host key changed behind k8sforge's back is refused, naming the node.
     c.ssh_ok(
         "worker-2",
