@@ -84,7 +84,7 @@ fn main() {
                     "--set",
                     &format!("workers[0].count={}", n - 1),
                     "--set",
-                    "network.nodeCIDR=198.19.240.0/24",
+                    "network.nodeCIDR=198.19.230.0/24",
                 ]
                 .iter()
                 .map(|s| s.to_string()),

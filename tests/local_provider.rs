@@ -28,15 +28,48 @@ struct Cluster {
     home: tempfile::TempDir,
     name: String,
     cidr: String,
+    /// Holds the subnet reservation for the test's lifetime.
+    _subnet_lock: fs::File,
+}
+
+/// A node subnet 198.19.X.0/24 nobody else uses now: reserved with a lock file (other test
+/// runs on the same machine, e.g. from another checkout, pick different ones) and not assigned
+/// to any host interface.
+fn reserve_subnet() -> (u8, fs::File) {
+    use std::os::unix::io::AsRawFd;
+    for x in 20u8..=250 {
+        let path = std::env::temp_dir().join(format!("k8sforge-local-test-subnet-{x}.lock"));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        let addrs = Command::new("ip")
+            .args(["-4", "-o", "addr", "show"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&addrs.stdout).contains(&format!(" 198.19.{x}.")) {
+            return (x, f);
+        }
+    }
+    panic!("no free 198.19.X.0/24 test subnet");
 }
 
 impl Cluster {
-    fn new(name: &str, third_octet: u8) -> Cluster {
+    fn new(kind: &str) -> Cluster {
         require_root();
+        let (x, lock) = reserve_subnet();
         Cluster {
             home: tempfile::tempdir().unwrap(),
-            name: name.to_string(),
-            cidr: format!("198.19.{third_octet}.0/24"),
+            // Unique per subnet, so concurrent runs never share a cluster either.
+            name: format!("lpt-{kind}-{x}"),
+            cidr: format!("198.19.{x}.0/24"),
+            _subnet_lock: lock,
         }
     }
 
@@ -253,7 +286,7 @@ fn node_names(inv: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op() {
-    let c = Cluster::new("lpt-three", 251);
+    let c = Cluster::new("three");
     let (detail, first) = c.provision();
     assert!(
         detail.starts_with("3 local nodes: 3 booted, 0 kept"),
@@ -268,7 +301,12 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
         .iter()
         .map(|n| n["internal_ip"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ips, ["198.19.251.11", "198.19.251.12", "198.19.251.13"]);
+    let net = c.cidr.trim_end_matches("0/24");
+    assert_eq!(
+        ips,
+        [11, 12, 13].map(|h| format!("{net}{h}")),
+        "addresses 10+i in the node subnet"
+    );
 
     // An unknown node is named, with the ones that exist.
     let (code, _, err) = c.ssh("nope-1", "true");
@@ -285,7 +323,10 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
     let mut machine_ids = BTreeSet::new();
     let mut host_keys = BTreeSet::new();
     for (node, ip) in nodes.iter().zip(&ips) {
-        let state = c.ssh(node, "systemctl is-system-running").1;
+        // sshd answers before the boot has finished: wait for systemd to settle first.
+        let state = c
+            .ssh(node, "timeout 60 systemctl is-system-running --wait")
+            .1;
         let failed = c.ssh(node, "systemctl --failed --no-legend --plain").1;
         assert_eq!(state, "running", "{node}: failed units: [{failed}]");
         assert_eq!(c.ssh_ok(node, "hostname"), *node);
@@ -349,6 +390,26 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
     assert_eq!(pids, pids2);
     assert_eq!(c.known_hosts(), kh, "pinned keys unchanged");
 
+    // Another state directory (another cluster key) must not adopt these running nodes.
+    let other_home = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--only", "provision"])
+        .args(c.profile_args())
+        .env("K8SFORGE_HOME", other_home.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "foreign nodes adopted: {err}");
+    assert!(
+        err.contains("belongs to another k8sforge state directory"),
+        "{err}"
+    );
+    let pids3: Vec<(i32, i32)> = nodes
+        .iter()
+        .map(|n| (c.pid(n, "launcher.pid"), c.pid(n, "nspawn.pid")))
+        .collect();
+    assert_eq!(pids, pids3, "the refused run left the nodes alone");
+
     // A host key changed behind k8sforge's back is refused, naming the node.
     c.ssh_ok(
         "worker-2",
@@ -377,7 +438,7 @@ fn three_nodes_boot_with_pinned_keys_reach_each_other_and_reprovision_is_a_no_op
 
 #[test]
 fn dead_node_is_replaced_nodes_scale_and_teardown_after_sigkill_leaves_nothing() {
-    let c = Cluster::new("lpt-crash", 252);
+    let c = Cluster::new("crash");
     let (_, first) = c.provision();
     let nodes = node_names(&first);
     let before: Vec<i32> = nodes.iter().map(|n| c.pid(n, "launcher.pid")).collect();
@@ -479,7 +540,7 @@ fn dead_node_is_replaced_nodes_scale_and_teardown_after_sigkill_leaves_nothing()
 
 #[test]
 fn boot_timeout_names_the_node_with_its_console_and_a_rerun_completes() {
-    let c = Cluster::new("lpt-timeout", 253);
+    let c = Cluster::new("timeout");
     // No node can answer within 0 s: the error must name one and show its console log.
     let mut cmd = Command::new(BIN);
     cmd.args(["up", "--only", "provision"])
@@ -490,7 +551,9 @@ fn boot_timeout_names_the_node_with_its_console_and_a_rerun_completes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "must fail: {err}");
     assert!(
-        err.contains("node controlplane-1 did not come up")
+        ["controlplane-1", "worker-1", "worker-2"]
+            .iter()
+            .any(|n| err.contains(&format!("node {n} did not come up")))
             && err.contains("did not answer within 0s")
             && err.contains("console log")
             && err.contains("[launcher"),

@@ -142,6 +142,10 @@ pub struct NodeRecord {
     pub ip: Ipv4Addr,
     pub netns: String,
     pub veth: String,
+    /// The cluster key authorized on the node: a running node is adopted only by the state
+    /// directory that holds this key.
+    #[serde(default)]
+    pub authorized_key: String,
 }
 
 impl NodeRecord {
@@ -405,6 +409,15 @@ impl LocalProvider {
         for n in &inv.nodes {
             let nd = cfg.node_dir(&n.name);
             if nd.launcher_alive().is_some() && nd.nspawn_alive().is_some() {
+                let theirs = NodeRecord::load(&nd)
+                    .map(|r| r.authorized_key)
+                    .unwrap_or_default();
+                if !theirs.is_empty() && key_body(&theirs) != key_body(&ctx.ssh_public_key) {
+                    return Err(LocalError::Busy(format!(
+                        "node {} of cluster {} is running but belongs to another k8sforge state directory (it authorizes a different cluster key); refusing to adopt it. Run `k8sforge teardown` for this cluster (with any state directory) or choose another cluster name",
+                        n.name, cfg.cluster
+                    )));
+                }
                 report.kept.push(n.name.clone());
                 continue;
             }
@@ -441,6 +454,7 @@ impl LocalProvider {
                     ip: n.internal_ip,
                     netns: network::netns_name(&cfg.cluster, &n.name),
                     veth: network::veth_name(&cfg.cluster, cfg.subnet, n.internal_ip),
+                    authorized_key: ctx.ssh_public_key.trim().to_string(),
                 };
                 fs::create_dir_all(&nd.dir).map_err(|e| LocalError::io(&nd.dir, e))?;
                 rec.save(&nd)?;
@@ -490,13 +504,14 @@ impl LocalProvider {
         }
         sshkeys::pin_host_keys(&ctx.cluster_dir, &pins)?;
 
+        let mut launchers = Vec::new();
         for n in &to_boot {
             let nd = cfg.node_dir(&n.name);
-            node::start_launcher(&nd, &cfg.launcher_exe)?;
+            launchers.push(node::start_launcher(&nd, &cfg.launcher_exe)?);
         }
-        for n in &to_boot {
+        for (n, pid) in to_boot.iter().zip(launchers) {
             let nd = cfg.node_dir(&n.name);
-            if !node::wait_launcher_ready(&nd, Duration::from_secs(60)) {
+            if !node::wait_launcher_ready(&nd, pid, Duration::from_secs(60)) {
                 return Err(LocalError::NodeDown {
                     node: n.name.clone(),
                     reason: "its launcher did not start systemd-nspawn".into(),
@@ -566,6 +581,11 @@ impl LocalProvider {
             })
         }
     }
+}
+
+/// Key type and base64 of a one-line OpenSSH public key (comment ignored).
+fn key_body(k: &str) -> String {
+    k.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 fn dir_name(nd: &NodeDir) -> String {

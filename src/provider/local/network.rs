@@ -105,6 +105,13 @@ pub fn ensure_no_forwarding(bridge: &str) -> Result<(), LocalError> {
     let key = format!("net/ipv4/conf/{bridge}/forwarding");
     let path = Path::new("/proc/sys").join(&key);
     fs::write(&path, "0").map_err(|e| LocalError::io(&path, e))?;
+    // Nodes have no routable IPv6, but keep the bridge out of IPv6 routing too where it exists.
+    let v6 = Path::new("/proc/sys/net/ipv6/conf")
+        .join(bridge)
+        .join("forwarding");
+    if v6.exists() {
+        fs::write(&v6, "0").map_err(|e| LocalError::io(&v6, e))?;
+    }
     match fs::read_to_string(&path) {
         Ok(v) if v.trim() == "0" => Ok(()),
         _ => Err(LocalError::Preflight(format!(

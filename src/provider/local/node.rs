@@ -258,13 +258,15 @@ pub fn start_launcher(nd: &NodeDir, exe: &Path) -> Result<i32, LocalError> {
 
 /// Wait until the launcher has joined its cgroups (so teardown can always find the node's
 /// processes), or it died.
-pub fn wait_launcher_ready(nd: &NodeDir, timeout: Duration) -> bool {
+/// Until the launcher has exec'd, its command line is still ours, so only its exit (it is our
+/// child: its pid cannot be reused while unreaped) counts as failure here.
+pub fn wait_launcher_ready(nd: &NodeDir, launcher_pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if nd.nspawn_pid().exists() {
             return true;
         }
-        if nd.launcher_alive().is_none() {
+        if !sys::pid_alive(launcher_pid) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(20));
