@@ -245,6 +245,8 @@ struct PlanSummary {
     bundle_files_changed: usize,
     /// Files that differ from the last plan (added, changed or removed), against state.
     changed_since_last_plan: usize,
+    /// True when the comparison is against what `up` installed, false against the last plan.
+    compared_with_applied: bool,
 }
 
 fn plan(
@@ -269,12 +271,18 @@ fn plan(
         .write_to(&out_dir)
         .with_context(|| format!("writing bundle to {}", out_dir.display()))?;
 
+    // Against what `up` installed when it ran, else against the previous plan.
     let digests = bundle.digests();
+    let (baseline, against_applied) = if st.applied_digests.is_empty() {
+        (&st.bundle_digests, false)
+    } else {
+        (&st.applied_digests, true)
+    };
     let changed = digests
         .iter()
-        .filter(|(k, v)| st.bundle_digests.get(*k) != Some(v))
+        .filter(|(k, v)| baseline.get(*k) != Some(v))
         .count()
-        + st.bundle_digests
+        + baseline
             .keys()
             .filter(|k| !digests.contains_key(*k))
             .count();
@@ -312,6 +320,7 @@ fn plan(
         bundle_files: written.files,
         bundle_files_changed: written.changed,
         changed_since_last_plan: changed,
+        compared_with_applied: against_applied,
     };
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
@@ -347,7 +356,12 @@ fn plan(
                 summary.bundle_files_changed
             );
             eprintln!(
-                "  vs last plan: {} file(s) would change on nodes",
+                "  vs {}: {} file(s) would change on nodes",
+                if against_applied {
+                    "last up"
+                } else {
+                    "last plan"
+                },
                 summary.changed_since_last_plan
             );
         }

@@ -66,6 +66,10 @@ pub struct State {
     /// sha256 of every bundle file from the last `plan`, keyed `node/path`.
     #[serde(default)]
     pub bundle_digests: BTreeMap<String, String>,
+    /// sha256 of every rendered file an `up` phase installed on a node, keyed `node/path`: what
+    /// the nodes hold, for `plan` to say what would change.
+    #[serde(default)]
+    pub applied_digests: BTreeMap<String, String>,
 }
 
 /// The state directory of one cluster, locked for the lifetime of this value.

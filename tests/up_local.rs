@@ -280,6 +280,30 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
         assert_eq!(phase(&report, p)["units_restarted"], 0, "{p}: {report:#}");
     }
 
+    // `plan` compares with what `up` installed: only files of phases not built yet would change.
+    let out = c
+        .cmd(&[
+            "plan",
+            "-o",
+            "json",
+            "--out",
+            &dir.path().join("bundle").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["compared_with_applied"], true, "{plan:#}");
+    assert_eq!(
+        plan["certificates_issued"].as_array().unwrap().len(),
+        0,
+        "{plan:#}"
+    );
+
     // `status` sees every node and its units.
     let out = c.cmd(&["status", "-o", "json"]).output().unwrap();
     assert!(

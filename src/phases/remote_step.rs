@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::{Context, Outcome, PhaseError, PhaseName, PhaseSummary};
 use crate::artifacts::{self, ArtifactSource, Component};
 use crate::inventory::Node;
-use crate::remote::sync::{NodePlan, SyncFile};
+use crate::remote::sync::{FileSource, NodePlan, SyncFile};
 use crate::remote::{Executor, ExecutorOptions, PhaseReport};
 
 /// The slice of the cluster one phase is responsible for.
@@ -127,6 +127,20 @@ pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseRep
         .as_ref()
         .ok_or(PhaseError::NoInventory { phase: step.phase })?;
     let report = exec.apply_plans(inv, &plans, step.phase.as_str());
+    // Record what the nodes that succeeded now hold (rendered files; binaries are pinned).
+    for nr in &report.nodes {
+        if let Some(plan) = plans.get(&nr.node) {
+            for f in plan
+                .files
+                .iter()
+                .filter(|f| matches!(f.source, FileSource::Bytes(_)))
+            {
+                ctx.state
+                    .applied_digests
+                    .insert(format!("{}{}", nr.node, f.path), f.sha256.clone());
+            }
+        }
+    }
     Ok((exec, report))
 }
 

@@ -124,8 +124,9 @@ pub fn run_up(
                         completed_at: now(),
                     },
                 );
-                dir.save_state(&ctx.state)?;
             }
+            // Also after a failure: what the healthy nodes now hold is recorded.
+            dir.save_state(&ctx.state)?;
             Ok(s)
         })();
         let s = match result {
