@@ -55,6 +55,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if loaded.profile.provider.kind == profile::ProviderKind::Gcp {
                 return crate::provider::gcp::cli::teardown(&home, &loaded, dry_run);
             }
+            if loaded.profile.provider.kind == profile::ProviderKind::Aws {
+                return crate::provider::aws::cli::teardown(&home, &loaded, dry_run);
+            }
             not_implemented(&format!(
                 "`teardown` for the {} provider",
                 loaded.profile.provider.kind.as_str()
@@ -143,6 +146,11 @@ fn up(
     output: OutputFormat,
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
+    if loaded.profile.provider.kind == profile::ProviderKind::Aws
+        && phases == [PhaseName::Provision]
+    {
+        return crate::provider::aws::cli::provision(home, &loaded);
+    }
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",

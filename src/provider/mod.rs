@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::inventory::Inventory;
 use crate::profile::Profile;
 
+pub mod aws;
 pub mod gcp;
 pub mod local;
 pub mod static_hosts;

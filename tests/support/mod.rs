@@ -5,3 +5,4 @@ pub mod placeholder_pki;
 pub mod sshd;
 
 pub use placeholder_pki::*;
+pub mod aws;

@@ -1,0 +1,163 @@
+//! The AWS provider: a VPC with one subnet per zone, internet gateway, route table, one security
+//! group for the nodes, the cluster's key pair, instances launched in batches, and an NLB for the
+//! API. Everything carries `k8sforge.io/cluster=<name>` from creation on; `up` adopts what exists
+//! and `teardown` removes by tag only.
+//!
+//! Module map: `config` (clients), `retry` (backoff), `plan` (pure layout), `preflight`
+//! (offerings, quotas), `network`, `keypair`, `images`, `instances`, `loadbalancer`,
+//! `inventory_map`, `teardown`.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod images;
+pub mod instances;
+pub mod inventory_map;
+pub mod keypair;
+pub mod loadbalancer;
+pub mod network;
+pub mod plan;
+pub mod preflight;
+pub mod retry;
+pub mod session;
+pub mod tags;
+pub mod teardown;
+
+pub use config::{Clients, StaticSettings, ENDPOINT_ENV};
+pub use error::AwsError;
+pub use session::Options;
+
+use crate::inventory::{Inventory, Role};
+use crate::profile::AwsPodRouting;
+use crate::provider::{Provider, ProviderError, ProvisionContext, TeardownReport};
+use plan::AwsPlan;
+use session::Session;
+
+pub struct AwsProvider {
+    clients: Clients,
+    opts: Options,
+}
+
+/// What one `provision` did: the inventory and the resources it had to create.
+#[derive(Debug, Clone)]
+pub struct ProvisionOutcome {
+    pub inventory: Inventory,
+    pub created: Vec<(String, String)>,
+}
+
+impl AwsProvider {
+    pub fn new(clients: Clients, opts: Options) -> Self {
+        AwsProvider { clients, opts }
+    }
+
+    /// Production: default credential chain, region from the profile or the environment,
+    /// endpoint from `K8SFORGE_AWS_ENDPOINT_URL` when set.
+    pub async fn from_environment(profile: &crate::profile::Profile) -> Self {
+        let region = plan::region_of(profile);
+        let cfg = config::default_config(region.as_deref()).await;
+        AwsProvider::new(Clients::new(&cfg), Options::default())
+    }
+
+    fn session(&self, ctx: &ProvisionContext<'_>) -> Session {
+        Session::new(self.clients.clone(), self.opts.clone(), &ctx.profile.name)
+    }
+
+    fn plan(&self, ctx: &ProvisionContext<'_>) -> Result<AwsPlan, AwsError> {
+        let region = if self.clients.region.is_empty() {
+            plan::region_of(ctx.profile).ok_or_else(|| {
+                AwsError::Preflight(
+                    "no AWS region: set provider.aws.region in the profile or AWS_REGION".into(),
+                )
+            })?
+        } else {
+            self.clients.region.clone()
+        };
+        plan::plan(ctx.profile, ctx.planned, &region)
+    }
+
+    pub async fn preflight_checks(&self, ctx: &ProvisionContext<'_>) -> Result<(), AwsError> {
+        let plan = self.plan(ctx)?;
+        let s = self.session(ctx);
+        images::find(&s, &plan.ami, &plan.region).await?;
+        preflight::run(&s, &plan).await
+    }
+
+    /// Preflight, then create what is missing and adopt what exists.
+    pub async fn provision_outcome(
+        &self,
+        ctx: &ProvisionContext<'_>,
+    ) -> Result<ProvisionOutcome, AwsError> {
+        let plan = self.plan(ctx)?;
+        let s = self.session(ctx);
+        let ami = images::find(&s, &plan.ami, &plan.region).await?;
+        preflight::run(&s, &plan).await?;
+        eprintln!(
+            "provision {}: {} nodes in {} ({})",
+            plan.cluster,
+            plan.nodes.len(),
+            plan.region,
+            ami.name
+        );
+        // The key pair first: a name taken by an untagged key stops the run before anything else.
+        let key = keypair::ensure(&s, &ctx.ssh_public_key).await?;
+        let net = network::ensure(&s, &plan).await?;
+        let nodes = instances::ensure(&s, &plan, &net, &ami, &key).await?;
+        if plan.routing == AwsPodRouting::RouteTable {
+            instances::ensure_routes(&s, &plan, &net.route_table_id, &nodes).await?;
+        }
+        let control_planes: Vec<String> = plan
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::ControlPlane)
+            .filter_map(|n| nodes.get(&n.name).and_then(|i| i.instance_id()))
+            .map(str::to_string)
+            .collect();
+        let lb = loadbalancer::ensure(
+            &s,
+            &net.vpc_id,
+            &net.subnet_ids,
+            plan.api_port,
+            &control_planes,
+        )
+        .await?;
+        let inventory = inventory_map::build(ctx.profile, ctx.planned, &nodes, &lb)?;
+        let created = s.created_list();
+        eprintln!(
+            "provision {}: {} resources created, API at {}",
+            plan.cluster,
+            created.len(),
+            inventory.api.url()
+        );
+        Ok(ProvisionOutcome { inventory, created })
+    }
+
+    pub async fn teardown_report(
+        &self,
+        ctx: &ProvisionContext<'_>,
+        dry_run: bool,
+    ) -> Result<TeardownReport, AwsError> {
+        teardown::run(&self.session(ctx), dry_run).await
+    }
+}
+
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn preflight(&self, ctx: &ProvisionContext<'_>) -> Result<(), ProviderError> {
+        Ok(self.preflight_checks(ctx).await?)
+    }
+
+    async fn provision(&self, ctx: &ProvisionContext<'_>) -> Result<Inventory, ProviderError> {
+        Ok(self.provision_outcome(ctx).await?.inventory)
+    }
+
+    async fn teardown(
+        &self,
+        ctx: &ProvisionContext<'_>,
+        dry_run: bool,
+    ) -> Result<TeardownReport, ProviderError> {
+        Ok(self.teardown_report(ctx, dry_run).await?)
+    }
+}

@@ -1,0 +1,549 @@
+//! Test peer for the AWS provider: a real moto server (PyPI `moto[server]`) on 127.0.0.1, shared
+//! by every test of the process, behind a small proxy of our own that counts calls per action,
+//! injects errors on demand and answers the Service Quotas calls moto lacks. Each test uses its
+//! own moto account (header `x-moto-account-id`, added by an SDK interceptor), so tests running
+//! in parallel never see each other's resources.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_ec2::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::BoxError;
+use k8sforge::provider::aws::{config, Clients, StaticSettings};
+
+pub const REGION: &str = "us-east-1";
+
+/// Python side: start moto's threaded server on a free loopback port, print the port, and exit
+/// when the test process goes away (stdin closes).
+const LAUNCHER: &str = r#"
+import os, socket, sys, threading
+from moto.server import ThreadedMotoServer
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+server.start()
+print(port, flush=True)
+sys.stdin.read()
+os._exit(0)
+"#;
+
+struct Moto {
+    _child: Mutex<Child>,
+    port: u16,
+}
+
+fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let python = std::env::var("K8SFORGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let mut child = Command::new(&python)
+            .arg("-c")
+            .arg(LAUNCHER)
+            // moto's strict checks: unknown instance types, AMIs and key pairs are errors.
+            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
+            .env("MOTO_ENABLE_KEYPAIR_VALIDATION", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {python} for the moto server ({e}); install it with `pip install 'moto[server]'`")
+            });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read moto port");
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "moto server did not start (printed {line:?}); install it with `pip install 'moto[server]'`"
+            )
+        });
+        Moto {
+            _child: Mutex::new(child),
+            port,
+        }
+    })
+}
+
+/// An error the proxy answers instead of forwarding.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub account: String,
+    pub action: String,
+    /// Only requests whose body contains this (e.g. an instance type).
+    pub body_contains: Option<String>,
+    pub code: String,
+    pub status: u16,
+    pub times: u32,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Every call in order: (account, action).
+    log: Vec<(String, String)>,
+    faults: Vec<Fault>,
+    quotas: BTreeMap<(String, String), f64>,
+    /// TerminateInstances held back per account: (request bytes, describes left before applying).
+    deferred: BTreeMap<String, (Vec<u8>, u32)>,
+    defer_terminate: BTreeMap<String, u32>,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+pub fn proxy() -> &'static Proxy {
+    static PROXY: OnceLock<Proxy> = OnceLock::new();
+    PROXY.get_or_init(|| {
+        let upstream: SocketAddr = ([127, 0, 0, 1], moto().port).into();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let state: Arc<Mutex<ProxyState>> = Arc::default();
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || serve(conn, upstream, st));
+            }
+        });
+        Proxy { addr, state }
+    })
+}
+
+impl Proxy {
+    pub fn inject(&self, f: Fault) {
+        self.state.lock().unwrap().faults.push(f);
+    }
+
+    pub fn set_quota(&self, account: &str, code: &str, value: f64) {
+        self.state
+            .lock()
+            .unwrap()
+            .quotas
+            .insert((account.into(), code.into()), value);
+    }
+
+    /// Hold the account's next TerminateInstances until this many DescribeInstances came in:
+    /// the instances stay alive meanwhile, as real ones do while shutting down.
+    pub fn defer_terminate(&self, account: &str, describes: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .defer_terminate
+            .insert(account.into(), describes);
+    }
+
+    /// Calls of one account in order.
+    pub fn log(&self, account: &str) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|(a, _)| a == account)
+            .map(|(_, x)| x.clone())
+            .collect()
+    }
+
+    pub fn counts(&self, account: &str) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for a in self.log(account) {
+            *m.entry(a).or_insert(0) += 1;
+        }
+        m
+    }
+
+    pub fn reset(&self, account: &str) {
+        self.state.lock().unwrap().log.retain(|(a, _)| a != account);
+    }
+}
+
+struct Request {
+    head: Vec<(String, String)>,
+    start: String,
+    body: Vec<u8>,
+}
+
+fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut start = String::new();
+    if r.read_line(&mut start).ok()? == 0 {
+        return None;
+    }
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        head.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let len: usize = head
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        !head
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")),
+        "proxy: chunked request bodies are not expected from the SDK"
+    );
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(Request {
+        head,
+        start: start.trim_end().to_string(),
+        body,
+    })
+}
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.head
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn form_value(body: &str, key: &str) -> Option<String> {
+    body.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+fn respond(
+    w: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = w.write_all(head.as_bytes());
+    let _ = w.write_all(body);
+    let _ = w.flush();
+}
+
+fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
+    let mut w = conn.try_clone().expect("clone stream");
+    let mut r = BufReader::new(conn);
+    while let Some(req) = read_request(&mut r) {
+        let account = header(&req, "x-moto-account-id")
+            .unwrap_or("123456789012")
+            .to_string();
+        let body = String::from_utf8_lossy(&req.body).to_string();
+        let target = header(&req, "x-amz-target").map(str::to_string);
+        let action = match &target {
+            Some(t) => t.rsplit('.').next().unwrap_or_default().to_string(),
+            None => form_value(&body, "Action").unwrap_or_else(|| "?".into()),
+        };
+        let elb = body.contains("Version=2015-12-01");
+
+        let mut fault = None;
+        let mut deferred_now = None;
+        let mut hold_terminate = false;
+        {
+            let mut s = st.lock().unwrap();
+            s.log.push((account.clone(), action.clone()));
+            if let Some(f) = s.faults.iter_mut().find(|f| {
+                f.account == account
+                    && f.action == action
+                    && f.times > 0
+                    && f.body_contains
+                        .as_ref()
+                        .is_none_or(|b| body.contains(b.as_str()))
+            }) {
+                f.times -= 1;
+                fault = Some(f.clone());
+            }
+            if fault.is_none() && action == "TerminateInstances" {
+                if let Some(n) = s.defer_terminate.remove(&account) {
+                    s.deferred.insert(account.clone(), (raw(&req), n));
+                    hold_terminate = true;
+                }
+            }
+            if fault.is_none() && action == "DescribeInstances" {
+                if let Some((bytes, left)) = s.deferred.get_mut(&account) {
+                    if *left == 0 {
+                        deferred_now = Some(bytes.clone());
+                    } else {
+                        *left -= 1;
+                    }
+                }
+                if deferred_now.is_some() {
+                    s.deferred.remove(&account);
+                    s.log
+                        .push((account.clone(), "(termination applied)".into()));
+                }
+            }
+        }
+
+        if let Some(f) = fault {
+            let xml = if elb {
+                format!("<ErrorResponse><Error><Type>Sender</Type><Code>{}</Code><Message>injected by the test proxy</Message></Error><RequestId>0</RequestId></ErrorResponse>", f.code)
+            } else {
+                format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error></Errors><RequestID>0</RequestID></Response>", f.code)
+            };
+            respond(&mut w, f.status, "text/xml", &[], xml.as_bytes());
+            continue;
+        }
+        if let Some(t) = &target {
+            if t.starts_with("ServiceQuotasV20190624.") {
+                service_quotas(&mut w, &st, &account, &action, &body);
+                continue;
+            }
+        }
+        if hold_terminate {
+            let xml = "<TerminateInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>0</requestId><instancesSet/></TerminateInstancesResponse>";
+            respond(&mut w, 200, "text/xml", &[], xml.as_bytes());
+            continue;
+        }
+        if let Some(bytes) = deferred_now {
+            let _ = forward_raw(upstream, &bytes);
+        }
+        match forward_raw(upstream, &raw(&req)) {
+            Some((status, ctype, body)) => respond(&mut w, status, &ctype, &[], &body),
+            None => respond(
+                &mut w,
+                502,
+                "text/plain",
+                &[],
+                b"proxy: moto did not answer",
+            ),
+        }
+    }
+}
+
+fn raw(req: &Request) -> Vec<u8> {
+    let mut out = format!("{}\r\n", req.start);
+    for (k, v) in &req.head {
+        if k == "connection" {
+            continue;
+        }
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&req.body);
+    bytes
+}
+
+/// One request to moto on a fresh connection; the whole answer is read to EOF.
+fn forward_raw(upstream: SocketAddr, bytes: &[u8]) -> Option<(u16, String, Vec<u8>)> {
+    let mut up = TcpStream::connect(upstream).ok()?;
+    up.set_read_timeout(Some(Duration::from_secs(300))).ok()?;
+    up.write_all(bytes).ok()?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp).ok()?;
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let mut body = resp[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status: u16 = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut ctype = "text/xml".to_string();
+    let mut chunked = false;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            let k = k.trim().to_ascii_lowercase();
+            if k == "content-type" {
+                ctype = v.trim().to_string();
+            }
+            if k == "transfer-encoding" && v.contains("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    if chunked {
+        body = dechunk(&body);
+    }
+    Some((status, ctype, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(pos) = b.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..pos]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[pos + 2..pos + 2 + size]);
+        b = &b[pos + 2 + size + 2..];
+    }
+    out
+}
+
+/// The two Service Quotas calls the provider makes (awsJson 1.1), answered from the proxy's table.
+fn service_quotas(
+    w: &mut TcpStream,
+    st: &Arc<Mutex<ProxyState>>,
+    account: &str,
+    action: &str,
+    body: &str,
+) {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let code = v["QuotaCode"].as_str().unwrap_or_default().to_string();
+    let value = st
+        .lock()
+        .unwrap()
+        .quotas
+        .get(&(account.to_string(), code.clone()))
+        .copied();
+    let ok = |value: f64| {
+        serde_json::json!({"Quota": {
+            "ServiceCode": "ec2", "QuotaCode": code, "QuotaName": "test quota",
+            "Value": value, "Unit": "None", "Adjustable": true, "GlobalQuota": false
+        }})
+        .to_string()
+    };
+    match (action, value) {
+        ("GetServiceQuota", Some(v)) => {
+            respond(w, 200, "application/x-amz-json-1.1", &[], ok(v).as_bytes())
+        }
+        ("GetServiceQuota", None) => {
+            let e = serde_json::json!({"__type": "NoSuchResourceException", "message": "no applied quota"});
+            respond(
+                w,
+                400,
+                "application/x-amz-json-1.1",
+                &[("x-amzn-errortype", "NoSuchResourceException")],
+                e.to_string().as_bytes(),
+            )
+        }
+        // Default quota when a test set none: large enough for any test cluster.
+        ("GetAWSDefaultServiceQuota", _) => respond(
+            w,
+            200,
+            "application/x-amz-json-1.1",
+            &[],
+            ok(value.unwrap_or(1_000_000.0)).as_bytes(),
+        ),
+        _ => respond(
+            w,
+            400,
+            "application/x-amz-json-1.1",
+            &[],
+            b"{\"__type\":\"UnknownOperationException\"}",
+        ),
+    }
+}
+
+/// Adds the moto account header to every request.
+#[derive(Debug, Clone)]
+pub struct MotoAccount(pub String);
+
+impl Intercept for MotoAccount {
+    fn name(&self) -> &'static str {
+        "MotoAccount"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        context
+            .request_mut()
+            .headers_mut()
+            .insert("x-moto-account-id", self.0.clone());
+        Ok(())
+    }
+}
+
+/// Clients for one moto account, through the proxy, with static credentials and a fixed region.
+pub fn clients(account: &str) -> Clients {
+    let cfg = config::static_config(&StaticSettings {
+        region: REGION.into(),
+        endpoint_url: format!("http://{}", proxy().addr),
+        access_key_id: "test".into(),
+        secret_access_key: "test".into(),
+    });
+    Clients::with_interceptor(&cfg, MotoAccount(account.into()))
+}
+
+/// Register a test AMI the way one exists in a real account (volume → snapshot → image), since
+/// moto pre-loads only old images. Returns the image id.
+pub async fn register_ami(c: &Clients, name: &str) -> String {
+    use aws_sdk_ec2::types::{ArchitectureValues, BlockDeviceMapping, EbsBlockDevice};
+    let vol = c
+        .ec2
+        .create_volume()
+        .availability_zone(format!("{REGION}a"))
+        .size(8)
+        .send()
+        .await
+        .expect("CreateVolume");
+    let snap = c
+        .ec2
+        .create_snapshot()
+        .volume_id(vol.volume_id().unwrap())
+        .description("k8sforge test image")
+        .send()
+        .await
+        .expect("CreateSnapshot");
+    let img = c
+        .ec2
+        .register_image()
+        .name(name)
+        .architecture(ArchitectureValues::X8664)
+        .root_device_name("/dev/sda1")
+        .virtualization_type("hvm")
+        .block_device_mappings(
+            BlockDeviceMapping::builder()
+                .device_name("/dev/sda1")
+                .ebs(
+                    EbsBlockDevice::builder()
+                        .snapshot_id(snap.snapshot_id().unwrap())
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("RegisterImage");
+    // The volume was only needed for the snapshot.
+    c.ec2
+        .delete_volume()
+        .volume_id(vol.volume_id().unwrap())
+        .send()
+        .await
+        .expect("DeleteVolume");
+    img.image_id().unwrap().to_string()
+}
+
+/// A real Ed25519 public key in OpenSSH format (moto parses imported key material).
+pub fn ssh_public_key() -> String {
+    use base64::Engine;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let raw = kp.public_key_raw();
+    let mut blob = Vec::new();
+    for part in [b"ssh-ed25519".as_slice(), raw] {
+        blob.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    format!(
+        "ssh-ed25519 {} k8sforge-test",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
+}
