@@ -22,25 +22,10 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
 /// Write `bytes` to `path` atomically with `mode`. The temp file is created with `mode` from the
 /// start (never wider), fsynced, then renamed over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // An existing temp file keeps its old mode: set it explicitly.
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let tmp = write_temp(path, bytes, mode)?;
+    let result = fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|_| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
