@@ -36,15 +36,7 @@ pub async fn describe(s: &Session, extra: Vec<Filter>) -> Result<Vec<Instance>, 
     for f in extra {
         req = req.filters(f);
     }
-    let reservations = retry::send(&s.opts.retry, "DescribeInstances", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let reservations = paginate_all!(&s.opts.retry, "DescribeInstances", req)?;
     Ok(reservations
         .iter()
         .flat_map(|r| r.instances().iter().cloned())

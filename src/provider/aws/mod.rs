@@ -7,6 +7,23 @@
 //! (offerings, quotas), `network`, `keypair`, `images`, `instances`, `loadbalancer`,
 //! `inventory_map`, `teardown`.
 
+/// Every item of a paginated describe, retried as one unit (throttling, 5xx): the shape every
+/// "find by cluster tag" lookup shares.
+macro_rules! paginate_all {
+    ($retry:expr, $action:expr, $req:expr) => {{
+        let req = $req;
+        $crate::provider::aws::retry::send($retry, $action, || async {
+            req.clone()
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Result<Vec<_>, _>>()
+                .await
+        })
+        .await
+    }};
+}
+
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -50,15 +50,7 @@ async fn ensure_vpc(s: &Session, plan: &AwsPlan) -> Result<String, AwsError> {
         .ec2()
         .describe_vpcs()
         .filters(tags::cluster_filter(&s.cluster));
-    let mut vpcs = retry::send(&s.opts.retry, "DescribeVpcs", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let mut vpcs = paginate_all!(&s.opts.retry, "DescribeVpcs", req)?;
     vpcs.retain(|v| tags::owned(v.tags(), &s.cluster));
     vpcs.sort_by(|a, b| a.vpc_id().cmp(&b.vpc_id()));
     if let Some(v) = vpcs.first() {
@@ -134,15 +126,7 @@ async fn ensure_subnets(s: &Session, plan: &AwsPlan, vpc: &str) -> Result<Vec<St
         .describe_subnets()
         .filters(tags::cluster_filter(&s.cluster))
         .filters(tags::filter("vpc-id", &[vpc]));
-    let mut found = retry::send(&s.opts.retry, "DescribeSubnets", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let mut found = paginate_all!(&s.opts.retry, "DescribeSubnets", req)?;
     found.retain(|x| tags::owned(x.tags(), &s.cluster));
     found.sort_by(|a, b| a.subnet_id().cmp(&b.subnet_id()));
     let mut ids = Vec::new();
@@ -187,15 +171,7 @@ async fn ensure_igw(s: &Session, vpc: &str) -> Result<String, AwsError> {
         .ec2()
         .describe_internet_gateways()
         .filters(tags::cluster_filter(&s.cluster));
-    let mut found = retry::send(&s.opts.retry, "DescribeInternetGateways", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let mut found = paginate_all!(&s.opts.retry, "DescribeInternetGateways", req)?;
     found.retain(|x| tags::owned(x.tags(), &s.cluster));
     found.sort_by(|a, b| a.internet_gateway_id().cmp(&b.internet_gateway_id()));
     let (id, attached) = match found.first() {
@@ -244,15 +220,7 @@ pub async fn describe_route_tables(s: &Session) -> Result<Vec<RouteTable>, AwsEr
         .ec2()
         .describe_route_tables()
         .filters(tags::cluster_filter(&s.cluster));
-    let mut found = retry::send(&s.opts.retry, "DescribeRouteTables", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let mut found = paginate_all!(&s.opts.retry, "DescribeRouteTables", req)?;
     found.retain(|x| tags::owned(x.tags(), &s.cluster));
     found.sort_by(|a, b| a.route_table_id().cmp(&b.route_table_id()));
     Ok(found)
@@ -400,15 +368,7 @@ pub async fn describe_security_groups(
     if let Some(v) = vpc {
         req = req.filters(tags::filter("vpc-id", &[v]));
     }
-    let mut found = retry::send(&s.opts.retry, "DescribeSecurityGroups", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let mut found = paginate_all!(&s.opts.retry, "DescribeSecurityGroups", req)?;
     found.retain(|x| tags::owned(x.tags(), &s.cluster));
     found.sort_by(|a, b| a.group_id().cmp(&b.group_id()));
     Ok(found)

@@ -66,15 +66,7 @@ async fn check_offerings(
         .location_type(LocationType::AvailabilityZone)
         .filters(tags::filter("instance-type", types))
         .filters(tags::filter("location", &zones));
-    let offers = retry::send(&s.opts.retry, "DescribeInstanceTypeOfferings", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let offers = paginate_all!(&s.opts.retry, "DescribeInstanceTypeOfferings", req)?;
     let offered: BTreeSet<(String, String)> = offers
         .iter()
         .filter_map(|o| {
@@ -106,15 +98,7 @@ async fn vcpus(s: &Session, types: &[&str]) -> Result<BTreeMap<String, u64>, Aws
         .ec2()
         .describe_instance_types()
         .set_instance_types(Some(types.iter().map(|t| InstanceType::from(*t)).collect()));
-    let out = retry::send(&s.opts.retry, "DescribeInstanceTypes", || async {
-        req.clone()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let out = paginate_all!(&s.opts.retry, "DescribeInstanceTypes", req)?;
     let map: BTreeMap<String, u64> = out
         .iter()
         .filter_map(|t| {

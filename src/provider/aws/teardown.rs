@@ -29,16 +29,11 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
     };
 
     // Load balancers (their listeners go with them), then target groups.
-    let lbs = retry::send(&s.opts.retry, "DescribeLoadBalancers", || async {
-        s.elb()
-            .describe_load_balancers()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let lbs = paginate_all!(
+        &s.opts.retry,
+        "DescribeLoadBalancers",
+        s.elb().describe_load_balancers()
+    )?;
     let lb_arns = owned_arns(
         s,
         lbs.iter()
@@ -55,16 +50,11 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
         }
         note("load-balancer", arn);
     }
-    let tgs = retry::send(&s.opts.retry, "DescribeTargetGroups", || async {
-        s.elb()
-            .describe_target_groups()
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    let tgs = paginate_all!(
+        &s.opts.retry,
+        "DescribeTargetGroups",
+        s.elb().describe_target_groups()
+    )?;
     let tg_arns = owned_arns(
         s,
         tgs.iter()
@@ -141,17 +131,13 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
     }
 
     // Internet gateways: detach from every VPC, then delete.
-    let igws = retry::send(&s.opts.retry, "DescribeInternetGateways", || async {
+    let igws = paginate_all!(
+        &s.opts.retry,
+        "DescribeInternetGateways",
         s.ec2()
             .describe_internet_gateways()
             .filters(tags::cluster_filter(&s.cluster))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    )?;
     for g in igws.iter().filter(|g| tags::owned(g.tags(), &s.cluster)) {
         let id = g.internet_gateway_id().unwrap_or_default();
         if !dry_run {
@@ -182,17 +168,13 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
         note("internet-gateway", id);
     }
 
-    let subnets = retry::send(&s.opts.retry, "DescribeSubnets", || async {
+    let subnets = paginate_all!(
+        &s.opts.retry,
+        "DescribeSubnets",
         s.ec2()
             .describe_subnets()
             .filters(tags::cluster_filter(&s.cluster))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    )?;
     for x in subnets.iter().filter(|x| tags::owned(x.tags(), &s.cluster)) {
         let id = x.subnet_id().unwrap_or_default();
         if !dry_run {
@@ -238,17 +220,13 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
         note("key-pair", &name);
     }
 
-    let vpcs = retry::send(&s.opts.retry, "DescribeVpcs", || async {
+    let vpcs = paginate_all!(
+        &s.opts.retry,
+        "DescribeVpcs",
         s.ec2()
             .describe_vpcs()
             .filters(tags::cluster_filter(&s.cluster))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-    })
-    .await?;
+    )?;
     for v in vpcs.iter().filter(|v| tags::owned(v.tags(), &s.cluster)) {
         let id = v.vpc_id().unwrap_or_default();
         if !dry_run {
