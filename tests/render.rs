@@ -583,6 +583,7 @@ fn units_start_in_dependency_order_after_daemon_reload() {
             "kube-controller-manager.service",
             "kube-scheduler.service",
             "containerd.service",
+            "k8sforge-images.service",
             "kubelet.service",
             "kube-proxy.service"
         ]
@@ -602,6 +603,7 @@ fn units_start_in_dependency_order_after_daemon_reload() {
             "k8sforge-node-prep.service",
             "k8sforge-pod-routes.service",
             "containerd.service",
+            "k8sforge-images.service",
             "kubelet.service",
             "kube-proxy.service"
         ]

@@ -11,10 +11,15 @@ use std::fmt;
 use std::path::Path;
 
 pub mod extract;
+pub mod images;
 pub mod pins;
 pub mod source;
 
 pub use extract::{extract, InstalledFile};
+pub use images::{ClusterImage, ImageRefs};
+
+/// File name of a mirror's own list (re-exported for messages).
+pub const MIRROR_MANIFEST_NAME: &str = source::MIRROR_MANIFEST;
 pub use source::{ArtifactError, ArtifactSource, Cache, Fetched, Mirror, ResolvedArtifact};
 
 /// The Kubernetes version built-in profiles pin for users.

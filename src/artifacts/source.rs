@@ -53,6 +53,17 @@ pub enum ArtifactError {
     Download { url: String, reason: String },
     #[error("{file} not found in the artifact mirror (expected at {location})")]
     NotInMirror { file: String, location: String },
+    #[error(
+        "the {image} image ({reference}) is not in the artifact mirror{where_}. Images are never \
+         pulled at run time: put an OCI archive of it in the mirror and list it under \"images\" in \
+         {manifest} (e.g. `skopeo copy docker://{reference} oci-archive:images/{image}.tar:{reference}`)"
+    )]
+    ImageNotInMirror {
+        image: String,
+        reference: String,
+        where_: String,
+        manifest: &'static str,
+    },
     #[error("archive {archive}: {reason}")]
     Archive { archive: String, reason: String },
     #[error("{}: {source}", path.display())]
@@ -162,6 +173,9 @@ impl ArtifactSource {
 #[serde(deny_unknown_fields)]
 pub struct MirrorManifest {
     pub artifacts: Vec<MirrorEntry>,
+    /// OCI image archives (pause and add-on images), see `super::images`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<super::images::MirrorImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -396,7 +410,22 @@ impl Cache {
     /// Fetch `art` from `mirror` into the cache, verified. A cached file is used as is: it was
     /// verified before it was renamed into place.
     pub fn fetch(&self, art: &ResolvedArtifact, mirror: &Mirror) -> Result<Fetched, ArtifactError> {
-        let dest = self.path_for(&art.digest);
+        self.fetch_from(
+            &mirror.location(&art.upstream_url),
+            &art.digest,
+            art.file_name(),
+        )
+    }
+
+    /// Fetch the file at `loc` (named `name` in messages) into the cache, verified against
+    /// `digest`.
+    pub fn fetch_from(
+        &self,
+        loc: &Location,
+        digest: &Digest,
+        name: &str,
+    ) -> Result<Fetched, ArtifactError> {
+        let dest = self.path_for(digest);
         if dest.is_file() {
             return Ok(Fetched {
                 path: dest,
@@ -404,16 +433,15 @@ impl Cache {
             });
         }
         std::fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
-        let loc = mirror.location(&art.upstream_url);
-        let mut reader = open(&loc)?.ok_or_else(|| ArtifactError::NotInMirror {
-            file: art.file_name().to_string(),
+        let mut reader = open(loc)?.ok_or_else(|| ArtifactError::NotInMirror {
+            file: name.to_string(),
             location: loc.to_string(),
         })?;
         let mut tmp = tempfile::Builder::new()
             .prefix(".fetch-")
             .tempfile_in(&self.root)
             .map_err(io_err(&self.root))?;
-        let mut hasher = Hasher::for_digest(&art.digest);
+        let mut hasher = Hasher::for_digest(digest);
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buf).map_err(|e| ArtifactError::Download {
@@ -427,11 +455,11 @@ impl Cache {
             tmp.write_all(&buf[..n]).map_err(io_err(tmp.path()))?;
         }
         let actual = hasher.finish();
-        if actual != art.digest.hex() {
+        if actual != digest.hex() {
             return Err(ArtifactError::ChecksumMismatch {
-                file: format!("{} ({})", art.file_name(), loc),
-                expected: art.digest.to_string(),
-                actual: format!("{}:{actual}", art.digest.algorithm()),
+                file: format!("{name} ({loc})"),
+                expected: digest.to_string(),
+                actual: format!("{}:{actual}", digest.algorithm()),
             });
         }
         tmp.as_file().sync_all().map_err(io_err(tmp.path()))?;
@@ -443,7 +471,7 @@ impl Cache {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(fsutil::PUBLIC))
             .map_err(io_err(&dest))?;
-        tracing::info!(file = art.file_name(), digest = %art.digest, "fetched and verified");
+        tracing::info!(file = name, digest = %digest, "fetched and verified");
         Ok(Fetched {
             path: dest,
             hit: false,

@@ -17,6 +17,7 @@ const STEP: RemoteStep = RemoteStep {
     units: &["etcd.service"],
     path_prefixes: &["/etc/etcd/"],
     components: &[(Component::Etcd, &["etcd.service"])],
+    images: false,
 };
 
 /// `etcdctl endpoint health --cluster` over TLS with the health-check client certificate.

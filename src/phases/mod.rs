@@ -1,12 +1,14 @@
 //! The phases of `up`, in order. Each is a Hard Way chapter: plan against current state, apply,
 //! verify, and record completion in the state file with a fingerprint of its inputs.
 
+pub mod control_plane;
 pub mod etcd;
 pub mod network;
 pub mod pki;
 pub mod provision;
 pub mod remote_step;
 pub mod runner;
+pub mod runtime;
 pub mod status;
 pub mod workers;
 
@@ -60,7 +62,9 @@ impl Context<'_> {
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
             let release = crate::artifacts::source::effective_release(pinned, &source)
                 .map_err(|e| PhaseError::Failed(e.to_string()))?;
-            let b = crate::render::render_release(p, inv, &self.dir.root, &release)
+            let images = crate::artifacts::ImageRefs::for_source(pinned, &source)
+                .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            let b = crate::render::render_release(p, inv, &self.dir.root, &release, &images)
                 .map_err(|e| PhaseError::Failed(e.to_string()))?;
             self.bundle = Some(b);
         }
@@ -139,6 +143,7 @@ pub enum PhaseName {
     Provision,
     Pki,
     Etcd,
+    Runtime,
     ControlPlane,
     Workers,
     Network,
@@ -147,10 +152,11 @@ pub enum PhaseName {
 }
 
 impl PhaseName {
-    pub const ALL: [PhaseName; 8] = [
+    pub const ALL: [PhaseName; 9] = [
         PhaseName::Provision,
         PhaseName::Pki,
         PhaseName::Etcd,
+        PhaseName::Runtime,
         PhaseName::ControlPlane,
         PhaseName::Workers,
         PhaseName::Network,
@@ -163,6 +169,7 @@ impl PhaseName {
             PhaseName::Provision => "provision",
             PhaseName::Pki => "pki",
             PhaseName::Etcd => "etcd",
+            PhaseName::Runtime => "runtime",
             PhaseName::ControlPlane => "control-plane",
             PhaseName::Workers => "workers",
             PhaseName::Network => "network",

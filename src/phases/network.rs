@@ -17,6 +17,7 @@ const STEP: RemoteStep = RemoteStep {
     units: &[ROUTES_UNIT],
     path_prefixes: &[],
     components: &[],
+    images: false,
 };
 
 impl Phase for Network {

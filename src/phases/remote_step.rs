@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{Context, Outcome, PhaseError, PhaseName, PhaseSummary};
-use crate::artifacts::{self, ArtifactSource, Component};
+use crate::artifacts::{self, images, ArtifactSource, ClusterImage, Component};
 use crate::inventory::Node;
 use crate::remote::sync::{FileSource, NodePlan, SyncFile};
 use crate::remote::{Executor, ExecutorOptions, PhaseReport};
+use crate::render::node::IMAGES_UNIT;
 
 /// The slice of the cluster one phase is responsible for.
 pub struct RemoteStep {
@@ -23,6 +24,8 @@ pub struct RemoteStep {
     pub path_prefixes: &'static [&'static str],
     /// Artifacts whose binaries the phase installs, with the units each restarts on change.
     pub components: &'static [(Component, &'static [&'static str])],
+    /// Ship the cluster's image archives (imported by `k8sforge-images.service`).
+    pub images: bool,
 }
 
 impl RemoteStep {
@@ -44,7 +47,7 @@ pub fn executor(ctx: &Context) -> Result<Executor, PhaseError> {
 fn artifact_files(
     ctx: &Context,
     components: &[(Component, &[&str])],
-) -> Result<Vec<SyncFile>, PhaseError> {
+) -> Result<Vec<(Component, SyncFile)>, PhaseError> {
     if components.is_empty() {
         return Ok(Vec::new());
     }
@@ -72,9 +75,62 @@ fn artifact_files(
             .find(|(c, _)| *c == art.component)
             .map(|(_, r)| *r)
             .unwrap_or(&[]);
-        files.extend(artifacts::extract::sync_files(installed, restarts));
+        files.extend(
+            artifacts::extract::sync_files(installed, restarts)
+                .into_iter()
+                .map(|f| (art.component, f)),
+        );
     }
     Ok(files)
+}
+
+/// The image archives every pod-running node holds: pause and CoreDNS always, the NVIDIA device
+/// plugin when the profile has GPU workers (or the mirror carries it anyway).
+fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
+    let p = &ctx.loaded.profile;
+    let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
+        PhaseError::Failed(format!(
+            "no pinned release for Kubernetes {}",
+            p.kubernetes.version
+        ))
+    })?;
+    let source = ArtifactSource::from_profile(
+        &p.artifacts,
+        ctx.mirror.as_deref(),
+        ctx.trust_mirror_checksums,
+    )
+    .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    let fail = |e: artifacts::ArtifactError| PhaseError::Failed(e.to_string());
+    let listed = artifacts::source::load_manifest(&source.mirror)
+        .map_err(fail)?
+        .map(|(_, m)| m.images)
+        .unwrap_or_default();
+    let gpus = p.workers.iter().any(|g| g.gpus_per_node > 0);
+    let wanted: Vec<ClusterImage> = ClusterImage::ALL
+        .into_iter()
+        .filter(|i| {
+            *i != ClusterImage::NvidiaDevicePlugin
+                || gpus
+                || listed.iter().any(|e| e.name == i.name())
+        })
+        .collect();
+    let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
+    let prepared = images::prepare(home, release, &source, &wanted).map_err(fail)?;
+    prepared
+        .into_iter()
+        .map(|(img, local)| {
+            // The cache verified the archive against its SHA-256 before naming it by it.
+            let sha256 = img.digest.hex().to_string();
+            Ok(SyncFile {
+                path: img.image.node_path(),
+                mode: crate::fsutil::PUBLIC,
+                owner: "root:root".into(),
+                sha256,
+                source: FileSource::Local(local),
+                restarts: vec![IMAGES_UNIT.to_string()],
+            })
+        })
+        .collect()
 }
 
 /// Build every participating node's plan for `step`.
@@ -83,6 +139,11 @@ pub fn plans(
     step: &RemoteStep,
 ) -> Result<BTreeMap<String, NodePlan>, PhaseError> {
     let binaries = artifact_files(ctx, step.components)?;
+    let images = if step.images {
+        image_files(ctx)?
+    } else {
+        Vec::new()
+    };
     let inv = ctx
         .inventory
         .clone()
@@ -99,7 +160,20 @@ pub fn plans(
             .filter(|f| step.owns(f))
             .map(SyncFile::from_bundle)
             .collect();
-        files.extend(binaries.iter().cloned());
+        // The server tarball holds every control-plane binary: a node gets the Kubernetes
+        // binaries its role needs (the bundle lists them), not the whole release.
+        files.extend(
+            binaries
+                .iter()
+                .filter(|(c, f)| {
+                    !matches!(
+                        c,
+                        Component::KubernetesServer | Component::Kubelet | Component::Kubectl
+                    ) || nb.binaries.iter().any(|b| b.path == f.path)
+                })
+                .map(|(_, f)| f.clone()),
+        );
+        files.extend(images.iter().cloned());
         let units = nb
             .units
             .iter()

@@ -46,9 +46,11 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
         PhaseName::Provision => Some(Box::new(super::provision::Provision)),
         PhaseName::Pki => Some(Box::new(super::pki::Pki)),
         PhaseName::Etcd => Some(Box::new(super::etcd::Etcd)),
+        PhaseName::Runtime => Some(Box::new(super::runtime::Runtime)),
         PhaseName::Workers => Some(Box::new(super::workers::Workers)),
         PhaseName::Network => Some(Box::new(super::network::Network)),
-        PhaseName::ControlPlane | PhaseName::Addons | PhaseName::Training => None,
+        PhaseName::ControlPlane => Some(Box::new(super::control_plane::ControlPlane)),
+        PhaseName::Addons | PhaseName::Training => None,
     }
 }
 

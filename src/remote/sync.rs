@@ -379,7 +379,9 @@ pub fn restart_plan(
 
 /// systemd steps after a sync: daemon-reload if needed, then each unit of the plan in order —
 /// restarted when its files changed, else enabled and started (a no-op when already running) —
-/// then restarts of units outside the start list.
+/// then restarts of units outside the start list. Those belong to another phase (a CA shared by
+/// the apiserver and kubelet, say) and may not be installed yet: `try-restart` restarts them only
+/// when they run.
 pub fn units_script(rp: &RestartPlan, units: &[String]) -> Option<String> {
     if units.is_empty() && rp.restart.is_empty() && !rp.daemon_reload {
         return None;
@@ -397,7 +399,7 @@ pub fn units_script(rp: &RestartPlan, units: &[String]) -> Option<String> {
         }
     }
     for u in rp.restart.iter().filter(|u| !units.contains(u)) {
-        s.push_str(&format!("systemctl restart {}\n", shell_quote(u)));
+        s.push_str(&format!("systemctl try-restart {}\n", shell_quote(u)));
     }
     Some(s)
 }
@@ -480,7 +482,7 @@ mod tests {
             s,
             "set -eu\nsystemctl daemon-reload\nsystemctl enable -q --now 'etcd.service'\n\
              systemctl enable -q 'kubelet.service'\nsystemctl restart 'kubelet.service'\n\
-             systemctl restart 'containerd.service'\n"
+             systemctl try-restart 'containerd.service'\n"
         );
         assert_eq!(units_script(&RestartPlan::default(), &[]), None);
     }

@@ -81,7 +81,12 @@ pub struct ClusterCtx {
 }
 
 impl ClusterCtx {
-    pub fn new(profile: &Profile, inventory: &Inventory, release: &Release) -> ClusterCtx {
+    pub fn new(
+        profile: &Profile,
+        inventory: &Inventory,
+        release: &Release,
+        images: &crate::artifacts::ImageRefs,
+    ) -> ClusterCtx {
         let local = profile.provider.kind == ProviderKind::Local;
         let members: Vec<&Node> = inventory.with_role(Role::Etcd).collect();
         let etcd_servers = members
@@ -124,7 +129,7 @@ impl ClusterCtx {
             ),
             audit_log_max_age_days: profile.api_server.audit_log_max_age_days,
             front_proxy_client_cn: FRONT_PROXY_CLIENT_CN,
-            sandbox_image: format!("registry.k8s.io/pause:{}", release.pause),
+            sandbox_image: images.pause.clone(),
             // Cloud images (Ubuntu) run systemd-resolved, whose /etc/resolv.conf stub (127.0.0.53)
             // is unreachable from pods; kubelet must hand pods the real upstream list.
             resolv_conf: match profile.provider.kind {

@@ -71,7 +71,13 @@ pub fn render(
                 .collect(),
         }
     })?;
-    render_release(profile, inventory, cluster_dir, release)
+    render_release(
+        profile,
+        inventory,
+        cluster_dir,
+        release,
+        &artifacts::ImageRefs::defaults(release),
+    )
 }
 
 /// Render for explicit component versions: those an artifact mirror actually serves, when its
@@ -81,11 +87,12 @@ pub fn render_release(
     inventory: &Inventory,
     cluster_dir: &Path,
     release: &artifacts::Release,
+    images: &artifacts::ImageRefs,
 ) -> Result<Bundle, RenderError> {
     let features = context::Features::for_release(release)?;
     let env = templates::env().map_err(RenderError::Templates)?;
     let pki = pki_files::SharedPki::read(cluster_dir)?;
-    let cluster = context::ClusterCtx::new(profile, inventory, release);
+    let cluster = context::ClusterCtx::new(profile, inventory, release, images);
     let base = context! {
         cluster => Value::from(Serde(&cluster)),
         features => Value::from(Serde(features)),

@@ -25,6 +25,8 @@ const CONTAINERD: &str = "containerd.service";
 const KUBELET: &str = "kubelet.service";
 const KUBE_PROXY: &str = "kube-proxy.service";
 const NODE_PREP: &str = "k8sforge-node-prep.service";
+/// Imports the image archives into containerd (the `runtime` phase ships the archives).
+pub const IMAGES_UNIT: &str = "k8sforge-images.service";
 
 /// Inputs shared by every node's render.
 pub struct Shared<'a> {
@@ -274,7 +276,13 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         // CNI configs are read at each pod sandbox creation: nothing to restart.
         f.public(PATHS.cni_bridge, &tpl("10-bridge.conf")?, &[]);
         f.public(PATHS.cni_loopback, &tpl("99-loopback.conf")?, &[]);
-        for unit in [CONTAINERD, KUBELET, KUBE_PROXY] {
+        f.add(
+            PATHS.images_import_script,
+            0o755,
+            tpl("import-images.sh")?,
+            &[IMAGES_UNIT],
+        );
+        for unit in [CONTAINERD, IMAGES_UNIT, KUBELET, KUBE_PROXY] {
             f.public(&paths::unit_path(unit), &tpl(unit)?, &[unit]);
             units.push(unit);
         }

@@ -81,6 +81,8 @@ pub struct NodePaths {
     pub cni_loopback: &'static str,
 
     pub node_prep_script: &'static str,
+    pub images_dir: &'static str,
+    pub images_import_script: &'static str,
     pub sysctl_conf: &'static str,
     pub modules_load_conf: &'static str,
     pub systemd_manager_conf: &'static str,
@@ -137,6 +139,8 @@ pub const PATHS: NodePaths = NodePaths {
     cni_loopback: "/etc/cni/net.d/99-loopback.conf",
 
     node_prep_script: "/usr/local/lib/k8sforge/node-prep.sh",
+    images_dir: crate::artifacts::images::NODE_IMAGE_DIR,
+    images_import_script: "/usr/local/lib/k8sforge/import-images.sh",
     sysctl_conf: "/etc/sysctl.d/90-k8sforge.conf",
     modules_load_conf: "/etc/modules-load.d/k8sforge.conf",
     systemd_manager_conf: "/etc/systemd/system.conf.d/90-k8sforge.conf",

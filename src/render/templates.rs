@@ -52,6 +52,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "systemd-manager.conf",
         include_str!("../../templates/systemd-manager.conf.j2"),
     ),
+    (
+        "import-images.sh",
+        include_str!("../../templates/import-images.sh.j2"),
+    ),
+    (
+        "k8sforge-images.service",
+        include_str!("../../units/k8sforge-images.service.j2"),
+    ),
     ("etcd.service", include_str!("../../units/etcd.service.j2")),
     (
         "kube-apiserver.service",

@@ -17,6 +17,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+use crate::artifacts::images::MirrorImage;
 use crate::artifacts::source::{MirrorEntry, MirrorManifest, MIRROR_MANIFEST};
 use crate::artifacts::Component;
 
@@ -29,6 +30,12 @@ pub const DEB_PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "busybox-static",
 ];
+
+/// Bumped when the mirror's contents change shape, so cached mirrors are rebuilt.
+const MIRROR_FORMAT: &str = "2: pause image";
+
+/// The reference of the test kit's own pause image (the mirror's list makes nodes use it).
+pub const PAUSE_IMAGE: &str = "k8sforge.test/pause:1";
 
 /// A built mirror.
 #[derive(Debug, Clone)]
@@ -61,7 +68,7 @@ fn err(msg: impl Into<String>) -> String {
     msg.into()
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .output()
         .map_err(|e| err(format!("cannot run {cmd:?}: {e}")))?;
@@ -119,13 +126,13 @@ pub fn upstream_version(debian: &str) -> String {
         .to_string()
 }
 
-fn sha256_of(path: &Path) -> Result<String, String> {
+pub(crate) fn sha256_of(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// Deterministic .tar.gz of `(name in archive, local file)` entries, mode 0755.
-fn write_tgz(out: &Path, entries: &[(String, PathBuf)]) -> Result<(), String> {
+pub(crate) fn write_tgz(out: &Path, entries: &[(String, PathBuf)]) -> Result<(), String> {
     let f = File::create(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let gz = flate2::GzBuilder::new()
         .mtime(0)
@@ -195,6 +202,26 @@ fn write_tgz(out: &Path, entries: &[(String, PathBuf)]) -> Result<(), String> {
     f.sync_all().map_err(|e| format!("{}: {e}", out.display()))
 }
 
+/// Compile `src/testkit/images/pause.rs` into a static binary at `out` with the rustc on PATH.
+fn build_pause(out: &Path) -> Result<(), String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testkit/images/pause.rs");
+    run(
+        Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+            .args([
+                "--edition=2021",
+                "-Copt-level=s",
+                "-Cstrip=symbols",
+                "-Cpanic=abort",
+                "-Ctarget-feature=+crt-static",
+                "-o",
+            ])
+            .arg(out)
+            .arg(&src),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("building the pause image program: {e}"))
+}
+
 /// Build (or reuse) the test mirror under `cache_dir`.
 pub fn build(cache_dir: &Path) -> Result<TestMirror, String> {
     let debs = cache_dir.join("debs");
@@ -214,8 +241,9 @@ pub fn build(cache_dir: &Path) -> Result<TestMirror, String> {
     for pkg in DEB_PACKAGES {
         paths.push((*pkg, deb(&debs, pkg)?));
     }
-    // One mirror per exact set of .debs.
+    // One mirror per exact set of .debs and mirror format.
     let mut key = Sha256::new();
+    key.update(MIRROR_FORMAT.as_bytes());
     for (_, p) in &paths {
         key.update(
             p.file_name()
@@ -329,7 +357,21 @@ pub fn build(cache_dir: &Path) -> Result<TestMirror, String> {
     write_tgz(&out, &entries)?;
     add(Component::CniPlugins, v, &out)?;
 
-    let manifest = MirrorManifest { artifacts };
+    // The pod sandbox image: k8sforge's own pause program, static, as an OCI archive.
+    let pause_bin = unpacked.join("pause");
+    build_pause(&pause_bin)?;
+    let images_dir = tmp_root.join("images");
+    std::fs::create_dir_all(&images_dir).map_err(|e| format!("{}: {e}", images_dir.display()))?;
+    let pause_tar = images_dir.join("pause.tar");
+    crate::testkit::oci::build_archive(&pause_bin, &[], &["/bin/pause"], PAUSE_IMAGE, &pause_tar)?;
+    let images = vec![MirrorImage {
+        name: "pause".into(),
+        reference: PAUSE_IMAGE.into(),
+        file: "images/pause.tar".into(),
+        sha256: sha256_of(&pause_tar)?,
+    }];
+
+    let manifest = MirrorManifest { artifacts, images };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     std::fs::write(tmp_root.join(MIRROR_MANIFEST), json).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(&root);

@@ -3,5 +3,6 @@
 //! `cargo test` / `cargo bench` works without extra flags; it adds no dependencies and no
 //! production code path calls it.
 
+pub mod kube;
 pub mod mirror;
 pub mod oci;

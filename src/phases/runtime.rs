@@ -1,0 +1,60 @@
+//! Phase `runtime` (Hard Way: the first half of "Bootstrapping the Kubernetes Worker Nodes", kind's
+//! "Preparing nodes"): on every node that runs pods — workers, and control planes, which register
+//! as tainted nodes — the container runtime: containerd with the systemd cgroup driver, runc, the
+//! CNI plugins with the bridge + loopback configuration for the node's pod CIDR, and the OCI image
+//! archives (pause and add-on images) imported into containerd, so nothing is pulled at run time.
+//!
+//! It comes before the control plane so that a node's runtime can be checked (and re-run) without
+//! any Kubernetes binary; kubelet and kube-proxy are the `workers` phase.
+
+use std::time::Instant;
+
+use super::remote_step::{self, RemoteStep};
+use super::{Context, Phase, PhaseError, PhaseName, PhaseSummary};
+use crate::artifacts::Component;
+use crate::inventory::Role;
+use crate::render::node::IMAGES_UNIT;
+
+pub struct Runtime;
+
+pub const STEP: RemoteStep = RemoteStep {
+    phase: PhaseName::Runtime,
+    nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
+    units: &[
+        "k8sforge-node-prep.service",
+        "containerd.service",
+        IMAGES_UNIT,
+    ],
+    path_prefixes: &["/etc/cni/", "/etc/systemd/system.conf.d/"],
+    components: &[
+        (Component::Containerd, &["containerd.service"]),
+        (Component::Runc, &[]),
+        (Component::CniPlugins, &[]),
+    ],
+    images: true,
+};
+
+impl Phase for Runtime {
+    fn name(&self) -> PhaseName {
+        PhaseName::Runtime
+    }
+
+    fn title(&self) -> &'static str {
+        "Preparing nodes"
+    }
+
+    fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
+        let started = Instant::now();
+        let (_, report) = remote_step::apply(ctx, &STEP)?;
+        let detail = format!(
+            "containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
+            report.nodes_ok, report.files_changed, report.units_restarted
+        );
+        Ok(remote_step::summary(
+            PhaseName::Runtime,
+            &report,
+            started,
+            detail,
+        ))
+    }
+}
