@@ -74,7 +74,23 @@ fn moto() -> &'static Moto {
     })
 }
 
-/// An error the proxy answers instead of forwarding.
+/// When an injected fault strikes relative to moto seeing the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The error is the answer and moto never sees the request (throttling, capacity).
+    Instead,
+    /// moto executes the request, then the client gets the error instead of moto's answer: a
+    /// 5xx from a load balancer after the backend acted.
+    AfterForwarding,
+    /// moto executes the request, then the connection is closed without any answer: a reset or a
+    /// client timeout after the server acted. `code` and `status` are unused.
+    DropAfterForwarding,
+    /// moto launches only this many of a RunInstances' instances, then the client gets the
+    /// error: what moto itself does when two launches race in one subnet (see `forward`).
+    PartialAfterForwarding(u32),
+}
+
+/// An error the proxy answers instead of (or after) forwarding.
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub account: String,
@@ -84,6 +100,7 @@ pub struct Fault {
     pub code: String,
     pub status: u16,
     pub times: u32,
+    pub mode: FaultMode,
 }
 
 #[derive(Default)]
@@ -95,6 +112,8 @@ struct ProxyState {
     /// TerminateInstances held back per account: (request bytes, describes left before applying).
     deferred: BTreeMap<String, (Vec<u8>, u32)>,
     defer_terminate: BTreeMap<String, u32>,
+    /// One RunInstances at a time per account (see `forward`).
+    launch_locks: BTreeMap<String, Arc<Mutex<()>>>,
 }
 
 pub struct Proxy {
@@ -299,6 +318,21 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         }
 
         if let Some(f) = fault {
+            if f.mode != FaultMode::Instead {
+                let sent = match f.mode {
+                    FaultMode::PartialAfterForwarding(n) => with_count(&req, n),
+                    _ => raw(&req),
+                };
+                let _ = forward(upstream, &st, &account, &action, &sent);
+                if f.mode == FaultMode::DropAfterForwarding {
+                    st.lock()
+                        .unwrap()
+                        .log
+                        .push((account.clone(), format!("({action} answer dropped)")));
+                    // Dropping both halves closes the client's connection with no answer.
+                    return;
+                }
+            }
             let xml = if elb {
                 format!("<ErrorResponse><Error><Type>Sender</Type><Code>{}</Code><Message>injected by the test proxy</Message></Error><RequestId>0</RequestId></ErrorResponse>", f.code)
             } else {
@@ -321,8 +355,17 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         if let Some(bytes) = deferred_now {
             let _ = forward_raw(upstream, &bytes);
         }
-        match forward_raw(upstream, &raw(&req)) {
-            Some((status, ctype, body)) => respond(&mut w, status, &ctype, &[], &body),
+        match forward(upstream, &st, &account, &action, &raw(&req)) {
+            Some((status, ctype, body)) => {
+                if status >= 500 {
+                    // moto itself failed: visible in the log, so a test can tell it apart.
+                    st.lock()
+                        .unwrap()
+                        .log
+                        .push((account.clone(), format!("(moto {status} on {action})")));
+                }
+                respond(&mut w, status, &ctype, &[], &body)
+            }
             None => respond(
                 &mut w,
                 502,
@@ -335,17 +378,66 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
 }
 
 fn raw(req: &Request) -> Vec<u8> {
+    raw_with_body(req, &req.body)
+}
+
+fn raw_with_body(req: &Request, body: &[u8]) -> Vec<u8> {
     let mut out = format!("{}\r\n", req.start);
     for (k, v) in &req.head {
-        if k == "connection" {
+        if k == "connection" || k == "content-length" {
             continue;
         }
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    out.push_str("connection: close\r\n\r\n");
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&req.body);
+    bytes.extend_from_slice(body);
     bytes
+}
+
+/// The request with MinCount and MaxCount set to `n`: moto launches part of the batch.
+/// (The signature no longer matches the body; moto does not check signatures.)
+fn with_count(req: &Request, n: u32) -> Vec<u8> {
+    let body = String::from_utf8_lossy(&req.body);
+    let body: Vec<String> = body
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some(("MinCount" | "MaxCount", _)) => {
+                format!("{}={n}", kv.split('=').next().unwrap_or_default())
+            }
+            _ => kv.to_string(),
+        })
+        .collect();
+    raw_with_body(req, body.join("&").as_bytes())
+}
+
+/// Forward one request. moto's subnet address allocator is not thread-safe: two RunInstances
+/// racing in one subnet fail one of them with a 500 ("generator already executing") after part
+/// of its instances were created, which EC2 never does. Launches are therefore passed to moto
+/// one at a time per account; the provider still sends them in parallel, and its handling of a
+/// partly executed launch is tested with `FaultMode::PartialAfterForwarding`.
+fn forward(
+    upstream: SocketAddr,
+    st: &Arc<Mutex<ProxyState>>,
+    account: &str,
+    action: &str,
+    bytes: &[u8],
+) -> Option<(u16, String, Vec<u8>)> {
+    if action != "RunInstances" {
+        return forward_raw(upstream, bytes);
+    }
+    let lock = st
+        .lock()
+        .unwrap()
+        .launch_locks
+        .entry(account.to_string())
+        .or_default()
+        .clone();
+    let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+    forward_raw(upstream, bytes)
 }
 
 /// One request to moto on a fresh connection; the whole answer is read to EOF.
