@@ -271,17 +271,25 @@ async fn gpu_1000_provision_adopt_and_teardown() {
     assert!(moto_failures.is_empty(), "{moto_failures:?}");
     assert_eq!(counts["RunInstances"], 3);
     assert!(counts["RunInstances"] <= 1003u64.div_ceil(500));
-    // Source/destination check: exactly one call per instance (the API has no batch form).
-    assert_eq!(counts["ModifyInstanceAttribute"], 1003);
+    // The call budget, honestly: EC2 has no batch or launch-time form of SourceDestCheck (see
+    // the docs of provider::aws::instances), so turning it off is exactly one call per
+    // instance, made 2..=16 at a time; everything else together is well under one call per 16
+    // nodes. The "total well under one per node" is not reachable with routed pod CIDRs.
+    let nodes = 1003u64;
+    assert_eq!(counts["ModifyInstanceAttribute"], nodes);
+    let in_flight = peer::proxy().max_in_flight(&e.account, "ModifyInstanceAttribute");
+    assert!((2..=16).contains(&in_flight), "{in_flight} in flight");
     let others: u64 = counts
         .iter()
         .filter(|(k, _)| k.as_str() != "ModifyInstanceAttribute")
         .map(|(_, v)| v)
         .sum();
     assert!(
-        others < 60,
+        others < nodes / 16,
         "{others} calls besides source/dest check: {counts:?}"
     );
+    let total: u64 = counts.values().sum();
+    assert!(total <= nodes + nodes / 16, "{total} calls: {counts:?}");
     // Waiting: one describe per batch per round, not per instance.
     assert!(counts["DescribeInstances"] < 20, "{counts:?}");
 

@@ -114,6 +114,8 @@ struct ProxyState {
     defer_terminate: BTreeMap<String, u32>,
     /// One RunInstances at a time per account (see `forward`).
     launch_locks: BTreeMap<String, Arc<Mutex<()>>>,
+    /// Requests being answered now, and the most there ever were, per (account, action).
+    in_flight: BTreeMap<(String, String), (u32, u32)>,
 }
 
 pub struct Proxy {
@@ -182,8 +184,20 @@ impl Proxy {
         m
     }
 
+    /// The most requests of one action the account ever had in flight at once.
+    pub fn max_in_flight(&self, account: &str, action: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .in_flight
+            .get(&(account.to_string(), action.to_string()))
+            .map_or(0, |(_, max)| *max)
+    }
+
     pub fn reset(&self, account: &str) {
-        self.state.lock().unwrap().log.retain(|(a, _)| a != account);
+        let mut s = self.state.lock().unwrap();
+        s.log.retain(|(a, _)| a != account);
+        s.in_flight.retain(|(a, _), _| a != account);
     }
 }
 
@@ -281,6 +295,7 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         let mut fault = None;
         let mut deferred_now = None;
         let mut hold_terminate = false;
+        let _flight = InFlight::enter(&st, &account, &action);
         {
             let mut s = st.lock().unwrap();
             s.log.push((account.clone(), action.clone()));
@@ -373,6 +388,36 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
                 &[],
                 b"proxy: moto did not answer",
             ),
+        }
+    }
+}
+
+/// Counts a request as in flight until its answer is written (or dropped).
+struct InFlight {
+    st: Arc<Mutex<ProxyState>>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn enter(st: &Arc<Mutex<ProxyState>>, account: &str, action: &str) -> InFlight {
+        let key = (account.to_string(), action.to_string());
+        let mut s = st.lock().unwrap();
+        let e = s.in_flight.entry(key.clone()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+        InFlight {
+            st: st.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.st.lock() {
+            if let Some(e) = s.in_flight.get_mut(&self.key) {
+                e.0 = e.0.saturating_sub(1);
+            }
         }
     }
 }

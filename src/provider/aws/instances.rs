@@ -3,6 +3,34 @@
 //! per batch per round, and prepared for pod routing (source/destination check off). A launch
 //! whose answer was lost is looked up by its batch tag before it is sent again (see `launch`).
 //!
+//! # Why source/destination check costs one call per instance
+//!
+//! Pod routing (host routes in the subnet, or VPC routes to instances) sends packets whose
+//! source or destination is a pod address, not the instance's: EC2 drops them unless the
+//! instance's source/destination check is off. The whole provisioning takes a few dozen calls,
+//! except this. The EC2 API (checked against the full API model of aws-sdk-ec2 1.274):
+//! - `SourceDestCheck` can be written only by ModifyInstanceAttribute (one `InstanceId`) and
+//!   ModifyNetworkInterfaceAttribute / ResetNetworkInterfaceAttribute (one
+//!   `NetworkInterfaceId`). No action takes a list.
+//! - It is not a launch parameter: RunInstances' `NetworkInterfaces`
+//!   (InstanceNetworkInterfaceSpecification), launch template network interfaces and
+//!   CreateNetworkInterface have no such field; every new interface starts with the check on.
+//! - Prefix delegation (`Ipv4PrefixCount` at launch) assigns /28 prefixes of the subnet to the
+//!   interface. Addresses in them are the interface's own, so pods addressed from them pass the
+//!   check with it on, with no call per node (the EKS VPC CNI model). But the prefixes are
+//!   picked by EC2, /28 each and not contiguous, so a node's pods get no single pod CIDR:
+//!   that is a different pod network (VPC-addressed pods, a CNI with its own IPAM, a subnet
+//!   sized for nodes x pods) from the planned per-node pod CIDRs this provider routes. moto
+//!   does not model prefixes either, so it could not be tested against the real peer here.
+//!   Chosen prefixes (`Ipv4Prefixes`) apply to every instance of a RunInstances, so they would
+//!   cost one launch per node instead.
+//! - Nodes turning their own check off at boot (as Calico's Felix can) make the same calls,
+//!   from the nodes, and need an instance role allowed to modify instances.
+//!
+//! So with routed pod CIDRs the floor is one call per instance, and this module pays exactly
+//! that: only for instances still checking (a re-run makes none), `Options::parallelism`
+//! calls in flight, throttling retried with jittered backoff. Everything else stays batched.
+//!
 //! A node's identity is its batch tag (`<group>/<first index>`) plus the instance's launch index
 //! within the reservation: this names 500 instances without 500 tagging calls.
 
@@ -394,8 +422,8 @@ async fn wait_running(
 }
 
 /// Pods send and receive with addresses that are not the node's: EC2 must not drop them.
-/// The API takes one instance per call, so only instances still checking are changed, with
-/// bounded parallelism; a re-run makes no calls.
+/// The API takes one instance per call (see the module docs), so only instances still checking
+/// are changed, with bounded parallelism; a re-run makes no calls.
 async fn disable_source_dest_check(
     s: &Session,
     nodes: &BTreeMap<String, Instance>,
