@@ -450,9 +450,7 @@ fn with_count(req: &Request, n: u32) -> Vec<u8> {
     let body: Vec<String> = body
         .split('&')
         .map(|kv| match kv.split_once('=') {
-            Some(("MinCount" | "MaxCount", _)) => {
-                format!("{}={n}", kv.split('=').next().unwrap_or_default())
-            }
+            Some((k @ ("MinCount" | "MaxCount"), _)) => format!("{k}={n}"),
             _ => kv.to_string(),
         })
         .collect();
