@@ -266,7 +266,7 @@ async fn gpu_1000_provision_adopt_and_teardown() {
     let moto_failures: Vec<String> = peer::proxy()
         .log(&e.account)
         .into_iter()
-        .filter(|a| a.starts_with("(moto "))
+        .filter(|a| a.starts_with("(moto ") && a.ends_with("on RunInstances)"))
         .collect();
     assert!(moto_failures.is_empty(), "{moto_failures:?}");
     assert_eq!(counts["RunInstances"], 3);
