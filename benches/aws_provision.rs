@@ -41,9 +41,15 @@ fn profile_for(account: &str) -> Profile {
     p
 }
 
+/// Nodes of gpu-1000: 3 control planes + 1000 GPU workers.
+const NODES: u64 = 1003;
+
 fn table(title: &str, counts: &BTreeMap<String, u64>, secs: f64) {
     let total: u64 = counts.values().sum();
-    println!("\n{title}: {total} calls, {secs:.1} s");
+    println!(
+        "\n{title}: {total} calls ({:.2} per node), {secs:.1} s",
+        total as f64 / NODES as f64
+    );
     for (k, v) in counts {
         println!("  {k:<34} {v:>6}");
     }

@@ -13,7 +13,7 @@ use k8sforge::provider::aws::plan::{Rule, Source};
 use k8sforge::provider::aws::retry::RetryPolicy;
 use k8sforge::provider::aws::{network, AwsError, AwsProvider, Clients, Options};
 use k8sforge::provider::{ProvisionContext, CLUSTER_TAG};
-use support::aws::{self as peer, Fault};
+use support::aws::{self as peer, Fault, FaultMode};
 
 const AMI_NAME: &str = "k8sforge-test-noble-20260101";
 
@@ -258,20 +258,38 @@ async fn gpu_1000_provision_adopt_and_teardown() {
     let counts = e.counts();
     eprintln!("calls: {counts:?}");
 
-    // Batching: 3 control planes + 2 x 500 GPU workers = 3 RunInstances for 1003 nodes.
+    // Batching: 3 control planes + 2 x 500 GPU workers = 3 RunInstances for 1003 nodes. (This
+    // used to flake at 4: moto failed one of two launches racing in the subnet with a 500 after
+    // creating part of it, and the provider re-sent it blindly. The proxy now passes launches to
+    // moto one at a time, and the provider looks before re-sending: see
+    // lost_run_instances_answers_launch_no_duplicates.)
+    let moto_failures: Vec<String> = peer::proxy()
+        .log(&e.account)
+        .into_iter()
+        .filter(|a| a.starts_with("(moto ") && a.ends_with("on RunInstances)"))
+        .collect();
+    assert!(moto_failures.is_empty(), "{moto_failures:?}");
     assert_eq!(counts["RunInstances"], 3);
     assert!(counts["RunInstances"] <= 1003u64.div_ceil(500));
-    // Source/destination check: exactly one call per instance (the API has no batch form).
-    assert_eq!(counts["ModifyInstanceAttribute"], 1003);
+    // The call budget, honestly: EC2 has no batch or launch-time form of SourceDestCheck (see
+    // the docs of provider::aws::instances), so turning it off is exactly one call per
+    // instance, made 2..=16 at a time; everything else together is well under one call per 16
+    // nodes. The "total well under one per node" is not reachable with routed pod CIDRs.
+    let nodes = 1003u64;
+    assert_eq!(counts["ModifyInstanceAttribute"], nodes);
+    let in_flight = peer::proxy().max_in_flight(&e.account, "ModifyInstanceAttribute");
+    assert!((2..=16).contains(&in_flight), "{in_flight} in flight");
     let others: u64 = counts
         .iter()
         .filter(|(k, _)| k.as_str() != "ModifyInstanceAttribute")
         .map(|(_, v)| v)
         .sum();
     assert!(
-        others < 60,
+        others < nodes / 16,
         "{others} calls besides source/dest check: {counts:?}"
     );
+    let total: u64 = counts.values().sum();
+    assert!(total <= nodes + nodes / 16, "{total} calls: {counts:?}");
     // Waiting: one describe per batch per round, not per instance.
     assert!(counts["DescribeInstances"] < 20, "{counts:?}");
 
@@ -606,6 +624,7 @@ async fn throttling_is_retried_and_route_table_mode_adds_one_route_per_node() {
         code: code.into(),
         status,
         times,
+        mode: FaultMode::Instead,
     };
     let proxy = peer::proxy();
     proxy.inject(fault("CreateVpc", "RequestLimitExceeded", 503, 2));
@@ -690,6 +709,7 @@ async fn capacity_error_names_the_batch_and_a_rerun_launches_only_the_rest() {
         code: "InsufficientInstanceCapacity".into(),
         status: 500,
         times: 1,
+        mode: FaultMode::Instead,
     });
     let p = profile_for("gpu-dev", &e.account, &[]);
     let inv = planned(&p);
@@ -766,4 +786,110 @@ async fn untagged_key_pair_with_the_cluster_name_is_refused_and_survives_teardow
         .await
         .unwrap();
     assert_eq!(keys.key_pairs().len(), 1);
+}
+
+/// A RunInstances whose answer is lost after the server acted (a 5xx from a front end, a dropped
+/// connection, a launch that failed half-way as moto's do when they race) must not launch its
+/// instances twice: moto, like an expired ClientToken, does not deduplicate, so only the
+/// provider's look-before-re-send keeps the count right. A launch that never reached the server
+/// is re-sent; a half-done one is completed with its missing nodes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_run_instances_answers_launch_no_duplicates() {
+    let e = env("100000000007").await;
+    let fault = |body: &str, mode: FaultMode| Fault {
+        account: e.account.clone(),
+        action: "RunInstances".into(),
+        body_contains: Some(format!("InstanceType={body}")),
+        code: "InternalError".into(),
+        status: 500,
+        times: 1,
+        mode,
+    };
+    let proxy = peer::proxy();
+    // Control plane (1 node): a 500 before moto saw anything, so it is re-sent; moto launches
+    // the re-sent one but its answer is a 500 too, so it is found by tag, not sent a third time.
+    proxy.inject(fault("m6i.xlarge", FaultMode::Instead));
+    proxy.inject(fault("m6i.xlarge", FaultMode::AfterForwarding));
+    // CPU batch (2 nodes): moto launches both, the connection closes without an answer.
+    proxy.inject(fault("m6i.2xlarge", FaultMode::DropAfterForwarding));
+    // GPU batch (2 nodes): moto launches 1 of 2, then the client sees a 500.
+    proxy.inject(fault("p4d.24xlarge", FaultMode::PartialAfterForwarding(1)));
+    let p = profile_for("gpu-dev", &e.account, &[]);
+    let inv = planned(&p);
+    let ctx = e.ctx(&p, &inv);
+    let out = e
+        .provider
+        .provision_outcome(&ctx)
+        .await
+        .expect("provision despite lost answers");
+    let log = proxy.log(&e.account);
+    let counts = e.counts();
+    assert!(
+        log.iter().any(|a| a == "(RunInstances answer dropped)"),
+        "the drop fault did not fire: {log:?}"
+    );
+    // 3 batches + the control plane's re-send + one launch of the missing GPU node.
+    assert_eq!(counts["RunInstances"], 5, "{counts:?}");
+
+    // Exactly one instance per node, in the whole account, and every node mapped.
+    let all = e
+        .clients
+        .ec2
+        .describe_instances()
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    let ids: Vec<String> = all
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id().map(String::from))
+        .collect();
+    assert_eq!(ids.len(), 5, "duplicate launches: {ids:?}");
+    // The half-launched GPU batch was completed by a launch of its missing node alone.
+    let mut batches: BTreeMap<String, usize> = BTreeMap::new();
+    for i in all.iter().flat_map(|r| r.instances()) {
+        let tag = i
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("k8sforge.io/batch"))
+            .and_then(|t| t.value())
+            .unwrap_or("none");
+        *batches.entry(tag.to_string()).or_default() += 1;
+    }
+    let want: BTreeMap<String, usize> = [
+        ("controlPlane/1", 1),
+        ("cpu/1", 2),
+        ("gpu/1", 1),
+        ("gpu/2", 1),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(batches, want);
+    assert_eq!(out.inventory.nodes.len(), 5);
+    let created: BTreeSet<&str> = out
+        .created
+        .iter()
+        .filter(|(k, _)| k == "instance")
+        .map(|(_, id)| id.as_str())
+        .collect();
+    assert_eq!(created, ids.iter().map(String::as_str).collect());
+    let ips: BTreeSet<_> = out.inventory.nodes.iter().map(|n| n.internal_ip).collect();
+    assert_eq!(ips.len(), 5);
+
+    // A re-run adopts all five and launches nothing.
+    proxy.reset(&e.account);
+    let again = e.provider.provision_outcome(&ctx).await.expect("re-run");
+    assert_eq!(again.created, Vec::<(String, String)>::new());
+    assert_eq!(e.counts().get("RunInstances"), None);
+
+    e.provider
+        .teardown_report(&ctx, false)
+        .await
+        .expect("teardown");
+    let left = tagged_inventory(&e.clients, "gpu-dev").await;
+    assert!(left.values().all(|v| *v == 0), "{left:?}");
 }

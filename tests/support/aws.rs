@@ -74,7 +74,23 @@ fn moto() -> &'static Moto {
     })
 }
 
-/// An error the proxy answers instead of forwarding.
+/// When an injected fault strikes relative to moto seeing the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The error is the answer and moto never sees the request (throttling, capacity).
+    Instead,
+    /// moto executes the request, then the client gets the error instead of moto's answer: a
+    /// 5xx from a load balancer after the backend acted.
+    AfterForwarding,
+    /// moto executes the request, then the connection is closed without any answer: a reset or a
+    /// client timeout after the server acted. `code` and `status` are unused.
+    DropAfterForwarding,
+    /// moto launches only this many of a RunInstances' instances, then the client gets the
+    /// error: what moto itself does when two launches race in one subnet (see `forward`).
+    PartialAfterForwarding(u32),
+}
+
+/// An error the proxy answers instead of (or after) forwarding.
 #[derive(Debug, Clone)]
 pub struct Fault {
     pub account: String,
@@ -84,6 +100,7 @@ pub struct Fault {
     pub code: String,
     pub status: u16,
     pub times: u32,
+    pub mode: FaultMode,
 }
 
 #[derive(Default)]
@@ -95,6 +112,10 @@ struct ProxyState {
     /// TerminateInstances held back per account: (request bytes, describes left before applying).
     deferred: BTreeMap<String, (Vec<u8>, u32)>,
     defer_terminate: BTreeMap<String, u32>,
+    /// One RunInstances at a time per account (see `forward`).
+    launch_locks: BTreeMap<String, Arc<Mutex<()>>>,
+    /// Requests being answered now, and the most there ever were, per (account, action).
+    in_flight: BTreeMap<(String, String), (u32, u32)>,
 }
 
 pub struct Proxy {
@@ -163,8 +184,20 @@ impl Proxy {
         m
     }
 
+    /// The most requests of one action the account ever had in flight at once.
+    pub fn max_in_flight(&self, account: &str, action: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap()
+            .in_flight
+            .get(&(account.to_string(), action.to_string()))
+            .map_or(0, |(_, max)| *max)
+    }
+
     pub fn reset(&self, account: &str) {
-        self.state.lock().unwrap().log.retain(|(a, _)| a != account);
+        let mut s = self.state.lock().unwrap();
+        s.log.retain(|(a, _)| a != account);
+        s.in_flight.retain(|(a, _), _| a != account);
     }
 }
 
@@ -262,6 +295,7 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         let mut fault = None;
         let mut deferred_now = None;
         let mut hold_terminate = false;
+        let _flight = InFlight::enter(&st, &account, &action);
         {
             let mut s = st.lock().unwrap();
             s.log.push((account.clone(), action.clone()));
@@ -299,6 +333,21 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         }
 
         if let Some(f) = fault {
+            if f.mode != FaultMode::Instead {
+                let sent = match f.mode {
+                    FaultMode::PartialAfterForwarding(n) => with_count(&req, n),
+                    _ => raw(&req),
+                };
+                let _ = forward(upstream, &st, &account, &action, &sent);
+                if f.mode == FaultMode::DropAfterForwarding {
+                    st.lock()
+                        .unwrap()
+                        .log
+                        .push((account.clone(), format!("({action} answer dropped)")));
+                    // Dropping both halves closes the client's connection with no answer.
+                    return;
+                }
+            }
             let xml = if elb {
                 format!("<ErrorResponse><Error><Type>Sender</Type><Code>{}</Code><Message>injected by the test proxy</Message></Error><RequestId>0</RequestId></ErrorResponse>", f.code)
             } else {
@@ -321,8 +370,17 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         if let Some(bytes) = deferred_now {
             let _ = forward_raw(upstream, &bytes);
         }
-        match forward_raw(upstream, &raw(&req)) {
-            Some((status, ctype, body)) => respond(&mut w, status, &ctype, &[], &body),
+        match forward(upstream, &st, &account, &action, &raw(&req)) {
+            Some((status, ctype, body)) => {
+                if status >= 500 {
+                    // moto itself failed: visible in the log, so a test can tell it apart.
+                    st.lock()
+                        .unwrap()
+                        .log
+                        .push((account.clone(), format!("(moto {status} on {action})")));
+                }
+                respond(&mut w, status, &ctype, &[], &body)
+            }
             None => respond(
                 &mut w,
                 502,
@@ -334,18 +392,95 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
     }
 }
 
+/// Counts a request as in flight until its answer is written (or dropped).
+struct InFlight {
+    st: Arc<Mutex<ProxyState>>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn enter(st: &Arc<Mutex<ProxyState>>, account: &str, action: &str) -> InFlight {
+        let key = (account.to_string(), action.to_string());
+        let mut s = st.lock().unwrap();
+        let e = s.in_flight.entry(key.clone()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+        InFlight {
+            st: st.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.st.lock() {
+            if let Some(e) = s.in_flight.get_mut(&self.key) {
+                e.0 = e.0.saturating_sub(1);
+            }
+        }
+    }
+}
+
 fn raw(req: &Request) -> Vec<u8> {
+    raw_with_body(req, &req.body)
+}
+
+fn raw_with_body(req: &Request, body: &[u8]) -> Vec<u8> {
     let mut out = format!("{}\r\n", req.start);
     for (k, v) in &req.head {
-        if k == "connection" {
+        if k == "connection" || k == "content-length" {
             continue;
         }
         out.push_str(&format!("{k}: {v}\r\n"));
     }
-    out.push_str("connection: close\r\n\r\n");
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(&req.body);
+    bytes.extend_from_slice(body);
     bytes
+}
+
+/// The request with MinCount and MaxCount set to `n`: moto launches part of the batch.
+/// (The signature no longer matches the body; moto does not check signatures.)
+fn with_count(req: &Request, n: u32) -> Vec<u8> {
+    let body = String::from_utf8_lossy(&req.body);
+    let body: Vec<String> = body
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k @ ("MinCount" | "MaxCount"), _)) => format!("{k}={n}"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    raw_with_body(req, body.join("&").as_bytes())
+}
+
+/// Forward one request. moto's subnet address allocator is not thread-safe: two RunInstances
+/// racing in one subnet fail one of them with a 500 ("generator already executing") after part
+/// of its instances were created, which EC2 never does. Launches are therefore passed to moto
+/// one at a time per account; the provider still sends them in parallel, and its handling of a
+/// partly executed launch is tested with `FaultMode::PartialAfterForwarding`.
+fn forward(
+    upstream: SocketAddr,
+    st: &Arc<Mutex<ProxyState>>,
+    account: &str,
+    action: &str,
+    bytes: &[u8],
+) -> Option<(u16, String, Vec<u8>)> {
+    if action != "RunInstances" {
+        return forward_raw(upstream, bytes);
+    }
+    let lock = st
+        .lock()
+        .unwrap()
+        .launch_locks
+        .entry(account.to_string())
+        .or_default()
+        .clone();
+    let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+    forward_raw(upstream, bytes)
 }
 
 /// One request to moto on a fresh connection; the whole answer is read to EOF.

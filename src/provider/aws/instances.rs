@@ -1,11 +1,41 @@
 //! Machines: found by tag, launched in RunInstances batches (MinCount = MaxCount, one call per
 //! batch of up to 500 contiguous nodes of one group in one subnet), waited for with one describe
-//! per batch per round, and prepared for pod routing (source/destination check off).
+//! per batch per round, and prepared for pod routing (source/destination check off). A launch
+//! whose answer was lost is looked up by its batch tag before it is sent again (see `launch`).
+//!
+//! # Why source/destination check costs one call per instance
+//!
+//! Pod routing (host routes in the subnet, or VPC routes to instances) sends packets whose
+//! source or destination is a pod address, not the instance's: EC2 drops them unless the
+//! instance's source/destination check is off. The whole provisioning takes a few dozen calls,
+//! except this. The EC2 API (checked against the full API model of aws-sdk-ec2 1.274):
+//! - `SourceDestCheck` can be written only by ModifyInstanceAttribute (one `InstanceId`) and
+//!   ModifyNetworkInterfaceAttribute / ResetNetworkInterfaceAttribute (one
+//!   `NetworkInterfaceId`). No action takes a list.
+//! - It is not a launch parameter: RunInstances' `NetworkInterfaces`
+//!   (InstanceNetworkInterfaceSpecification), launch template network interfaces and
+//!   CreateNetworkInterface have no such field; every new interface starts with the check on.
+//! - Prefix delegation (`Ipv4PrefixCount` at launch) assigns /28 prefixes of the subnet to the
+//!   interface. Addresses in them are the interface's own, so pods addressed from them pass the
+//!   check with it on, with no call per node (the EKS VPC CNI model). But the prefixes are
+//!   picked by EC2, /28 each and not contiguous, so a node's pods get no single pod CIDR:
+//!   that is a different pod network (VPC-addressed pods, a CNI with its own IPAM, a subnet
+//!   sized for nodes x pods) from the planned per-node pod CIDRs this provider routes. moto
+//!   does not model prefixes either, so it could not be tested against the real peer here.
+//!   Chosen prefixes (`Ipv4Prefixes`) apply to every instance of a RunInstances, so they would
+//!   cost one launch per node instead.
+//! - Nodes turning their own check off at boot (as Calico's Felix can) make the same calls,
+//!   from the nodes, and need an instance role allowed to modify instances.
+//!
+//! So with routed pod CIDRs the floor is one call per instance, and this module pays exactly
+//! that: only for instances still checking (a re-run makes none), `Options::parallelism`
+//! calls in flight, throttling retried with jittered backoff. Everything else stays batched.
 //!
 //! A node's identity is its batch tag (`<group>/<first index>`) plus the instance's launch index
 //! within the reservation: this names 500 instances without 500 tagging calls.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
@@ -111,14 +141,19 @@ pub async fn ensure(
     }
     let nonce: u64 = rand::random();
     let mut set = JoinSet::new();
+    let shared = Arc::new(plan.clone());
     for b in batches.clone() {
         let s = s.clone();
-        let subnet = net.subnet_ids.get(b.zone).cloned().unwrap_or_default();
-        let sg = net.sg_id.clone();
-        let ami = ami.clone();
-        let key = key_name.to_string();
+        let plan = shared.clone();
+        let spec = LaunchSpec {
+            subnet: net.subnet_ids.get(b.zone).cloned().unwrap_or_default(),
+            sg: net.sg_id.clone(),
+            ami: ami.clone(),
+            key: key_name.to_string(),
+            nonce,
+        };
         set.spawn(async move {
-            let r = launch(&s, &b, &subnet, &sg, &ami, &key, nonce).await;
+            let r = launch(&s, &plan, &b, &spec).await;
             (b, r)
         });
     }
@@ -127,11 +162,13 @@ pub async fn ensure(
     while let Some(joined) = set.join_next().await {
         let (b, r) = joined.map_err(|e| AwsError::unexpected("RunInstances", e.to_string()))?;
         match r {
-            Ok(ids) => {
-                for id in &ids {
-                    s.created("instance", id);
+            Ok(parts) => {
+                for (part, ids) in parts {
+                    for id in &ids {
+                        s.created("instance", id);
+                    }
+                    launched.push((part, ids));
                 }
-                launched.push((b, ids));
             }
             Err(e) => failed.push(explain_launch_failure(plan, &b, &e)),
         }
@@ -183,40 +220,126 @@ fn client_token(cluster: &str, batch: &Batch, nonce: u64) -> String {
     format!("k8sforge-{}", &hex::encode(h)[..40])
 }
 
+/// What every RunInstances call of one run shares.
+#[derive(Clone)]
+struct LaunchSpec {
+    subnet: String,
+    sg: String,
+    ami: Ami,
+    key: String,
+    nonce: u64,
+}
+
+/// Launch one batch. A RunInstances without an answer (connection lost, timeout, 5xx) may have
+/// launched all of its instances: re-sending it blindly would launch them twice wherever the
+/// ClientToken is not honoured (moto, or a token that expired), and twice 500 GPU nodes is
+/// expensive. So before every re-send after such an answer, one describe by the batch tag says
+/// what exists, and only what is missing is launched again (same ClientToken, so EC2 still
+/// deduplicates if its describe lagged behind). Throttling means "not executed": re-sent as is.
+///
+/// Returns the launched instances grouped by the batch they were launched as (a batch found
+/// half-launched is completed by smaller batches of its missing nodes).
 async fn launch(
     s: &Session,
+    plan: &AwsPlan,
+    batch: &Batch,
+    spec: &LaunchSpec,
+) -> Result<Vec<(Batch, Vec<String>)>, AwsError> {
+    let policy = &s.opts.retry;
+    let mut done = Vec::new();
+    let mut todo = vec![batch.clone()];
+    let mut attempt = 0;
+    while let Some(b) = todo.pop() {
+        loop {
+            let err = match run_instances(s, &b, spec).send().await {
+                Ok(out) => {
+                    let ids = out
+                        .instances()
+                        .iter()
+                        .filter_map(|i| i.instance_id().map(str::to_string))
+                        .collect();
+                    done.push((b.clone(), ids));
+                    break;
+                }
+                Err(e) => e,
+            };
+            let class = retry::classify(&err);
+            attempt += 1;
+            if class == retry::Class::Fatal || attempt >= policy.max_attempts {
+                return Err(AwsError::from_sdk("RunInstances", &err));
+            }
+            let wait = policy.delay(attempt);
+            tracing::debug!(batch = %b.tag(), attempt, ?class, wait_ms = wait.as_millis() as u64, "RunInstances retry");
+            tokio::time::sleep(wait).await;
+            if class == retry::Class::Throttled {
+                continue;
+            }
+            let found = describe(
+                s,
+                vec![
+                    tags::filter(&format!("tag:{BATCH_TAG}"), &[&b.tag()]),
+                    tags::filter("instance-state-name", LIVE_STATES),
+                ],
+            )
+            .await?;
+            let (present, _) = map_nodes(plan, found);
+            let mine: Vec<String> = b
+                .nodes
+                .iter()
+                .filter_map(|n| present.get(n).and_then(|i| i.instance_id()))
+                .map(str::to_string)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            tracing::info!(
+                batch = %b.tag(),
+                found = mine.len(),
+                of = b.count,
+                "RunInstances had launched before its answer was lost"
+            );
+            let missing: Vec<&NodePlan> = plan
+                .nodes
+                .iter()
+                .filter(|n| b.nodes.contains(&n.name) && !present.contains_key(&n.name))
+                .collect();
+            done.push((b.clone(), mine));
+            todo.extend(plan::batches(&missing, s.opts.max_batch));
+            break;
+        }
+    }
+    Ok(done)
+}
+
+fn run_instances(
+    s: &Session,
     b: &Batch,
-    subnet: &str,
-    sg: &str,
-    ami: &Ami,
-    key: &str,
-    nonce: u64,
-) -> Result<Vec<String>, AwsError> {
+    spec: &LaunchSpec,
+) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
     let count = i32::try_from(b.count).unwrap_or(i32::MAX);
     let name = tags::resource_name(&s.cluster, &b.group.to_ascii_lowercase());
     let batch_tag = b.tag();
     let role = b.role.as_str();
-    let req = s
-        .ec2()
+    s.ec2()
         .run_instances()
-        .image_id(&ami.id)
+        .image_id(&spec.ami.id)
         .instance_type(InstanceType::from(b.instance_type.as_str()))
         .min_count(count)
         .max_count(count)
-        .key_name(key)
-        .client_token(client_token(&s.cluster, b, nonce))
+        .key_name(&spec.key)
+        .client_token(client_token(&s.cluster, b, spec.nonce))
         .network_interfaces(
             InstanceNetworkInterfaceSpecification::builder()
                 .device_index(0)
-                .subnet_id(subnet)
-                .groups(sg)
+                .subnet_id(&spec.subnet)
+                .groups(&spec.sg)
                 .associate_public_ip_address(true)
                 .delete_on_termination(true)
                 .build(),
         )
         .block_device_mappings(
             BlockDeviceMapping::builder()
-                .device_name(&ami.root_device)
+                .device_name(&spec.ami.root_device)
                 .ebs(
                     EbsBlockDevice::builder()
                         .volume_size(i32::try_from(b.root_gib).unwrap_or(i32::MAX))
@@ -237,13 +360,7 @@ async fn launch(
             &s.cluster,
             &name,
             &[(BATCH_TAG, &batch_tag)],
-        ));
-    let out = retry::send(&s.opts.retry, "RunInstances", || req.clone().send()).await?;
-    Ok(out
-        .instances()
-        .iter()
-        .filter_map(|i| i.instance_id().map(str::to_string))
-        .collect())
+        ))
 }
 
 /// Poll until every launched instance runs: one describe per pending batch per round.
@@ -305,8 +422,8 @@ async fn wait_running(
 }
 
 /// Pods send and receive with addresses that are not the node's: EC2 must not drop them.
-/// The API takes one instance per call, so only instances still checking are changed, with
-/// bounded parallelism; a re-run makes no calls.
+/// The API takes one instance per call (see the module docs), so only instances still checking
+/// are changed, with bounded parallelism; a re-run makes no calls.
 async fn disable_source_dest_check(
     s: &Session,
     nodes: &BTreeMap<String, Instance>,
