@@ -151,6 +151,15 @@ pub enum Command {
         node_dir: PathBuf,
     },
 
+    /// Internal: the API load balancer of a local cluster with several control planes
+    #[command(name = "local-api-proxy", hide = true)]
+    LocalApiProxy {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long = "backend", required = true)]
+        backends: Vec<std::net::SocketAddr>,
+    },
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
         #[arg(value_enum)]

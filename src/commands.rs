@@ -110,6 +110,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let loaded = load_profile(&profile)?;
             crate::ssh_command::run(&home, &loaded.profile.name, &node, &command)
         }
+        Command::LocalApiProxy { listen, backends } => Ok(ExitCode::from(
+            crate::provider::local::api_proxy::run(listen, backends).clamp(0, 255) as u8,
+        )),
         Command::LocalNodeLauncher { node_dir } => Ok(ExitCode::from(
             crate::provider::local::launcher::run(&node_dir).clamp(0, 255) as u8,
         )),

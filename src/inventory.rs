@@ -277,8 +277,9 @@ pub fn planned(
 }
 
 /// The API endpoint when the provider has no load balancer to offer: the profile's endpoint name
-/// if set, else the first control plane (one control plane), else a per-node local proxy on
-/// 127.0.0.1 that balances over every apiserver (the kubespray model).
+/// if set, else the first control plane (one control plane), else for local nodes the host-side
+/// load balancer (`provider::local::api_proxy`), else a per-node local proxy on 127.0.0.1 that
+/// balances over every apiserver (the kubespray model; not rendered yet).
 pub fn default_api_endpoint(profile: &Profile, nodes: &[Node]) -> ApiEndpoint {
     let port = profile.api_server.port;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.has(Role::ControlPlane)).collect();
@@ -287,6 +288,15 @@ pub fn default_api_endpoint(profile: &Profile, nodes: &[Node]) -> ApiEndpoint {
             host: e.clone(),
             port,
             addresses: e.parse().into_iter().collect(),
+        };
+    }
+    if cps.len() > 1 && profile.provider.kind == crate::profile::ProviderKind::Local {
+        // The local provider runs a load balancer on the host's bridge address.
+        let host = Ipv4Addr::from(u32::from(profile.network.node_cidr.network()).saturating_add(1));
+        return ApiEndpoint {
+            host: host.to_string(),
+            port,
+            addresses: vec![IpAddr::V4(host)],
         };
     }
     match cps.as_slice() {

@@ -519,3 +519,77 @@ fn node_ip(c: &Cluster, node: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Power a node off from inside and wait until it no longer answers.
+fn power_off(c: &Cluster, node: &str) {
+    let _ = c.ssh(node, "systemctl poweroff");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.ssh(node, "true").status.success() {
+        assert!(Instant::now() < deadline, "{node} did not power off");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn local_ha_keeps_working_without_one_control_plane() {
+    let Some(c) = start(
+        "local_ha_keeps_working_without_one_control_plane",
+        "e2e-ha",
+        "198.19.242.0/24",
+        "local-ha",
+    ) else {
+        return;
+    };
+    let (out, report) = c.up(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for p in ["provision", "pki"].iter().chain(REMOTE_PHASES.iter()) {
+        assert_eq!(
+            phase(&report, p)["outcome"],
+            "done",
+            "{p}: {report:#}\n{stderr}"
+        );
+    }
+    // One API address for everyone: the host-side load balancer, not a control plane.
+    let kc = std::fs::read_to_string(c.kubeconfig("admin")).unwrap();
+    assert!(kc.contains("server: https://198.19.242.1:6443"), "{kc}");
+    let kubelet_kc = c.ssh_ok("worker-1", "cat /etc/kubernetes/kubelet.kubeconfig");
+    assert!(
+        kubelet_kc.contains("server: https://198.19.242.1:6443"),
+        "{kubelet_kc}"
+    );
+    wait_json(&c, &["get", "nodes"], Duration::from_secs(60), |v| {
+        v["items"].as_array().is_some_and(|a| a.len() == 5)
+    });
+
+    // Lose a control plane (with its etcd member): the API, the nodes and scheduling go on.
+    power_off(&c, "controlplane-1");
+    let nodes = wait_json(&c, &["get", "nodes"], Duration::from_secs(30), |v| {
+        v["items"].as_array().is_some_and(|a| a.len() == 5)
+    });
+    assert_eq!(nodes["items"].as_array().unwrap().len(), 5);
+    import_busybox(&c, &["worker-1", "worker-2"]);
+    // No nodeName: the scheduler (leader elected anew if it ran on controlplane-1) places it.
+    c.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: after-loss}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "sleep 3600"]
+"#
+    ));
+    let v = wait_json(
+        &c,
+        &["get", "pod", "after-loss"],
+        Duration::from_secs(120),
+        |v| v["status"]["phase"] == "Running",
+    );
+    let node = v["spec"]["nodeName"].as_str().unwrap();
+    assert!(node.starts_with("worker-"), "scheduled on {node}");
+    // Writes still reach a quorum of etcd.
+    c.kubectl(&["create", "configmap", "after-loss", "--from-literal=k=v"]);
+}

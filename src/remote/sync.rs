@@ -399,7 +399,11 @@ pub fn units_script(rp: &RestartPlan, units: &[String]) -> Option<String> {
         }
     }
     for u in rp.restart.iter().filter(|u| !units.contains(u)) {
-        s.push_str(&format!("systemctl try-restart {}\n", shell_quote(u)));
+        // Exit status 5: the unit is not installed (yet) — nothing to restart.
+        s.push_str(&format!(
+            "systemctl try-restart {} || test $? -eq 5\n",
+            shell_quote(u)
+        ));
     }
     Some(s)
 }
@@ -482,7 +486,7 @@ mod tests {
             s,
             "set -eu\nsystemctl daemon-reload\nsystemctl enable -q --now 'etcd.service'\n\
              systemctl enable -q 'kubelet.service'\nsystemctl restart 'kubelet.service'\n\
-             systemctl try-restart 'containerd.service'\n"
+             systemctl try-restart 'containerd.service' || test $? -eq 5\n"
         );
         assert_eq!(units_script(&RestartPlan::default(), &[]), None);
     }

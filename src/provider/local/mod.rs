@@ -20,6 +20,7 @@ use crate::inventory::Inventory;
 use crate::profile::Profile;
 use crate::sshkeys::{self, PinnedKey};
 
+pub mod api_proxy;
 pub mod cgroups;
 pub mod cmd;
 pub mod image;
@@ -541,6 +542,22 @@ impl LocalProvider {
         let waited = ready::wait_all(pending, cfg.boot_timeout, &bar);
         bar.finish_and_clear();
         waited?;
+
+        // Several control planes and no endpoint of the user's: the API load balancer on the
+        // host's bridge address (the inventory put the endpoint there).
+        if inv.api.host == cfg.host_addr.to_string() {
+            let port = ctx.profile.api_server.port;
+            let backends: Vec<std::net::SocketAddr> = inv
+                .with_role(crate::inventory::Role::ControlPlane)
+                .map(|n| std::net::SocketAddr::new(IpAddr::V4(n.internal_ip), port))
+                .collect();
+            api_proxy::ensure(
+                &runtime,
+                &cfg.launcher_exe,
+                std::net::SocketAddr::new(IpAddr::V4(cfg.host_addr), inv.api.port),
+                &backends,
+            )?;
+        }
         report.seconds = start.elapsed().as_secs_f64();
         Ok((inv, report))
     }
@@ -565,6 +582,7 @@ impl LocalProvider {
         } else {
             None
         };
+        api_proxy::stop(&rt);
         let deleted = scope.remove_all(self.config.stop_timeout)?;
         Ok(TeardownReport {
             deleted,
