@@ -84,8 +84,9 @@ fn artifact_files(
     Ok(files)
 }
 
-/// The image archives every pod-running node holds: pause and CoreDNS always, the NVIDIA device
-/// plugin when the profile has GPU workers (or the mirror carries it anyway).
+/// The image archives every pod-running node holds: the pause image always (no pod starts
+/// without it), and the add-on images the mirror lists (the `addons` phase says which one is
+/// missing when it needs it).
 fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
     let p = &ctx.loaded.profile;
     let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
@@ -105,14 +106,9 @@ fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
         .map_err(fail)?
         .map(|(_, m)| m.images)
         .unwrap_or_default();
-    let gpus = p.workers.iter().any(|g| g.gpus_per_node > 0);
     let wanted: Vec<ClusterImage> = ClusterImage::ALL
         .into_iter()
-        .filter(|i| {
-            *i != ClusterImage::NvidiaDevicePlugin
-                || gpus
-                || listed.iter().any(|e| e.name == i.name())
-        })
+        .filter(|i| *i == ClusterImage::Pause || listed.iter().any(|e| e.name == i.name()))
         .collect();
     let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
     let prepared = images::prepare(home, release, &source, &wanted).map_err(fail)?;
