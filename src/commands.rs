@@ -281,6 +281,7 @@ fn plan(
     let written = bundle
         .write_to(&out_dir)
         .with_context(|| format!("writing bundle to {}", out_dir.display()))?;
+    let addon_manifests = crate::addons::write_for_plan(p, &out_dir)?;
 
     // Against what `up` installed when it ran, else against the previous plan.
     let digests = bundle.digests();
@@ -365,6 +366,11 @@ fn plan(
                 bundle.nodes.len(),
                 out_dir.display(),
                 summary.bundle_files_changed
+            );
+            eprintln!(
+                "  add-ons:    {} manifests in {}",
+                addon_manifests.len(),
+                out_dir.join("addons").display()
             );
             eprintln!(
                 "  vs {}: {} file(s) would change on nodes",

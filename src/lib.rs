@@ -2,11 +2,13 @@
 //!
 //! Data flow (see design.md): profile → inventory → PKI → rendered bundle → nodes.
 
+pub mod addons;
 pub mod artifacts;
 pub mod cli;
 pub mod commands;
 pub mod fsutil;
 pub mod inventory;
+pub mod kube;
 pub mod kubeconfig_merge;
 pub mod phases;
 pub mod pki;

@@ -1,6 +1,7 @@
 //! The phases of `up`, in order. Each is a Hard Way chapter: plan against current state, apply,
 //! verify, and record completion in the state file with a fingerprint of its inputs.
 
+pub mod addons;
 pub mod control_plane;
 pub mod etcd;
 pub mod network;

@@ -50,7 +50,8 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
         PhaseName::Workers => Some(Box::new(super::workers::Workers)),
         PhaseName::Network => Some(Box::new(super::network::Network)),
         PhaseName::ControlPlane => Some(Box::new(super::control_plane::ControlPlane)),
-        PhaseName::Addons | PhaseName::Training => None,
+        PhaseName::Addons => Some(Box::new(super::addons::Addons)),
+        PhaseName::Training => None,
     }
 }
 

@@ -174,6 +174,12 @@ impl NodeCtx {
     pub fn new(node: &Node) -> Result<NodeCtx, RenderError> {
         let mut labels = node.labels.clone();
         labels.insert(GROUP_LABEL.to_string(), node.group.clone());
+        if node.gpus > 0 {
+            // GPU nodes carry the label the device plugin selects on, unless the profile set it.
+            labels
+                .entry(crate::addons::GPU_LABEL_KEY.to_string())
+                .or_insert_with(|| crate::addons::GPU_LABEL_VALUE.to_string());
+        }
         for (k, v) in &labels {
             check_label(&node.name, k, v)?;
         }

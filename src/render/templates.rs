@@ -89,6 +89,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         "k8sforge-node-prep.service",
         include_str!("../../units/k8sforge-node-prep.service.j2"),
     ),
+    (
+        "addons/rbac-apiserver-kubelet.yaml",
+        include_str!("../../templates/addons/rbac-apiserver-kubelet.yaml.j2"),
+    ),
+    (
+        "addons/coredns.yaml",
+        include_str!("../../templates/addons/coredns.yaml.j2"),
+    ),
+    (
+        "addons/nvidia-device-plugin.yaml",
+        include_str!("../../templates/addons/nvidia-device-plugin.yaml.j2"),
+    ),
 ];
 
 /// `value|json`: the value as a JSON literal, which is also a valid YAML and TOML basic string,

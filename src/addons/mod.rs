@@ -1,0 +1,411 @@
+//! The first add-ons (issue 7): the RBAC that lets the apiserver reach kubelets, CoreDNS at the
+//! cluster DNS IP, and the NVIDIA device plugin on GPU nodes. Rendering is pure (profile +
+//! release + images → manifests), so `plan` writes them for offline review and unit tests
+//! validate them against the typed Kubernetes API; the `addons` phase applies them.
+
+pub mod images;
+
+use std::path::{Path, PathBuf};
+
+use minijinja::context;
+use minijinja::value::{Serde, Value};
+use serde::Serialize;
+
+pub use images::AddonImages;
+
+use crate::artifacts::Release;
+use crate::pki::table;
+use crate::profile::Profile;
+use crate::render::context::CONTROL_PLANE_TAINT;
+use crate::render::{templates, RenderError};
+
+/// Label that marks a GPU node: the device plugin DaemonSet selects exactly these nodes. Nodes
+/// of a worker group with `gpusPerNode > 0` carry it automatically (see render::context).
+pub const GPU_LABEL_KEY: &str = "k8sforge.io/gpu";
+pub const GPU_LABEL_VALUE: &str = "true";
+
+/// CoreDNS replicas: two, so a node drain never takes cluster DNS down.
+pub const COREDNS_REPLICAS: u32 = 2;
+
+/// The add-ons in apply order: (file name, template name).
+pub const ADDONS: &[(&str, &str)] = &[
+    (
+        "rbac-apiserver-kubelet.yaml",
+        "addons/rbac-apiserver-kubelet.yaml",
+    ),
+    ("coredns.yaml", "addons/coredns.yaml"),
+    (
+        "nvidia-device-plugin.yaml",
+        "addons/nvidia-device-plugin.yaml",
+    ),
+];
+
+/// One rendered add-on: a multi-document YAML file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// File name, e.g. `coredns.yaml`.
+    pub name: &'static str,
+    pub yaml: String,
+}
+
+/// What the add-on templates see (as `addons`).
+#[derive(Debug, Clone, Serialize)]
+struct AddonsCtx<'a> {
+    cluster_name: &'a str,
+    cluster_domain: &'a str,
+    dns_service_ip: String,
+    coredns_replicas: u32,
+    control_plane_taint: &'static str,
+    gpu_label_key: &'static str,
+    gpu_label_value: &'static str,
+    apiserver_kubelet_client_user: &'static str,
+    images: &'a AddonImages,
+}
+
+/// CN of the apiserver's kubelet client certificate, from the certificate table (one source).
+fn apiserver_kubelet_client_user() -> Result<&'static str, RenderError> {
+    table::TABLE
+        .iter()
+        .find(|r| r.name == crate::pki::layout::APISERVER_KUBELET_CLIENT)
+        .and_then(|r| match r.cn {
+            table::Cn::Fixed(cn) => Some(cn),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            RenderError::Templates(
+                "the certificate table has no fixed CN for apiserver-kubelet-client".into(),
+            )
+        })
+}
+
+/// Render every add-on for `profile`, with `images` (see [`AddonImages::for_release`]).
+pub fn render(profile: &Profile, images: &AddonImages) -> Result<Vec<Manifest>, RenderError> {
+    let env = templates::env().map_err(RenderError::Templates)?;
+    let ctx = AddonsCtx {
+        cluster_name: &profile.name,
+        cluster_domain: &profile.kubernetes.cluster_domain,
+        dns_service_ip: profile.network.dns_service_ip.to_string(),
+        coredns_replicas: COREDNS_REPLICAS,
+        control_plane_taint: CONTROL_PLANE_TAINT,
+        gpu_label_key: GPU_LABEL_KEY,
+        gpu_label_value: GPU_LABEL_VALUE,
+        apiserver_kubelet_client_user: apiserver_kubelet_client_user()?,
+        images,
+    };
+    let base = context! { addons => Value::from(Serde(&ctx)) };
+    ADDONS
+        .iter()
+        .map(|(name, template)| {
+            let yaml = env
+                .get_template(template)
+                .and_then(|t| t.render(&base))
+                .map_err(|e| RenderError::Template {
+                    node: "(add-ons)".into(),
+                    template: template.to_string(),
+                    message: format!("{e:#}"),
+                })?;
+            Ok(Manifest { name, yaml })
+        })
+        .collect()
+}
+
+/// Render with the images pinned for the profile's release.
+pub fn render_for_release(
+    profile: &Profile,
+    release: &Release,
+) -> Result<Vec<Manifest>, RenderError> {
+    render(profile, &AddonImages::for_release(release))
+}
+
+/// Write the manifests into `dir` (created), one file each, only where the content changed.
+/// Returns the paths written.
+pub fn write_to(dir: &Path, manifests: &[Manifest]) -> std::io::Result<Vec<PathBuf>> {
+    crate::fsutil::ensure_dir(dir, 0o755)?;
+    let mut out = Vec::new();
+    for m in manifests {
+        let path = dir.join(m.name);
+        crate::fsutil::write_if_changed(&path, m.yaml.as_bytes(), 0o644)?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddonsError {
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error("add-on manifests are invalid (a k8sforge defect): {0}")]
+    Invalid(#[from] crate::kube::KubeError),
+    #[error("writing add-on manifests to {dir}: {source}")]
+    Write {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// For `plan`: render with the pinned images and write `<out>/addons/*.yaml`, after validating
+/// them as `up` would (a manifest that would fail to apply fails the plan).
+pub fn write_for_plan(profile: &Profile, out: &Path) -> Result<Vec<PathBuf>, AddonsError> {
+    let release = crate::artifacts::release(&profile.kubernetes.version).ok_or_else(|| {
+        RenderError::UnknownRelease {
+            version: profile.kubernetes.version.clone(),
+            known: crate::artifacts::known_kubernetes_versions()
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    })?;
+    let manifests = render_for_release(profile, release)?;
+    crate::kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))?;
+    let dir = out.join("addons");
+    write_to(&dir, &manifests).map_err(|source| AddonsError::Write { dir, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+
+    use super::*;
+    use crate::kube::Object;
+
+    fn objects(profile: &str) -> (Profile, Vec<Object>) {
+        let p = crate::profile::load(profile, &[]).unwrap().profile;
+        let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
+        let m = render_for_release(&p, release).unwrap();
+        let objs = crate::kube::validate_all(m.iter().map(|m| (m.name, m.yaml.as_str())))
+            .unwrap_or_else(|e| panic!("{profile}: {e}"));
+        (p, objs)
+    }
+
+    fn typed<K: serde::de::DeserializeOwned>(objs: &[Object], kind: &str, name: &str) -> K {
+        let o = objs
+            .iter()
+            .find(|o| {
+                o.spec.resource.kind == kind && o.object.metadata.name.as_deref() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no {kind} {name}"));
+        serde_json::from_value(serde_json::to_value(&o.object).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_builtin_profile_renders_valid_manifests() {
+        for name in crate::profile::builtin::names() {
+            let (_, objs) = objects(name);
+            let kinds: Vec<String> = objs.iter().map(|o| o.reference().to_string()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "ClusterRole system:kube-apiserver-to-kubelet",
+                    "ServiceAccount kube-system/coredns",
+                    "ClusterRole system:coredns",
+                    "ClusterRoleBinding system:kube-apiserver",
+                    "ClusterRoleBinding system:coredns",
+                    "ConfigMap kube-system/coredns",
+                    "Service kube-system/kube-dns",
+                    "Deployment kube-system/coredns",
+                    "DaemonSet kube-system/nvidia-device-plugin-daemonset",
+                ],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_plugin_targets_gpu_nodes_only_as_documented() {
+        let (_, objs) = objects("gpu-dev");
+        let ds: DaemonSet = typed(&objs, "DaemonSet", "nvidia-device-plugin-daemonset");
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
+        let spec = ds.spec.unwrap();
+        assert_eq!(
+            spec.update_strategy.unwrap().type_.as_deref(),
+            Some("RollingUpdate")
+        );
+        let pod = spec.template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap(),
+            BTreeMap::from([(GPU_LABEL_KEY.to_string(), GPU_LABEL_VALUE.to_string())])
+        );
+        assert!(pod.affinity.is_none(), "the label is the only selector");
+        let tol = pod.tolerations.unwrap();
+        assert_eq!(tol.len(), 1);
+        assert_eq!(tol[0].key.as_deref(), Some("nvidia.com/gpu"));
+        assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
+        assert_eq!(tol[0].effect.as_deref(), Some("NoSchedule"));
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("system-node-critical")
+        );
+        let vol = &pod.volumes.unwrap()[0];
+        assert_eq!(
+            vol.host_path.as_ref().unwrap().path,
+            "/var/lib/kubelet/device-plugins"
+        );
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("nvcr.io/nvidia/k8s-device-plugin:v0.18.2")
+        );
+        assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+        let mount = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(mount.name, vol.name);
+        assert_eq!(mount.mount_path, "/var/lib/kubelet/device-plugins");
+        let env = c.env.as_ref().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "FAIL_ON_INIT_ERROR" && e.value.as_deref() == Some("false")));
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn coredns_serves_the_profile_dns_ip() {
+        for name in crate::profile::builtin::names() {
+            let (p, objs) = objects(name);
+            let svc: Service = typed(&objs, "Service", "kube-dns");
+            let spec = svc.spec.unwrap();
+            assert_eq!(
+                spec.cluster_ip.as_deref(),
+                Some(p.network.dns_service_ip.to_string().as_str())
+            );
+            let ports: Vec<(i32, String)> = spec
+                .ports
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.port, p.protocol.unwrap()))
+                .collect();
+            assert_eq!(
+                ports,
+                [(53, "UDP".into()), (53, "TCP".into()), (9153, "TCP".into())]
+            );
+            let cm: ConfigMap = typed(&objs, "ConfigMap", "coredns");
+            let corefile = &cm.data.unwrap()["Corefile"];
+            assert!(corefile.contains(&format!(
+                "kubernetes {} in-addr.arpa ip6.arpa",
+                p.kubernetes.cluster_domain
+            )));
+            for plugin in [
+                "pods insecure",
+                "forward . /etc/resolv.conf",
+                "cache 30",
+                "loop",
+                "reload",
+                "loadbalance",
+                "prometheus :9153",
+            ] {
+                assert!(corefile.contains(plugin), "{plugin}");
+            }
+            let d: Deployment = typed(&objs, "Deployment", "coredns");
+            let spec = d.spec.unwrap();
+            assert_eq!(spec.replicas, Some(2));
+            let pod = spec.template.spec.unwrap();
+            assert_eq!(
+                pod.priority_class_name.as_deref(),
+                Some("system-cluster-critical")
+            );
+            assert!(pod
+                .tolerations
+                .unwrap()
+                .iter()
+                .any(|t| t.key.as_deref() == Some(CONTROL_PLANE_TAINT)
+                    && t.effect.as_deref() == Some("NoSchedule")));
+            let c = &pod.containers[0];
+            let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
+            assert_eq!(
+                c.image.as_deref(),
+                Some(format!("registry.k8s.io/coredns/coredns:{}", release.coredns).as_str())
+            );
+            assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
+            let sc = c.security_context.as_ref().unwrap();
+            assert_eq!(sc.read_only_root_filesystem, Some(true));
+            let caps = sc.capabilities.as_ref().unwrap();
+            assert_eq!(
+                caps.add.as_deref(),
+                Some(&["NET_BIND_SERVICE".to_string()][..])
+            );
+            let live = c
+                .liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap();
+            assert_eq!(live.path.as_deref(), Some("/health"));
+            let ready = c
+                .readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap();
+            assert_eq!(ready.path.as_deref(), Some("/ready"));
+        }
+    }
+
+    #[test]
+    fn apiserver_kubelet_rbac_binds_the_kubelet_client_cert_user() {
+        let (_, objs) = objects("local-3");
+        let role: ClusterRole = typed(&objs, "ClusterRole", "system:kube-apiserver-to-kubelet");
+        let resources = role.rules.unwrap()[0].resources.clone().unwrap();
+        for r in [
+            "nodes/proxy",
+            "nodes/stats",
+            "nodes/log",
+            "nodes/spec",
+            "nodes/metrics",
+        ] {
+            assert!(resources.iter().any(|x| x == r), "{r}");
+        }
+        let b: ClusterRoleBinding = typed(&objs, "ClusterRoleBinding", "system:kube-apiserver");
+        assert_eq!(b.role_ref.name, "system:kube-apiserver-to-kubelet");
+        let s = &b.subjects.unwrap()[0];
+        assert_eq!(
+            (s.kind.as_str(), s.name.as_str()),
+            ("User", "kube-apiserver-kubelet-client")
+        );
+    }
+
+    #[test]
+    fn image_overrides_reach_the_manifests() {
+        let p = crate::profile::load("local-3", &[]).unwrap().profile;
+        let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
+        let images = AddonImages::for_release(release).with_overrides(
+            Some("mirror.example/coredns:x".into()),
+            Some("mirror.example/dp:y".into()),
+        );
+        let m = render(&p, &images).unwrap();
+        let all: String = m.iter().map(|m| m.yaml.as_str()).collect();
+        assert!(all.contains("image: \"mirror.example/coredns:x\""));
+        assert!(all.contains("image: \"mirror.example/dp:y\""));
+        assert!(!all.contains("registry.k8s.io"));
+    }
+
+    #[test]
+    fn gpu_group_nodes_get_the_gpu_label() {
+        let p = crate::profile::load("local-3", &[]).unwrap().profile;
+        let inv = crate::inventory::planned(&p, &BTreeMap::new()).unwrap();
+        let mut node = inv.nodes.last().unwrap().clone();
+        assert!(node.labels.is_empty());
+        let label = format!("{GPU_LABEL_KEY}={GPU_LABEL_VALUE}");
+        let ctx = crate::render::context::NodeCtx::new(&node).unwrap();
+        assert!(!ctx.labels.contains(&label), "{}", ctx.labels);
+        node.gpus = 1;
+        let ctx = crate::render::context::NodeCtx::new(&node).unwrap();
+        assert!(ctx.labels.contains(&label), "{}", ctx.labels);
+        // A value the profile set explicitly wins.
+        node.labels.insert(GPU_LABEL_KEY.into(), "false".into());
+        let ctx = crate::render::context::NodeCtx::new(&node).unwrap();
+        assert!(
+            ctx.labels.contains(&format!("{GPU_LABEL_KEY}=false")),
+            "{}",
+            ctx.labels
+        );
+    }
+}
