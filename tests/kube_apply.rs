@@ -1,6 +1,6 @@
 //! The add-ons against a real API server: a real etcd and a real kube-apiserver (and
-//! kube-controller-manager, with only the deployment, replicaset and daemonset controllers) on
-//! 127.0.0.1, with certificates and kubeconfigs from k8sforge's own PKI. Applies the rendered
+//! kube-controller-manager, with only the deployment, replicaset, daemonset and serviceaccount
+//! controllers) on 127.0.0.1, with certificates and kubeconfigs from k8sforge's own PKI. Applies the rendered
 //! add-ons through `k8sforge::kube` (server-side apply), reads them back typed, checks that a
 //! re-apply changes nothing and that drift is repaired, that the device plugin DaemonSet targets
 //! exactly the node labelled as a GPU node, and that `wait_ready` times out naming what is not
@@ -50,16 +50,17 @@ impl Proc {
         Proc { name, child, log }
     }
 
+    /// The last lines of its log, for failure messages.
+    fn tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
     /// Panic with the log tail if the process has exited.
     fn check_alive(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            panic!(
-                "{} exited ({status}):\n{}",
-                self.name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            panic!("{} exited ({status}):\n{}", self.name, self.tail());
         }
     }
 }
@@ -263,7 +264,7 @@ async fn addons_apply_against_a_real_apiserver() {
                 "--kubeconfig={}",
                 layout::kubeconfig_path(&cluster_dir, layout::CONTROLLER_MANAGER).display()
             ))
-            .arg("--controllers=deployment,replicaset,daemonset")
+            .arg("--controllers=deployment,replicaset,daemonset,serviceaccount")
             .arg("--use-service-account-credentials=true")
             .arg("--leader-elect=false")
             .arg("--bind-address=127.0.0.1")
@@ -288,6 +289,16 @@ async fn addons_apply_against_a_real_apiserver() {
         }))
         .unwrap();
         nodes.create(&PostParams::default(), &node).await.unwrap();
+        // The TaintNodesByCondition admission plugin taints a new Node not-ready until its
+        // kubelet reports Ready; there is no kubelet here, so lift it as a kubelet would.
+        nodes
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"taints": null}})),
+            )
+            .await
+            .unwrap();
     }
 
     // Apply the add-ons as the phase does.
@@ -384,14 +395,22 @@ async fn addons_apply_against_a_real_apiserver() {
             .await
             .unwrap();
         let ds = ds_api.get("nvidia-device-plugin-daemonset").await.unwrap();
+        let status = serde_json::to_string(&ds.status).unwrap();
         let desired = ds.status.map(|s| s.desired_number_scheduled).unwrap_or(-1);
         if desired == 1 && !list.items.is_empty() {
             break list.items;
         }
         assert!(
             Instant::now() < deadline,
-            "the DaemonSet controller did not schedule the device plugin (desired {desired}, {} pods)",
-            list.items.len()
+            "the DaemonSet controller did not schedule the device plugin (desired {desired}, {} pods; status {status}; nodes {}); kube-controller-manager log about it:\n{}",
+            list.items.len(),
+            serde_json::to_string(&nodes.list(&ListParams::default()).await.unwrap().items).unwrap(),
+            std::fs::read_to_string(&kcm.log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.to_lowercase().contains("daemon"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -421,6 +440,7 @@ async fn addons_apply_against_a_real_apiserver() {
     );
     assert!(msg.contains("pod nvidia-device-plugin-daemonset-"), "{msg}");
     assert!(msg.contains("pod coredns-"), "{msg}");
+    assert!(msg.contains("is kube-scheduler running?"), "{msg}");
     println!("wait_ready timeout message:\n{msg}");
     drop(kcm);
     drop(apiserver);

@@ -128,6 +128,10 @@ pub fn describe_pod(p: &Pod) -> Option<String> {
             ));
         }
     }
+    let scheduled = p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    if reasons.is_empty() && !scheduled {
+        reasons.push("waiting for the scheduler (is kube-scheduler running?)".into());
+    }
     if reasons.is_empty() {
         reasons.push(format!(
             "phase {}",
