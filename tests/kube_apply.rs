@@ -257,6 +257,18 @@ async fn addons_apply_against_a_real_apiserver() {
         root,
     );
     let cluster = connect_when_up(&admin, &mut [&mut etcd, &mut apiserver]).await;
+    // A kubeconfig whose server does not answer (e.g. a node-local API proxy) falls back to the
+    // apiservers given, with the same credentials.
+    let via = k8skube::connect_with_fallbacks(
+        &wrong,
+        &[
+            format!("https://127.0.0.1:{}", free_port()),
+            format!("https://127.0.0.1:{api_port}"),
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(via.url, format!("https://127.0.0.1:{api_port}"));
     let mut kcm = Proc::start(
         "kube-controller-manager",
         Command::new(bin.join("kube-controller-manager"))

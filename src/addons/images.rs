@@ -1,17 +1,12 @@
-//! Container images of the add-ons, from one place. Nodes never pull: the images are imported
-//! from OCI archives into containerd (workers phase), so these references must equal the
-//! archives' names. A mirror or an air-gapped site overrides them per image.
+//! Container images of the add-ons. Nodes never pull: the images are imported from OCI archives
+//! into containerd (runtime phase), so these references must equal the archives' names. They
+//! come from one place, `artifacts::images` (the release's defaults, replaced by a mirror's
+//! list); this is the renderer's plain input, so a caller can override each reference.
 
 use serde::Serialize;
 
+use crate::artifacts::images::{ClusterImage, ImageRefs};
 use crate::artifacts::Release;
-
-/// NVIDIA device plugin release, pinned for every Kubernetes release (it talks the stable
-/// device-plugin v1beta1 API, served by every supported kubelet).
-pub const DEVICE_PLUGIN_VERSION: &str = "v0.18.2";
-
-pub const COREDNS_REPOSITORY: &str = "registry.k8s.io/coredns/coredns";
-pub const DEVICE_PLUGIN_REPOSITORY: &str = "nvcr.io/nvidia/k8s-device-plugin";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AddonImages {
@@ -20,15 +15,15 @@ pub struct AddonImages {
 }
 
 impl AddonImages {
-    /// The upstream references pinned with `release`.
+    /// The upstream references paired with `release`.
     pub fn for_release(release: &Release) -> AddonImages {
         AddonImages {
-            coredns: format!("{COREDNS_REPOSITORY}:{}", release.coredns),
-            device_plugin: format!("{DEVICE_PLUGIN_REPOSITORY}:{DEVICE_PLUGIN_VERSION}"),
+            coredns: ClusterImage::CoreDns.default_reference(release),
+            device_plugin: ClusterImage::NvidiaDevicePlugin.default_reference(release),
         }
     }
 
-    /// These images with the given references replaced (e.g. from an image mirror's list).
+    /// These images with the given references replaced.
     pub fn with_overrides(
         mut self,
         coredns: Option<String>,
@@ -41,5 +36,15 @@ impl AddonImages {
             self.device_plugin = d;
         }
         self
+    }
+}
+
+impl From<&ImageRefs> for AddonImages {
+    /// What the nodes hold (the artifact source's images).
+    fn from(refs: &ImageRefs) -> AddonImages {
+        AddonImages {
+            coredns: refs.coredns.clone(),
+            device_plugin: refs.nvidia_device_plugin.clone(),
+        }
     }
 }

@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn device_plugin_targets_gpu_nodes_only_as_documented() {
-        let (_, objs) = objects("gpu-dev");
+        let (p, objs) = objects("gpu-dev");
         let ds: DaemonSet = typed(&objs, "DaemonSet", "nvidia-device-plugin-daemonset");
         assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
         let spec = ds.spec.unwrap();
@@ -245,10 +245,20 @@ mod tests {
             "/var/lib/kubelet/device-plugins"
         );
         let c = &pod.containers[0];
+        let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
         assert_eq!(
             c.image.as_deref(),
-            Some("nvcr.io/nvidia/k8s-device-plugin:v0.18.2")
+            Some(
+                crate::artifacts::images::ClusterImage::NvidiaDevicePlugin
+                    .default_reference(release)
+                    .as_str()
+            )
         );
+        assert!(c
+            .image
+            .as_deref()
+            .unwrap()
+            .starts_with("nvcr.io/nvidia/k8s-device-plugin:v"));
         assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
         let mount = &c.volume_mounts.as_ref().unwrap()[0];
         assert_eq!(mount.name, vol.name);

@@ -24,6 +24,40 @@ pub struct Cluster {
 
 /// Read `kubeconfig` (its current context) and check the API answers `/version`.
 pub async fn connect(kubeconfig: &Path) -> Result<Cluster, KubeError> {
+    connect_to(kubeconfig, None).await
+}
+
+/// Like [`connect`], and when the kubeconfig's server does not answer, try each of `fallbacks`
+/// (URLs of the same API with the same credentials: e.g. each control plane directly, when the
+/// kubeconfig names a per-node proxy on 127.0.0.1 that exists only on the nodes). The error
+/// names every URL tried.
+pub async fn connect_with_fallbacks(
+    kubeconfig: &Path,
+    fallbacks: &[String],
+) -> Result<Cluster, KubeError> {
+    let first = match connect_to(kubeconfig, None).await {
+        Ok(c) => return Ok(c),
+        Err(e @ KubeError::Unreachable { .. }) if !fallbacks.is_empty() => e,
+        Err(e) => return Err(e),
+    };
+    let mut tried = vec![first.to_string()];
+    for url in fallbacks {
+        match connect_to(kubeconfig, Some(url)).await {
+            Ok(c) => return Ok(c),
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    let KubeError::Unreachable { url, path, .. } = first else {
+        return Err(first);
+    };
+    Err(KubeError::Unreachable {
+        url,
+        path,
+        message: format!("every address failed:\n  {}", tried.join("\n  ")),
+    })
+}
+
+async fn connect_to(kubeconfig: &Path, server: Option<&str>) -> Result<Cluster, KubeError> {
     if !kubeconfig.exists() {
         return Err(KubeError::NoKubeconfig {
             path: kubeconfig.to_path_buf(),
@@ -37,6 +71,11 @@ pub async fn connect(kubeconfig: &Path) -> Result<Cluster, KubeError> {
     let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .map_err(|e| bad(e.to_string()))?;
+    if let Some(server) = server {
+        config.cluster_url = server
+            .parse()
+            .map_err(|e| bad(format!("server URL {server}: {e}")))?;
+    }
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     let url = config

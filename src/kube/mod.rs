@@ -10,7 +10,7 @@ pub mod ready;
 use std::path::PathBuf;
 
 pub use apply::{apply, Applied, ApplyReport, Change};
-pub use client::{connect, Cluster};
+pub use client::{connect, connect_with_fallbacks, Cluster};
 pub use manifest::{parse, validate_all, KindSpec, Object, ObjectRef};
 pub use ready::wait_ready;
 

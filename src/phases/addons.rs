@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{Context, Outcome, Phase, PhaseError, PhaseName, PhaseSummary};
 use crate::addons::{self, AddonImages};
+use crate::inventory::Role;
 use crate::kube::{self, Change};
 use crate::pki::layout;
 
@@ -19,8 +20,9 @@ pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Addons;
 
-/// The component versions this run installs: the pins, or what the mirror's list says.
-fn release(ctx: &Context) -> Result<crate::artifacts::Release, PhaseError> {
+/// The add-on images the nodes hold: the release's defaults, or what the mirror's list says
+/// (the same references the runtime phase imported into containerd).
+fn images(ctx: &Context) -> Result<AddonImages, PhaseError> {
     let p = &ctx.loaded.profile;
     let pinned = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
         PhaseError::Failed(format!(
@@ -34,8 +36,9 @@ fn release(ctx: &Context) -> Result<crate::artifacts::Release, PhaseError> {
         ctx.trust_mirror_checksums,
     )
     .map_err(|e| PhaseError::Failed(e.to_string()))?;
-    crate::artifacts::source::effective_release(pinned, &source)
-        .map_err(|e| PhaseError::Failed(e.to_string()))
+    let refs = crate::artifacts::ImageRefs::for_source(pinned, &source)
+        .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    Ok(AddonImages::from(&refs))
 }
 
 impl Phase for Addons {
@@ -49,19 +52,33 @@ impl Phase for Addons {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let images = AddonImages::for_release(&release(ctx)?);
+        let images = images(ctx)?;
         let manifests = addons::render(&ctx.loaded.profile, &images)
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let objects = kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
+        // With several control planes and no load balancer the admin kubeconfig names the
+        // per-node API proxy on 127.0.0.1, which exists only on the nodes: from this host, try
+        // each apiserver directly (their certificate carries the node addresses).
+        let fallbacks: Vec<String> = ctx
+            .inventory
+            .iter()
+            .flat_map(|inv| inv.with_role(Role::ControlPlane))
+            .map(|n| {
+                format!(
+                    "https://{}:{}",
+                    n.internal_ip, ctx.loaded.profile.api_server.port
+                )
+            })
+            .collect();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| PhaseError::Failed(format!("cannot start the async runtime: {e}")))?;
         let (report, workloads) = rt
             .block_on(async {
-                let cluster = kube::connect(&kubeconfig).await?;
+                let cluster = kube::connect_with_fallbacks(&kubeconfig, &fallbacks).await?;
                 let report = kube::apply(&cluster, &objects).await?;
                 let workloads = kube::wait_ready(&cluster, &objects, ROLLOUT_TIMEOUT).await?;
                 Ok::<_, kube::KubeError>((report, workloads))
