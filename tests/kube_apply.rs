@@ -319,7 +319,9 @@ async fn addons_apply_against_a_real_apiserver() {
             .unwrap();
     let objects =
         k8skube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str()))).unwrap();
+    let t = Instant::now();
     let first = k8skube::apply(&cluster, &objects).await.unwrap();
+    let first_took = t.elapsed();
     assert_eq!(first.count(Change::Created), objects.len(), "{first:?}");
 
     // Typed reads: the fields that matter are on the server.
@@ -369,7 +371,15 @@ async fn addons_apply_against_a_real_apiserver() {
     );
 
     // A second apply changes nothing.
+    let t = Instant::now();
     let second = k8skube::apply(&cluster, &objects).await.unwrap();
+    // Informational (figures live in BENCHMARKS-addons.md), never asserted.
+    println!(
+        "apply of {} objects: first {:?}, re-apply {:?}",
+        objects.len(),
+        first_took,
+        t.elapsed()
+    );
     assert_eq!(
         (second.count(Change::Created), second.count(Change::Changed)),
         (0, 0),
