@@ -59,6 +59,9 @@ struct AddonsCtx<'a> {
     gpu_label_key: &'static str,
     gpu_label_value: &'static str,
     apiserver_kubelet_client_user: &'static str,
+    /// Names outside the cluster go to the nodes' resolvers; local nodes have none (no internet),
+    /// and CoreDNS refuses to start forwarding to an empty list.
+    forward_upstream: bool,
     images: &'a AddonImages,
 }
 
@@ -90,6 +93,7 @@ pub fn render(profile: &Profile, images: &AddonImages) -> Result<Vec<Manifest>, 
         gpu_label_key: GPU_LABEL_KEY,
         gpu_label_value: GPU_LABEL_VALUE,
         apiserver_kubelet_client_user: apiserver_kubelet_client_user()?,
+        forward_upstream: profile.provider.kind != crate::profile::ProviderKind::Local,
         images,
     };
     let base = context! { addons => Value::from(Serde(&ctx)) };
@@ -301,9 +305,15 @@ mod tests {
                 "kubernetes {} in-addr.arpa ip6.arpa",
                 p.kubernetes.cluster_domain
             )));
+            // Local nodes have no upstream resolver to forward to.
+            let local = p.provider.kind == crate::profile::ProviderKind::Local;
+            assert_eq!(
+                corefile.contains("forward . /etc/resolv.conf"),
+                !local,
+                "{name}"
+            );
             for plugin in [
                 "pods insecure",
-                "forward . /etc/resolv.conf",
                 "cache 30",
                 "loop",
                 "reload",

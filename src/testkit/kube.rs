@@ -109,6 +109,8 @@ pub fn cluster_mirror(
     cache_dir: &Path,
 ) -> Result<TestMirror, String> {
     let mut key = Sha256::new();
+    // Bumped when the images built here change shape.
+    key.update(b"2: coredns entrypoint");
     key.update(base.root.as_os_str().as_encoded_bytes());
     let mut inputs: Vec<PathBuf> = REQUIRED.iter().map(|b| kube.dir.join(b)).collect();
     inputs.extend(kube.coredns.iter().map(|(p, _)| p.clone()));
@@ -190,7 +192,7 @@ pub fn cluster_mirror(
     if let Some((bin, version)) = &kube.coredns {
         let reference = format!("registry.k8s.io/coredns/coredns:{version}");
         let out = images.join("coredns.tar");
-        oci::build_archive(bin, &[], &["/bin/coredns"], &reference, &out)?;
+        oci::build_archive_with_entrypoint(bin, &["/bin/coredns"], &reference, &out)?;
         add_image("coredns", &reference, &out)?;
     }
     let out = images.join("nvidia-device-plugin.tar");

@@ -46,6 +46,28 @@ pub fn build_archive(
     name: &str,
     out: &Path,
 ) -> Result<(), String> {
+    build(binary, applets, &[], cmd, name, out)
+}
+
+/// Like [`build_archive`], with `entrypoint` as the image's entrypoint (a manifest's `args` are
+/// appended to it, as with upstream images such as CoreDNS's).
+pub fn build_archive_with_entrypoint(
+    binary: &Path,
+    entrypoint: &[&str],
+    name: &str,
+    out: &Path,
+) -> Result<(), String> {
+    build(binary, &[], entrypoint, &[], name, out)
+}
+
+fn build(
+    binary: &Path,
+    applets: &[&str],
+    entrypoint: &[&str],
+    cmd: &[&str],
+    name: &str,
+    out: &Path,
+) -> Result<(), String> {
     let bin = std::fs::read(binary).map_err(|e| format!("{}: {e}", binary.display()))?;
     let bin_name = binary.file_name().and_then(|n| n.to_str()).unwrap_or("app");
     let mut layer = tar::Builder::new(Vec::new());
@@ -77,7 +99,7 @@ pub fn build_archive(
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": cmd, "WorkingDir": "/"},
+        "config": {"Env": ["PATH=/bin"], "Entrypoint": entrypoint, "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
     })
     .to_string();
