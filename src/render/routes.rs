@@ -153,7 +153,18 @@ fn vxlan_head_tail(node: &Node, mtu: u32) -> (String, String) {
          done | ip -batch -\n\
          peers | while read -r cidr node mac; do\n  \
            echo \"fdb replace $mac dev $dev dst $node self permanent\"\n\
-         done | bridge -batch -\n"
+         done | bridge -batch -\n\
+         # Entries of nodes no longer in the cluster go (the device is k8sforge's alone).\n\
+         list=$(mktemp)\n\
+         trap 'rm -f \"$list\"' EXIT\n\
+         # `end`: the list is never empty, which the awk NR==FNR idiom needs.\n\
+         { peers; echo end; } > \"$list\"\n\
+         ip -o -4 route show dev \"$dev\" | awk -v dev=\"$dev\" \\\n  \
+           'NR==FNR {want[$1]; next} index($1, \"/\") && !($1 in want) {print \"route del \" $1 \" dev \" dev}' \"$list\" - | ip -batch -\n\
+         ip -4 neigh show dev \"$dev\" | awk -v dev=\"$dev\" \\\n  \
+           'NR==FNR {split($1, a, \"/\"); want[a[1]]; next} !($1 in want) {print \"neigh del \" $1 \" dev \" dev}' \"$list\" - | ip -batch -\n\
+         bridge fdb show dev \"$dev\" | awk -v dev=\"$dev\" \\\n  \
+           'NR==FNR {want[$3]; next} $2 == \"dst\" && !($1 in want) {print \"fdb del \" $1 \" dev \" dev}' \"$list\" - | bridge -batch -\n"
         .to_string();
     (head, tail)
 }
@@ -326,12 +337,34 @@ mod tests {
             ));
             let neigh = sh(&format!("ip -n {ns} neigh show dev k8sforge.1"));
             let link = sh(&format!("ip -n {ns} -d link show k8sforge.1"));
-            (routes, fdb, neigh, link)
+            // The same node's script once worker-2 is gone from the inventory.
+            let mut smaller = inv.clone();
+            smaller.nodes.retain(|n| n.name != "worker-2");
+            let files = pod_route_files(&smaller, &smaller.nodes[0], Mode::Vxlan { mtu: 1450 });
+            std::fs::write(&path, &files[0].content).unwrap();
+            sh(&run);
+            let pruned = sh(&format!(
+                "ip -n {ns} route show dev k8sforge.1; ip -n {ns} neigh show dev k8sforge.1; \
+                 ip netns exec {ns} bridge fdb show dev k8sforge.1"
+            ));
+            (routes, fdb, neigh, link, pruned)
         });
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &ns])
             .status();
-        let (routes, fdb, neigh, link) = result.unwrap();
+        let (routes, fdb, neigh, link, pruned) = result.unwrap();
+        // worker-2 left the cluster: its route, neighbour and forwarding entry are gone,
+        // worker-1's stay.
+        assert!(
+            !pruned.contains("10.200.2.0") && !pruned.contains("02:6b:c6:12:00:0d"),
+            "{pruned}"
+        );
+        assert!(
+            pruned.contains("10.200.1.0/24 via 10.200.1.0")
+                && pruned.contains("10.200.1.0 lladdr 02:6b:c6:12:00:0c")
+                && pruned.contains("02:6b:c6:12:00:0c dst 198.18.0.12"),
+            "{pruned}"
+        );
         assert!(
             routes.contains("10.200.1.0/24 via 10.200.1.0 onlink")
                 && routes.contains("10.200.2.0/24 via 10.200.2.0 onlink"),
