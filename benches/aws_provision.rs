@@ -1,6 +1,8 @@
 //! API calls and wall time to provision and tear down gpu-1000 (1003 nodes) against a local moto
 //! server, for k8sforge's batched provider and for a naive one-call-per-node approach (written
-//! here only to be counted). Run: `cargo bench --bench aws_provision` (needs `moto[server]`).
+//! here only to be counted). k8sforge is measured in both pod-routing modes: vxlan (gpu-1000's
+//! default, no per-instance call) and hostRoutes (source/destination check off per instance).
+//! Run: `cargo bench --bench aws_provision` (needs `moto[server]`).
 
 #[path = "../tests/support/aws.rs"]
 mod aws_support;
@@ -32,8 +34,9 @@ fn opts() -> Options {
     }
 }
 
-fn profile_for(account: &str) -> Profile {
-    let mut p = profile::load("gpu-1000", &[]).expect("profile").profile;
+fn profile_for(account: &str, routing: &str) -> Profile {
+    let sets = [format!("network.podRouting={routing}")];
+    let mut p = profile::load("gpu-1000", &sets).expect("profile").profile;
     p.provider.aws.as_mut().expect("aws").ami = AmiLookup {
         owner: account.into(),
         name: "k8sforge-bench-*".into(),
@@ -55,10 +58,10 @@ fn table(title: &str, counts: &BTreeMap<String, u64>, secs: f64) {
     }
 }
 
-async fn batched(account: &str) {
+async fn batched(account: &str, routing: &str) {
     let c = peer::clients(account);
     peer::register_ami(&c, "k8sforge-bench-1").await;
-    let p = profile_for(account);
+    let p = profile_for(account, routing);
     let planned = k8sforge::inventory::planned(&p, &BTreeMap::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ctx = ProvisionContext {
@@ -74,7 +77,7 @@ async fn batched(account: &str) {
     let t = Instant::now();
     provider.provision_outcome(&ctx).await.expect("provision");
     table(
-        "k8sforge provision (batched)",
+        &format!("k8sforge provision (batched, {routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
     );
@@ -83,7 +86,7 @@ async fn batched(account: &str) {
     let t = Instant::now();
     provider.provision_outcome(&ctx).await.expect("second up");
     table(
-        "k8sforge second up (adopt)",
+        &format!("k8sforge second up (adopt, {routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
     );
@@ -95,7 +98,7 @@ async fn batched(account: &str) {
         .await
         .expect("teardown");
     table(
-        "k8sforge teardown",
+        &format!("k8sforge teardown ({routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
     );
@@ -106,7 +109,7 @@ async fn batched(account: &str) {
 async fn naive(account: &str) {
     let c = peer::clients(account);
     peer::register_ami(&c, "k8sforge-bench-1").await;
-    let p = profile_for(account);
+    let p = profile_for(account, "hostRoutes");
     let planned = k8sforge::inventory::planned(&p, &BTreeMap::new()).unwrap();
     let s = Session::new(c.clone(), opts(), &p.name);
     let pl = plan::plan(&p, &planned, peer::REGION).unwrap();
@@ -211,7 +214,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        batched("200000000001").await;
+        batched("200000000001", "vxlan").await;
+        batched("200000000003", "hostRoutes").await;
         naive("200000000002").await;
     });
 }

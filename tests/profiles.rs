@@ -58,6 +58,58 @@ fn builtin_profiles_are_valid() {
     }
     // gpu-1000 is usable on GCP too.
     profile::load("gpu-1000", &["provider.kind=gcp".into()]).expect("gpu-1000 on gcp");
+}
+
+#[test]
+fn pod_routing_defaults_by_provider_and_is_selectable() {
+    use profile::PodRouting;
+    let routing = |name: &str, sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        profile::load(name, &sets)
+            .unwrap_or_else(|e| panic!("{name} {sets:?}: {e}"))
+            .profile
+            .pod_routing()
+    };
+    assert_eq!(routing("local-3", &[]), Some(PodRouting::HostRoutes));
+    assert_eq!(routing("gpu-1000", &[]), Some(PodRouting::Vxlan));
+    assert_eq!(routing("gpu-dev", &[]), Some(PodRouting::Vxlan));
+    assert_eq!(routing("gpu-1000", &["provider.kind=gcp"]), None);
+    assert_eq!(
+        routing("local-3", &["network.podRouting=vxlan"]),
+        Some(PodRouting::Vxlan)
+    );
+    assert_eq!(
+        routing("gpu-dev", &["network.podRouting=routeTable"]),
+        Some(PodRouting::RouteTable)
+    );
+    assert_eq!(
+        routing("gpu-1000", &["network.podRouting=hostRoutes"]),
+        Some(PodRouting::HostRoutes)
+    );
+
+    // GCP has one way (alias ranges): any value is refused, naming the field and the value.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/gpu-1000.yaml"),
+    )
+    .unwrap();
+    let errs = errors_of(&text, &["provider.kind=gcp", "network.podRouting=vxlan"]);
+    let d = errs
+        .iter()
+        .find(|d| d.path == "network.podRouting")
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(d.found, "vxlan");
+    assert!(d.problem.contains("alias IP ranges"), "{d}");
+    // An unknown mode lists the allowed ones.
+    let errs = errors_of(GOOD, &["network.podRouting=geneve"]);
+    let d = errs
+        .iter()
+        .find(|d| d.path == "network.podRouting")
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert!(d.found.contains("geneve"), "{d}");
+    assert!(
+        d.allowed.contains("hostRoutes") && d.allowed.contains("vxlan"),
+        "{d}"
+    );
     assert!(errors_of(GOOD, &[]).is_empty());
 }
 
@@ -215,13 +267,41 @@ fn each_mistake_is_located_and_explained() {
                     .unwrap(),
             )
             .unwrap()
-            .replace("podRouting: hostRoutes", "podRouting: routeTable"),
+            .replacen("network:\n", "network:\n  podRouting: routeTable\n", 1),
+            sets: &[],
+            path: "network.podRouting",
+            line: 23,
+            column: 15,
+            found: "routeTable",
+            allowed: "vxlan or hostRoutes",
+        },
+        Case {
+            what: "pod routing at its old place under provider.aws",
+            text: String::from_utf8(
+                std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/gpu-1000.yaml"))
+                    .unwrap(),
+            )
+            .unwrap()
+            .replacen("    ami:\n", "    podRouting: hostRoutes\n    ami:\n", 1),
             sets: &[],
             path: "provider.aws.podRouting",
-            line: 14,
-            column: 17,
+            line: 11,
+            column: 5,
+            found: "podRouting",
+            allowed: "moved to network.podRouting (hostRoutes, vxlan or routeTable)",
+        },
+        Case {
+            what: "route-table mode on local nodes",
+            text: good_with(
+                "  dnsServiceIP: 10.32.0.10\n",
+                "  dnsServiceIP: 10.32.0.10\n  podRouting: routeTable\n",
+            ),
+            sets: &[],
+            path: "network.podRouting",
+            line: 12,
+            column: 15,
             found: "routeTable",
-            allowed: "hostRoutes",
+            allowed: "hostRoutes or vxlan",
         },
     ];
     for c in cases {

@@ -505,7 +505,7 @@ fn control_planes_are_tainted_and_gpu_nodes_keep_their_taints() {
 #[test]
 fn local_workarounds_only_on_local_nodes() {
     let local = fixture("local-3", &[]);
-    let cloud = fixture("gpu-dev", &[]);
+    let cloud = fixture("gpu-dev", &["network.podRouting=routeTable"]);
     let l = node(&local.bundle, "worker-1");
     let c = node(&cloud.bundle, "cpu-1");
     assert!(has(l, "/usr/local/lib/k8sforge/node-prep.sh"));
@@ -516,8 +516,10 @@ fn local_workarounds_only_on_local_nodes() {
     assert_eq!(kp["conntrack"]["maxPerCore"], 0);
 
     assert!(!c.units.iter().any(|u| u.contains("node-prep")));
-    // gpu-dev routes pods through AWS route tables: no host routes on the nodes.
+    // gpu-dev in routeTable mode routes pods through AWS route tables: nothing on the nodes.
     assert!(!c.units.iter().any(|u| u.contains("pod-routes")));
+    // Host routes (local default): no MTU set on the CNI bridge, the default stays.
+    assert!(!text(l, "/etc/cni/net.d/10-bridge.conf").contains("mtu"));
     let routes = text(l, "/usr/local/lib/k8sforge/pod-routes.sh");
     for other in local
         .inventory
@@ -824,4 +826,53 @@ fn pem_der(pem_text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap()
+}
+
+#[test]
+fn vxlan_mode_renders_the_tunnel_unit_and_the_bridge_mtu() {
+    // AWS default (gpu-dev) and local nodes by choice: the same unit, MTU per provider.
+    for (f, node_name, mtu) in [
+        (fixture("gpu-dev", &[]), "cpu-1", 8951),
+        (
+            fixture("local-3", &["network.podRouting=vxlan"]),
+            "worker-1",
+            1450,
+        ),
+    ] {
+        let n = node(&f.bundle, node_name);
+        assert!(n.units.iter().any(|u| u == "k8sforge-pod-routes.service"));
+        let script = text(n, "/usr/local/lib/k8sforge/pod-routes.sh");
+        let me = f
+            .inventory
+            .nodes
+            .iter()
+            .find(|x| x.name == node_name)
+            .unwrap();
+        assert!(
+            script.contains(&format!(
+                "mtu {mtu} type vxlan id 1 dstport 4789 local {} nolearning",
+                me.internal_ip
+            )),
+            "{script}"
+        );
+        // One record per other node, none for itself, and no plain host route.
+        for other in &f.inventory.nodes {
+            let record = format!(
+                "{} {} {}\n",
+                other.pod_cidr,
+                other.internal_ip,
+                k8sforge::render::routes::vxlan_mac(other.internal_ip)
+            );
+            assert_eq!(
+                script.contains(&record),
+                other.name != node_name,
+                "{record}"
+            );
+        }
+        assert!(!script.contains("ip route replace"), "{script}");
+        let bridge: serde_json::Value =
+            serde_json::from_str(&text(n, "/etc/cni/net.d/10-bridge.conf")).unwrap();
+        assert_eq!(bridge["mtu"], mtu, "{bridge}");
+        assert_eq!(bridge["bridge"], "cni0");
+    }
 }

@@ -193,12 +193,14 @@ fn deserialize_collecting(
                 for path in unknown {
                     let field = path.rsplit(['.', '[']).next().unwrap_or(&path).to_string();
                     let parent = source_map::parent_path(&path).unwrap_or_default();
-                    reporter.key_error(
-                        &path,
-                        format!("unknown field `{field}`"),
-                        field,
-                        allowed_fields(&parent),
-                    );
+                    // The one field that moved: say where to, not just what is allowed here.
+                    let allowed = if path == "provider.aws.podRouting" {
+                        "pod routing moved to network.podRouting (hostRoutes, vxlan or routeTable)"
+                            .to_string()
+                    } else {
+                        allowed_fields(&parent)
+                    };
+                    reporter.key_error(&path, format!("unknown field `{field}`"), field, allowed);
                 }
                 return (Some(profile), replaced);
             }
@@ -370,7 +372,6 @@ fn allowed_fields(parent: &str) -> String {
             "zones",
             "adminCIDRs",
             "ami",
-            "podRouting",
             "bastion",
             "routeTableLimit",
         ],
@@ -384,6 +385,7 @@ fn allowed_fields(parent: &str) -> String {
             "serviceCIDR",
             "apiServiceIP",
             "dnsServiceIP",
+            "podRouting",
         ],
         "controlPlane" => &["count", "aws", "gcp"],
         "workers" => &[

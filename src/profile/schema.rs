@@ -90,14 +90,43 @@ pub struct StaticProviderSpec {
     pub inventory: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How pod traffic gets from one node to another node's pod CIDR (`network.podRouting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum AwsPodRouting {
-    /// Host routes on every node via the owning node (any node count).
-    #[default]
+pub enum PodRouting {
+    /// Host routes on every node via the owning node: nodes share one L2 segment or subnet, and
+    /// on AWS every instance's source/destination check must be off (one API call per instance).
     HostRoutes,
-    /// VPC route-table entries (AWS allows 50 routes per table by default).
+    /// Pod packets encapsulated in VXLAN between node addresses (statically configured, no
+    /// daemon): passes the cloud's source/destination check with it on, any node count, any subnets.
+    Vxlan,
+    /// AWS only: VPC route-table entries (AWS allows 50 routes per table by default).
     RouteTable,
+}
+
+impl PodRouting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodRouting::HostRoutes => "hostRoutes",
+            PodRouting::Vxlan => "vxlan",
+            PodRouting::RouteTable => "routeTable",
+        }
+    }
+}
+
+impl Profile {
+    /// The pod routing in effect: `network.podRouting`, else the provider's default (host routes
+    /// for local and static nodes, VXLAN on AWS). `None` on GCP: alias IP ranges route pod CIDRs
+    /// in the cloud network.
+    pub fn pod_routing(&self) -> Option<PodRouting> {
+        match self.provider.kind {
+            ProviderKind::Gcp => None,
+            ProviderKind::Local | ProviderKind::Static => {
+                Some(self.network.pod_routing.unwrap_or(PodRouting::HostRoutes))
+            }
+            ProviderKind::Aws => Some(self.network.pod_routing.unwrap_or(PodRouting::Vxlan)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,8 +140,6 @@ pub struct AwsProviderSpec {
     #[serde(rename = "adminCIDRs")]
     pub admin_cidrs: Vec<Ipv4Net>,
     pub ami: AmiLookup,
-    #[serde(default)]
-    pub pod_routing: AwsPodRouting,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bastion: Option<String>,
     /// Routes per VPC route table allowed for this account (AWS default 50).
@@ -181,6 +208,9 @@ pub struct NetworkSpec {
     pub api_service_ip: Option<Ipv4Addr>,
     #[serde(rename = "dnsServiceIP")]
     pub dns_service_ip: Ipv4Addr,
+    /// Default by provider: see `Profile::pod_routing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_routing: Option<PodRouting>,
 }
 
 impl Default for NetworkSpec {
@@ -192,6 +222,7 @@ impl Default for NetworkSpec {
             service_cidr: "10.32.0.0/24".parse().unwrap_or_else(|_| unreachable!()),
             api_service_ip: None,
             dns_service_ip: Ipv4Addr::new(10, 32, 0, 10),
+            pod_routing: None,
         }
     }
 }

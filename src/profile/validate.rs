@@ -125,18 +125,18 @@ fn check_provider(p: &Profile, r: &mut Reporter) {
                     }
                 }
                 let nodes = total_nodes(p);
-                if aws.pod_routing == AwsPodRouting::RouteTable
+                if p.pod_routing() == Some(PodRouting::RouteTable)
                     && nodes > u64::from(aws.route_table_limit)
                 {
                     r.error(
-                        "provider.aws.podRouting",
+                        "network.podRouting",
                         format!(
                             "routeTable mode needs one VPC route per node: {nodes} nodes exceed the {} routes a route table holds",
                             aws.route_table_limit
                         ),
                         "routeTable",
                         format!(
-                            "hostRoutes (works at any node count), or at most {} nodes (raise provider.aws.routeTableLimit only after AWS raised your quota)",
+                            "vxlan or hostRoutes (both work at any node count), or at most {} nodes (raise provider.aws.routeTableLimit only after AWS raised your quota)",
                             aws.route_table_limit
                         ),
                     );
@@ -395,6 +395,25 @@ fn is_label_key(key: &str) -> bool {
 fn check_network(p: &Profile, r: &mut Reporter) {
     let n = &p.network;
     let nodes = total_nodes(p);
+
+    match (p.provider.kind, n.pod_routing) {
+        (ProviderKind::Gcp, Some(mode)) => r.error(
+            "network.podRouting",
+            "GCP routes pod CIDRs through alias IP ranges; there is no other mode",
+            mode.as_str(),
+            "no network.podRouting for provider kind gcp",
+        ),
+        (kind, Some(PodRouting::RouteTable)) if kind != ProviderKind::Aws => r.error(
+            "network.podRouting",
+            format!(
+                "routeTable uses VPC route tables, which only provider kind aws has, not {}",
+                kind.as_str()
+            ),
+            "routeTable",
+            "hostRoutes or vxlan",
+        ),
+        _ => {}
+    }
 
     // Pod range: one block of podPrefixPerNode per node (control planes register too).
     if n.pod_prefix_per_node < n.pod_cidr.prefix_len() || n.pod_prefix_per_node > 28 {

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::RenderError;
 use crate::artifacts::{self, Release};
 use crate::inventory::{Inventory, Node, Role};
-use crate::profile::{AwsPodRouting, Profile, ProviderKind, Taint, TaintEffect};
+use crate::profile::{PodRouting, Profile, ProviderKind, Taint, TaintEffect};
 
 /// CN of the front-proxy client certificate; the apiserver only trusts request headers from a
 /// client with this name. Must equal the PKI table's CN for `front-proxy-client` (kubeadm's).
@@ -62,9 +62,9 @@ pub struct ClusterCtx {
     pub provider: &'static str,
     /// systemd-nspawn nodes: the container-specific workarounds apply.
     pub local: bool,
-    /// Pod traffic between nodes uses host routes via the owning node (local, static, AWS
-    /// hostRoutes); GCP alias ranges and AWS route tables route in the cloud network instead.
-    pub host_routes: bool,
+    /// Pod MTU for the CNI bridge: set in VXLAN mode (underlay minus the encapsulation),
+    /// otherwise the pod interfaces keep the default.
+    pub pod_mtu: Option<u32>,
     pub cluster_domain: String,
     pub pod_cidr: String,
     pub service_cidr: String,
@@ -105,15 +105,8 @@ impl ClusterCtx {
             containerd_version: release.containerd.to_string(),
             provider: profile.provider.kind.as_str(),
             local,
-            host_routes: match profile.provider.kind {
-                ProviderKind::Local | ProviderKind::Static => true,
-                ProviderKind::Aws => profile
-                    .provider
-                    .aws
-                    .as_ref()
-                    .is_none_or(|a| a.pod_routing == AwsPodRouting::HostRoutes),
-                ProviderKind::Gcp => false,
-            },
+            pod_mtu: (profile.pod_routing() == Some(PodRouting::Vxlan))
+                .then(|| super::routes::vxlan_mtu(profile.provider.kind)),
             cluster_domain: profile.kubernetes.cluster_domain.clone(),
             pod_cidr: profile.network.pod_cidr.to_string(),
             service_cidr: profile.network.service_cidr.to_string(),

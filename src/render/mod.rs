@@ -22,7 +22,7 @@ pub use bundle::{Binary, Bundle, BundleFile, NodeBundle};
 
 use crate::artifacts;
 use crate::inventory::Inventory;
-use crate::profile::Profile;
+use crate::profile::{PodRouting, Profile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -98,9 +98,15 @@ pub fn render_release(
         features => Value::from(Serde(features)),
         paths => Value::from(Serde(paths::PATHS)),
     };
-    let routes = cluster
-        .host_routes
-        .then(|| routes::PodRoutes::new(inventory));
+    let mode = match profile.pod_routing() {
+        Some(PodRouting::HostRoutes) => Some(routes::Mode::HostRoutes),
+        Some(PodRouting::Vxlan) => Some(routes::Mode::Vxlan {
+            mtu: routes::vxlan_mtu(profile.provider.kind),
+        }),
+        // The cloud network routes pod CIDRs (AWS route tables, GCP alias ranges).
+        Some(PodRouting::RouteTable) | None => None,
+    };
+    let routes = mode.map(|m| routes::PodRoutes::new(inventory, m));
     let shared = node::Shared {
         env,
         routes: routes.as_ref(),

@@ -1,11 +1,20 @@
 //! Machines: found by tag, launched in RunInstances batches (MinCount = MaxCount, one call per
 //! batch of up to 500 contiguous nodes of one group in one subnet), waited for with one describe
-//! per batch per round, and prepared for pod routing (source/destination check off). A launch
-//! whose answer was lost is looked up by its batch tag before it is sent again (see `launch`).
+//! per batch per round, and prepared for pod routing (source/destination check off, in the
+//! routed modes only). A launch whose answer was lost is looked up by its batch tag before it is
+//! sent again (see `launch`).
 //!
-//! # Why source/destination check costs one call per instance
+//! # VXLAN (the default): no call per instance
 //!
-//! Pod routing (host routes in the subnet, or VPC routes to instances) sends packets whose
+//! In `network.podRouting: vxlan` every pod packet between nodes travels inside a UDP 4789
+//! packet from one node's address to the other's (`render::routes` configures the VXLAN device
+//! statically on every node). EC2 sees only node addresses, so the check passes the traffic
+//! with it left on and nothing below is called: provisioning stays a few dozen calls at any node
+//! count. The security group's "all traffic from the group" rule admits UDP 4789.
+//!
+//! # Why, in the routed modes, source/destination check costs one call per instance
+//!
+//! Routed pod traffic (host routes in the subnet, or VPC routes to instances) sends packets whose
 //! source or destination is a pod address, not the instance's: EC2 drops them unless the
 //! instance's source/destination check is off. The whole provisioning takes a few dozen calls,
 //! except this. The EC2 API (checked against the full API model of aws-sdk-ec2 1.274):
@@ -27,7 +36,8 @@
 //! - Nodes turning their own check off at boot (as Calico's Felix can) make the same calls,
 //!   from the nodes, and need an instance role allowed to modify instances.
 //!
-//! So with routed pod CIDRs the floor is one call per instance, and this module pays exactly
+//! So with routed pod CIDRs the floor is one call per instance (hence VXLAN, whose pod packets
+//! are never seen by the check), and in hostRoutes/routeTable mode this module pays exactly
 //! that: only for instances still checking (a re-run makes none), `Options::parallelism`
 //! calls in flight, throttling retried with jittered backoff. Everything else stays batched.
 //!
@@ -53,6 +63,7 @@ use super::preflight::quota_for;
 use super::retry;
 use super::session::Session;
 use super::tags::{self, BATCH_TAG, ROLE_TAG};
+use crate::profile::PodRouting;
 
 /// States of an instance that still exists (teardown and adoption both ignore terminated ones).
 pub const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped", "shutting-down"];
@@ -178,7 +189,10 @@ pub async fn ensure(
             nodes.entry(n.name.clone()).or_insert(i);
         }
     }
-    disable_source_dest_check(s, &nodes).await?;
+    // VXLAN carries pod packets between node addresses: the check passes them as it is.
+    if plan.routing != PodRouting::Vxlan {
+        disable_source_dest_check(s, &nodes).await?;
+    }
     if !failed.is_empty() {
         return Err(AwsError::Capacity(format!(
             "{} of {} launch batches failed:\n  {}\n\

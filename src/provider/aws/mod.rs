@@ -45,7 +45,7 @@ pub use error::AwsError;
 pub use session::Options;
 
 use crate::inventory::{Inventory, Role};
-use crate::profile::AwsPodRouting;
+use crate::profile::PodRouting;
 use crate::provider::{Provider, ProviderError, ProvisionContext, TeardownReport};
 use plan::AwsPlan;
 use session::Session;
@@ -119,7 +119,7 @@ impl AwsProvider {
         let key = keypair::ensure(&s, &ctx.ssh_public_key).await?;
         let net = network::ensure(&s, &plan).await?;
         let nodes = instances::ensure(&s, &plan, &net, &ami, &key).await?;
-        if plan.routing == AwsPodRouting::RouteTable {
+        if plan.routing == PodRouting::RouteTable {
             instances::ensure_routes(&s, &plan, &net.route_table_id, &nodes).await?;
         }
         let control_planes: Vec<String> = plan

@@ -8,7 +8,7 @@ use ipnet::Ipv4Net;
 
 use super::error::AwsError;
 use crate::inventory::{Inventory, Role};
-use crate::profile::{AmiLookup, AwsPodRouting, Profile};
+use crate::profile::{AmiLookup, PodRouting, Profile};
 
 /// Most instances one RunInstances call asks for. AWS accepts more per call for small types,
 /// but 500 keeps a capacity failure's blast radius and the response size reasonable.
@@ -125,7 +125,7 @@ pub struct AwsPlan {
     pub nodes: Vec<NodePlan>,
     pub api_port: u16,
     pub ami: AmiLookup,
-    pub routing: AwsPodRouting,
+    pub routing: PodRouting,
     pub bastion: Option<String>,
 }
 
@@ -151,9 +151,11 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
     } else {
         aws.zones.clone()
     };
-    if zones.len() > 1 && aws.pod_routing == AwsPodRouting::HostRoutes {
+    // AWS profiles always have one (VXLAN by default).
+    let routing = profile.pod_routing().unwrap_or(PodRouting::Vxlan);
+    if zones.len() > 1 && routing == PodRouting::HostRoutes {
         return Err(AwsError::Preflight(format!(
-            "provider.aws.podRouting: hostRoutes needs every node in one subnet, but provider.aws.zones lists {} zones; use one zone, or routeTable for small clusters",
+            "network.podRouting: hostRoutes needs every node in one subnet, but provider.aws.zones lists {} zones; use one zone, or vxlan (any subnets), or routeTable for small clusters",
             zones.len()
         )));
     }
@@ -224,9 +226,12 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
     }
     // Everything between the cluster's machines.
     rules.insert(Rule::all(Source::SelfGroup));
-    // Pod-to-pod traffic keeps pod source addresses (no SNAT, source/destination check off),
-    // which a group reference does not match.
-    rules.insert(Rule::all(Source::Cidr(profile.network.pod_cidr)));
+    // Routed pod traffic keeps pod source addresses (no SNAT, source/destination check off),
+    // which a group reference does not match. VXLAN needs no such rule: its outer packets
+    // (UDP 4789) go between node addresses, which the group rule above admits.
+    if routing != PodRouting::Vxlan {
+        rules.insert(Rule::all(Source::Cidr(profile.network.pod_cidr)));
+    }
     // The NLB's health checks and forwarded connections come from its addresses in the subnets.
     rules.insert(Rule::tcp(port, Source::Cidr(vpc_cidr)));
 
@@ -239,7 +244,7 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
         nodes,
         api_port: port,
         ami: aws.ami.clone(),
-        routing: aws.pod_routing,
+        routing,
         bastion: aws.bastion.clone(),
     })
 }
@@ -356,18 +361,23 @@ mod tests {
     #[test]
     fn rules_are_exactly_admin_ssh_api_cluster_and_pods() {
         let (p, inv) = gpu1000();
-        let plan = plan(&p, &inv, "us-east-1").unwrap();
+        let vxlan = plan(&p, &inv, "us-east-1").unwrap();
         let admin: Ipv4Net = "203.0.113.0/24".parse().unwrap();
-        let want: BTreeSet<Rule> = [
+        let mut want: BTreeSet<Rule> = [
             Rule::tcp(22, Source::Cidr(admin)),
             Rule::tcp(6443, Source::Cidr(admin)),
             Rule::all(Source::SelfGroup),
-            Rule::all(Source::Cidr("10.64.0.0/14".parse().unwrap())),
             Rule::tcp(6443, Source::Cidr("10.0.0.0/20".parse().unwrap())),
         ]
         .into_iter()
         .collect();
-        assert_eq!(plan.rules, want);
+        assert_eq!(vxlan.rules, want);
+        // Routed pod traffic carries pod source addresses: the pod range is admitted too.
+        let mut p = p;
+        p.network.pod_routing = Some(PodRouting::HostRoutes);
+        let routed = plan(&p, &inv, "us-east-1").unwrap();
+        want.insert(Rule::all(Source::Cidr("10.64.0.0/14".parse().unwrap())));
+        assert_eq!(routed.rules, want);
     }
 
     #[test]
@@ -395,15 +405,39 @@ mod tests {
     fn host_routes_across_zones_is_refused() {
         let p = profile::load(
             "gpu-1000",
-            &["provider.aws.zones=[us-east-1a,us-east-1b]".to_string()],
+            &[
+                "provider.aws.zones=[us-east-1a,us-east-1b]".to_string(),
+                "network.podRouting=hostRoutes".to_string(),
+            ],
         )
         .unwrap()
         .profile;
         let inv = crate::inventory::planned(&p, &Default::default()).unwrap();
         let e = plan(&p, &inv, "us-east-1").unwrap_err().to_string();
         assert!(
-            e.contains("hostRoutes needs every node in one subnet"),
+            e.contains("network.podRouting: hostRoutes needs every node in one subnet"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn vxlan_spans_zones_and_opens_no_pod_range() {
+        let p = profile::load(
+            "gpu-1000",
+            &["provider.aws.zones=[us-east-1a,us-east-1b]".to_string()],
+        )
+        .unwrap()
+        .profile;
+        let inv = crate::inventory::planned(&p, &Default::default()).unwrap();
+        let plan = plan(&p, &inv, "us-east-1").unwrap();
+        assert_eq!(plan.routing, PodRouting::Vxlan);
+        assert_eq!(plan.subnets.len(), 2);
+        // Encapsulated pod traffic is node-to-node: the group rule covers it, the pod range
+        // gets no rule of its own.
+        assert!(plan.rules.contains(&Rule::all(Source::SelfGroup)));
+        assert!(!plan
+            .rules
+            .iter()
+            .any(|r| r.source == Source::Cidr(p.network.pod_cidr)));
     }
 }
