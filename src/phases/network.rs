@@ -1,7 +1,9 @@
-//! Phase `network` (Hard Way: "Provisioning Pod Network Routes"): every node routes each other
-//! node's pod CIDR via that node's address, from a oneshot unit so the routes survive reboots.
-//! This is the host-routes model for local and same-subnet nodes; cloud route tables and GCP alias
-//! ranges are set up by the provider at provision time.
+//! Phase `network` (Hard Way: "Provisioning Pod Network Routes"): every node reaches each other
+//! node's pod CIDR, from a oneshot unit so the routes survive reboots. `network.podRouting`
+//! chooses how: host routes via the owning node (local, static), or a static VXLAN overlay
+//! (AWS's default: encapsulated traffic passes EC2's source/destination check, so no
+//! per-instance call is needed); AWS route tables and GCP alias ranges are set up by the
+//! provider at provision time.
 
 use std::time::Instant;
 
