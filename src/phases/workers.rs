@@ -63,15 +63,25 @@ impl Phase for Workers {
             .with_role(Role::ControlPlane)
             .map(|n| n.name.clone())
             .collect();
-        let Some(cp) = inv.with_role(Role::ControlPlane).next().cloned() else {
-            return Err(PhaseError::Failed(
-                "the inventory has no control plane".into(),
-            ));
-        };
+        // Any reachable control plane will do: one may be down in an HA cluster.
+        let mut errors = Vec::new();
+        let conn = inv
+            .with_role(Role::ControlPlane)
+            .find_map(|cp| match exec.connect(cp) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", cp.name));
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                PhaseError::Failed(if errors.is_empty() {
+                    "the inventory has no control plane".into()
+                } else {
+                    format!("no control plane reachable: {}", errors.join("; "))
+                })
+            })?;
         let port = ctx.loaded.profile.api_server.port;
-        let conn = exec
-            .connect(&cp)
-            .map_err(|e| PhaseError::Failed(format!("{}: {e}", cp.name)))?;
 
         // Wait until every node is registered and Ready.
         let deadline = Instant::now() + READY_TIMEOUT;
