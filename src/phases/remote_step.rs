@@ -43,14 +43,10 @@ pub fn executor(ctx: &Context) -> Result<Executor, PhaseError> {
     Executor::new(&ctx.dir.root, opts).map_err(|e| PhaseError::Failed(e.to_string()))
 }
 
-/// Fetch (cached, verified) and extract the artifacts of `components`.
-fn artifact_files(
+/// The profile's pinned release and the artifact source (profile + `--mirror` flags).
+fn release_and_source(
     ctx: &Context,
-    components: &[(Component, &[&str])],
-) -> Result<Vec<(Component, SyncFile)>, PhaseError> {
-    if components.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<(&'static artifacts::Release, ArtifactSource), PhaseError> {
     let p = &ctx.loaded.profile;
     let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
         PhaseError::Failed(format!(
@@ -64,6 +60,18 @@ fn artifact_files(
         ctx.trust_mirror_checksums,
     )
     .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    Ok((release, source))
+}
+
+/// Fetch (cached, verified) and extract the artifacts of `components`.
+fn artifact_files(
+    ctx: &Context,
+    components: &[(Component, &[&str])],
+) -> Result<Vec<(Component, SyncFile)>, PhaseError> {
+    if components.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (release, source) = release_and_source(ctx)?;
     let wanted: Vec<Component> = components.iter().map(|(c, _)| *c).collect();
     let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
     let prepared = artifacts::prepare(home, release, &source, &wanted)
@@ -88,19 +96,7 @@ fn artifact_files(
 /// without it), and the add-on images the mirror lists (the `addons` phase says which one is
 /// missing when it needs it).
 fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
-    let p = &ctx.loaded.profile;
-    let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
-        PhaseError::Failed(format!(
-            "no pinned release for Kubernetes {}",
-            p.kubernetes.version
-        ))
-    })?;
-    let source = ArtifactSource::from_profile(
-        &p.artifacts,
-        ctx.mirror.as_deref(),
-        ctx.trust_mirror_checksums,
-    )
-    .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    let (release, source) = release_and_source(ctx)?;
     let fail = |e: artifacts::ArtifactError| PhaseError::Failed(e.to_string());
     let listed = artifacts::source::load_manifest(&source.mirror)
         .map_err(fail)?
