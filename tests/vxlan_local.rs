@@ -9,6 +9,8 @@
 //! so it runs beside the other local tests. Needs root, systemd-container, debootstrap and apt
 //! access (test mirror, cached under /var/cache/k8sforge-testkit).
 
+mod support;
+
 use std::fs;
 use std::process::{Command, Output};
 
@@ -16,33 +18,6 @@ use k8sforge::render::routes::{vxlan_mac, VXLAN_DEV};
 use k8sforge::testkit::mirror;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
-
-/// A free 198.19.X.0/24, held by a lock file for the life of the test (same scheme as
-/// tests/local_provider.rs, so concurrent tests never pick the same one).
-fn reserve_subnet() -> (u8, fs::File) {
-    use std::os::unix::io::AsRawFd;
-    for x in 20u8..=250 {
-        let path = std::env::temp_dir().join(format!("k8sforge-local-test-subnet-{x}.lock"));
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            continue;
-        }
-        let addrs = Command::new("ip")
-            .args(["-4", "-o", "addr", "show"])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&addrs.stdout).contains(&format!(" 198.19.{x}.")) {
-            return (x, f);
-        }
-    }
-    panic!("no free 198.19.X.0/24 test subnet");
-}
 
 struct Cluster {
     home: tempfile::TempDir,
@@ -148,7 +123,7 @@ fn vxlan_pod_network_carries_pod_traffic_between_local_nodes() {
         "this test boots systemd-nspawn nodes: run as root"
     );
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let (x, lock) = reserve_subnet();
+    let (x, lock) = support::subnet::reserve_subnet();
     let c = Cluster {
         home: tempfile::tempdir().unwrap(),
         mirror: m.root.display().to_string(),

@@ -6,3 +6,4 @@ pub mod sshd;
 
 pub use placeholder_pki::*;
 pub mod aws;
+pub mod subnet;
