@@ -30,8 +30,11 @@ pub const PACKAGES: &[&str] = &[
     "iptables",
     "conntrack",
     "socat",
+    // What a cloud VM image has and k8sforge relies on: nodes fetch artifacts themselves, and a
+    // non-root login user elevates with `sudo -n`.
+    "curl",
+    "sudo",
 ];
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Bump when `configure` changes in a way the recipe text does not show.
 const FORMAT: u32 = 1;
 /// Written last into a finished image directory; holds the key.
@@ -216,7 +219,7 @@ pub fn cached(root: &Path) -> Option<Image> {
 
 /// Return the cached image, building it first when missing (serialised by a lock file, so
 /// concurrent runs build it once).
-pub fn ensure(root: &Path, mirror: &str) -> Result<Image, LocalError> {
+pub fn ensure(root: &Path, mirror: Option<&str>) -> Result<Image, LocalError> {
     if let Some(img) = cached(root) {
         return Ok(img);
     }
@@ -240,7 +243,81 @@ pub fn ensure(root: &Path, mirror: &str) -> Result<Image, LocalError> {
     if let Some(img) = cached(root) {
         return Ok(img);
     }
-    build(root, mirror)
+    // Only a build needs an archive: a cached image works on a machine without apt sources.
+    let archive = match mirror {
+        Some(m) => m.to_string(),
+        None => apt_archive()?,
+    };
+    build(root, &archive)
+}
+
+/// The Debian archive this machine's apt already uses (as the testbed's nodes.sh does): the first
+/// `URIs:` of `/etc/apt/sources.list.d/*.sources`, else the first `deb` line of
+/// `/etc/apt/sources.list`. k8sforge names no archive of its own.
+pub fn apt_archive() -> Result<String, LocalError> {
+    let mut sources: Vec<PathBuf> = fs::read_dir("/etc/apt/sources.list.d")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "sources"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sources.sort();
+    for path in &sources {
+        if let Some(uri) = fs::read_to_string(path)
+            .ok()
+            .and_then(|text| first_deb822_uri(&text))
+        {
+            return Ok(uri);
+        }
+    }
+    if let Some(uri) = fs::read_to_string("/etc/apt/sources.list")
+        .ok()
+        .and_then(|text| first_one_line_uri(&text))
+    {
+        return Ok(uri);
+    }
+    Err(LocalError::NoDebianArchive)
+}
+
+/// First URI of a deb822 stanza whose `Types:` include `deb`.
+fn first_deb822_uri(text: &str) -> Option<String> {
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
+            })
+        };
+        let is_deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        if !is_deb || field("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        if let Some(uri) =
+            field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string))
+        {
+            return Some(uri);
+        }
+    }
+    None
+}
+
+/// First URI of a one-line `deb [options] URI suite …` entry.
+fn first_one_line_uri(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        if words.next()? != "deb" {
+            return None;
+        }
+        let mut w = words.next()?;
+        if w.starts_with('[') {
+            while !w.ends_with(']') {
+                w = words.next()?;
+            }
+            w = words.next()?;
+        }
+        Some(w.to_string())
+    })
 }
 
 fn build(root: &Path, mirror: &str) -> Result<Image, LocalError> {
@@ -377,6 +454,33 @@ fn remove_tree(p: &Path) -> Result<(), LocalError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn archive_comes_from_deb822_sources() {
+        let text = "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n\
+                    Types: deb\nURIs: http://archive.example/debian http://other.example/\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(
+            super::first_deb822_uri(text).as_deref(),
+            Some("http://archive.example/debian")
+        );
+        let disabled = "Types: deb\nEnabled: no\nURIs: http://off.example/debian\n";
+        assert_eq!(super::first_deb822_uri(disabled), None);
+    }
+
+    #[test]
+    fn archive_comes_from_one_line_sources() {
+        let text = "# comment\ndeb-src http://src.example/ bookworm main\n\
+                    deb [arch=amd64 signed-by=/k.gpg] http://archive.example/debian bookworm main\n";
+        assert_eq!(
+            super::first_one_line_uri(text).as_deref(),
+            Some("http://archive.example/debian")
+        );
+        assert_eq!(
+            super::first_one_line_uri("deb http://a.example/d bookworm main").as_deref(),
+            Some("http://a.example/d")
+        );
+    }
+
     use super::*;
 
     #[test]

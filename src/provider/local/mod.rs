@@ -66,6 +66,12 @@ pub enum LocalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "no Debian archive to build the node image from: this machine's apt has no `deb` source \
+         (/etc/apt/sources.list.d/*.sources or /etc/apt/sources.list); set K8SFORGE_DEBIAN_MIRROR \
+         to the archive's URL"
+    )]
+    NoDebianArchive,
     #[error("building the node image failed at {step}; log: {}\n{tail}", log.display())]
     ImageBuild {
         step: String,
@@ -182,8 +188,9 @@ pub struct LocalConfig {
     pub stop_timeout: Duration,
     /// In-node `systemctl reboot`s honoured per boot of the launcher.
     pub max_reboots: u32,
-    /// Debian mirror for the image build (env `K8SFORGE_DEBIAN_MIRROR`).
-    pub mirror: String,
+    /// Debian archive for the image build (env `K8SFORGE_DEBIAN_MIRROR`; unset: the one this
+    /// machine's apt uses).
+    pub mirror: Option<String>,
     /// Executable that runs the hidden launcher verb (env `K8SFORGE_LOCAL_LAUNCHER`, else this
     /// program).
     pub launcher_exe: PathBuf,
@@ -240,7 +247,8 @@ impl LocalConfig {
             stop_timeout: env_secs("K8SFORGE_LOCAL_STOP_TIMEOUT", 15)?,
             max_reboots: 5,
             mirror: std::env::var("K8SFORGE_DEBIAN_MIRROR")
-                .unwrap_or_else(|_| image::DEFAULT_MIRROR.to_string()),
+                .ok()
+                .filter(|m| !m.trim().is_empty()),
             launcher_exe,
         })
     }
@@ -366,7 +374,7 @@ impl LocalProvider {
             image_built: image::cached(&cfg.root).is_none(),
             ..Default::default()
         };
-        let img = image::ensure(&cfg.root, &cfg.mirror)?;
+        let img = image::ensure(&cfg.root, cfg.mirror.as_deref())?;
         let runtime = cfg.runtime_dir();
         fs::create_dir_all(runtime.join("nodes")).map_err(|e| LocalError::io(&runtime, e))?;
         let _lock = lock_dir(&runtime)?;
