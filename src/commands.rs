@@ -58,6 +58,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if loaded.profile.provider.kind == profile::ProviderKind::Aws {
                 return crate::provider::aws::cli::teardown(&home, &loaded, dry_run);
             }
+            if loaded.profile.provider.kind == profile::ProviderKind::Static {
+                return crate::provider::static_teardown::teardown(&home, &loaded, dry_run);
+            }
             not_implemented(&format!(
                 "`teardown` for the {} provider",
                 loaded.profile.provider.kind.as_str()

@@ -5,6 +5,7 @@ pub mod addons;
 pub mod control_plane;
 pub mod etcd;
 pub mod network;
+pub mod node_prep;
 pub mod pki;
 pub mod provision;
 pub mod remote_step;

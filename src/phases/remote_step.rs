@@ -196,6 +196,18 @@ pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseRep
     // Record what the nodes that succeeded now hold (rendered files; binaries are pinned).
     for nr in &report.nodes {
         if let Some(plan) = plans.get(&nr.node) {
+            let rec = ctx
+                .state
+                .installed_artifacts
+                .entry(step.phase.as_str().to_string())
+                .or_default();
+            rec.nodes.insert(nr.node.clone());
+            rec.paths.extend(
+                plan.files
+                    .iter()
+                    .filter(|f| matches!(f.source, FileSource::Local(_)))
+                    .map(|f| f.path.clone()),
+            );
             for f in plan
                 .files
                 .iter()

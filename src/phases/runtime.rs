@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use super::node_prep;
 use super::remote_step::{self, RemoteStep};
 use super::{Context, Phase, PhaseError, PhaseName, PhaseSummary};
 use crate::artifacts::Component;
@@ -45,16 +46,17 @@ impl Phase for Runtime {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
+        let kernel = node_prep::run(ctx, &remote_step::executor(ctx)?)?;
+        if !kernel.failed_pairs().is_empty() {
+            return Ok(node_prep::summary(&kernel, started));
+        }
         let (_, report) = remote_step::apply(ctx, &STEP)?;
         let detail = format!(
-            "containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
-            report.nodes_ok, report.files_changed, report.units_restarted
+            "kernel settings read back on {} nodes; containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
+            kernel.nodes.len(), report.nodes_ok, report.files_changed + kernel.files_changed, report.units_restarted
         );
-        Ok(remote_step::summary(
-            PhaseName::Runtime,
-            &report,
-            started,
-            detail,
-        ))
+        let mut s = remote_step::summary(PhaseName::Runtime, &report, started, detail);
+        s.files_changed += kernel.files_changed;
+        Ok(s)
     }
 }

@@ -11,6 +11,7 @@ pub mod aws;
 pub mod gcp;
 pub mod local;
 pub mod static_hosts;
+pub mod static_teardown;
 
 /// Tag key on every cloud resource k8sforge creates.
 pub const CLUSTER_TAG: &str = "k8sforge.io/cluster";

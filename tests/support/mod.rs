@@ -6,4 +6,5 @@ pub mod sshd;
 
 pub use placeholder_pki::*;
 pub mod aws;
+pub mod cloud_nodes;
 pub mod subnet;
