@@ -131,7 +131,8 @@ pub fn script(s: &KernelSettings) -> String {
     for m in &s.modules {
         let q = shell_quote(m);
         sh.push_str(&format!(
-            "if [ -d /sys/module/{q} ] || modprobe {q} 2>\"$err\" && [ -d /sys/module/{q} ]; then \
+            "loaded() {{ [ -d /sys/module/$1 ] || grep -q \"^$1 \" /proc/modules || grep -qw \"$1\" /proc/filesystems; }}\n\
+             if loaded {q} || modprobe {q} 2>\"$err\" && loaded {q}; then \
              echo {TAG} module {q} ok loaded; \
              else echo {TAG} module {q} bad absent \"$(head -n1 \"$err\" | tr -s ' \\t' ' ')\"; fi\n"
         ));

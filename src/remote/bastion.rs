@@ -111,6 +111,10 @@ struct Shared {
 pub struct Bastion {
     label: String,
     sess: Session,
+    /// libssh2 keeps ONE in-progress channel open per session: a non-blocking open answered
+    /// EAGAIN must be repeated by the same caller before any other open starts, or the channels
+    /// come back crossed (node A's session wired to node B — the pinned host keys catch it).
+    open_lock: Mutex<()>,
     shared: Arc<Shared>,
     waker: UnixStream,
     pump: Option<JoinHandle<()>>,
@@ -155,6 +159,7 @@ impl Bastion {
         Ok(Bastion {
             label,
             sess,
+            open_lock: Mutex::new(()),
             shared,
             waker,
             pump: Some(pump),
@@ -175,6 +180,7 @@ impl Bastion {
     ) -> Result<UnixStream, RemoteError> {
         let deadline = Instant::now() + timeout;
         let host = addr.ip().to_string();
+        let guard = self.open_lock.lock().unwrap_or_else(|e| e.into_inner());
         let ch = loop {
             match self.sess.channel_direct_tcpip(&host, addr.port(), None) {
                 Ok(ch) => break ch,
@@ -206,6 +212,7 @@ impl Bastion {
                 }
             }
         };
+        drop(guard);
         let io = |e: std::io::Error| RemoteError::Internal(format!("node {node}: socketpair: {e}"));
         let (mine, theirs) = UnixStream::pair().map_err(io)?;
         mine.set_nonblocking(true).map_err(io)?;

@@ -280,7 +280,14 @@ fn establish(
             });
         }
         HostKeyCheck::Unknown => {
-            known.pin(&node, &pattern, &blob)?;
+            // A node's name is pinned as an alias (for `ssh NODE`); a bastion's label is not a
+            // host name, so its address alone is.
+            let alias = if node.contains(char::is_whitespace) {
+                pattern.clone()
+            } else {
+                node.clone()
+            };
+            known.pin(&alias, &pattern, &blob)?;
             tracing::info!(
                 "{node}: pinned SSH host key {} {} of {pattern} on first contact (trust on first use; \
                  the provider reported none)",

@@ -55,8 +55,10 @@ pub const KERNEL_STAND_IN: &str = "set -eu\nstate=/run/cloud-kernel\nmkdir -p $s
     fix kernel/keys/root_maxkeys 1000000\nfix kernel/keys/root_maxbytes 25000000\n\
     [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg\n";
 
-/// Settings a container cannot have, for the static profile's `provider.static.kernelExceptions`.
+/// Settings a container cannot have, for the static profile's `provider.static.kernelExceptions`:
+/// it cannot load modules, and the swap it sees is its host's (it cannot turn that off).
 pub const CONTAINER_KERNEL_EXCEPTIONS: &[&str] = &[
+    "swap",
     "br_netfilter",
     "net.bridge.bridge-nf-call-iptables",
     "net.bridge.bridge-nf-call-ip6tables",
