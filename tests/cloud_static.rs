@@ -360,7 +360,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
     for (n, _) in &cluster {
         let got = st.ssh(
             n,
-            "sysctl -n net.ipv4.ip_forward; sysctl -n vm.overcommit_memory; \
+            "sudo -n sysctl -n net.ipv4.ip_forward; sudo -n sysctl -n vm.overcommit_memory; \
              stat -c '%U:%G %a' /etc/sysctl.d/90-k8sforge.conf /etc/modules-load.d/k8sforge.conf; \
              cat /etc/modules-load.d/k8sforge.conf",
         );
@@ -448,7 +448,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             user: "needpw",
             bastion: None,
         }],
-        0,
+        1,
     );
     let (out, report) = pw.up();
     let stderr = String::from_utf8_lossy(&out.stderr);
