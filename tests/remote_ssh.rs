@@ -723,11 +723,18 @@ fn nodes_behind_a_bastion_share_one_connection_to_it() {
     // The bastion's host key is pinned beside the node's.
     let kh = std::fs::read_to_string(fx.cluster_dir.join("known_hosts")).unwrap();
     assert!(kh.contains(&format!("[127.0.0.1]:{fwd}")), "{kh}");
-    assert!(kh.contains(&format!("[127.0.0.1]:{}", node_sshd.port)), "{kh}");
+    assert!(
+        kh.contains(&format!("[127.0.0.1]:{}", node_sshd.port)),
+        "{kh}"
+    );
     // A second run through the same (new) executor changes nothing.
     let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
     let again = ex.apply(&inv, &bundle, "bastion");
-    assert!(again.ok() && again.files_changed == 0, "{}", again.summary_line());
+    assert!(
+        again.ok() && again.files_changed == 0,
+        "{}",
+        again.summary_line()
+    );
 }
 
 #[test]
@@ -748,12 +755,19 @@ fn an_unreachable_bastion_is_named_and_fails_every_node_behind_it_fast() {
     for o in &res {
         let e = o.result.as_ref().unwrap_err().to_string();
         assert!(
-            e.contains(&format!("node {}: through bastion root@127.0.0.1:{closed}", o.node)),
+            e.contains(&format!(
+                "node {}: through bastion root@127.0.0.1:{closed}",
+                o.node
+            )),
             "{e}"
         );
     }
     // One connect attempt (with its retry), not one per node.
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -771,6 +785,9 @@ fn read_only_executors_never_pin_an_unknown_host() {
     .unwrap();
     let e = ex.connect(&n).unwrap_err();
     assert!(matches!(e, RemoteError::HostKeyUnknown { .. }), "{e}");
-    assert!(e.to_string().contains("node ro: no SSH host key is pinned"), "{e}");
+    assert!(
+        e.to_string().contains("node ro: no SSH host key is pinned"),
+        "{e}"
+    );
     assert!(!fx.cluster_dir.join("known_hosts").exists());
 }

@@ -80,14 +80,19 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
         None,
         |(node, plan)| -> Result<(), RemoteError> {
             let conn = exec.connect(node)?;
-            conn.exec(&uninstall::script(plan, &node.ssh.user), opts.unit_timeout)?;
+            let out = conn.exec(&uninstall::script(plan, &node.ssh.user), opts.unit_timeout)?;
             let left = conn.exec(&uninstall::leftovers_script(plan), opts.command_timeout)?;
             if !left.stdout.trim().is_empty() {
                 return Err(RemoteError::Config {
                     node: node.name.clone(),
                     reason: format!(
-                        "still present after teardown: {}",
-                        left.stdout.trim().replace('\n', ", ")
+                        "still present after teardown: {}{}",
+                        left.stdout.trim().replace('\n', ", "),
+                        if out.stderr.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", out.stderr.trim().replace('\n', "; "))
+                        }
                     ),
                 });
             }

@@ -248,8 +248,10 @@ impl Drop for Bastion {
 
 const BUF: usize = 64 * 1024;
 
-/// Move bytes both ways for one tunnel; returns (progressed, finished).
-fn step(t: &mut Tunnel, buf: &mut [u8]) -> (bool, bool) {
+/// Move bytes both ways for one tunnel; returns (progressed, finished). Sets `want_out` when a
+/// write is stuck on the bastion socket's send buffer (not on the channel window), so the idle
+/// poll waits for POLLOUT too.
+fn step(t: &mut Tunnel, buf: &mut [u8], sess: &Session, want_out: &mut bool) -> (bool, bool) {
     let mut progressed = false;
     // bastion → node session
     if t.to_local.is_empty() && !t.remote_eof {
@@ -306,7 +308,14 @@ fn step(t: &mut Tunnel, buf: &mut [u8]) -> (bool, bool) {
                 t.to_remote.drain(..n);
                 progressed |= n > 0;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if matches!(
+                    sess.block_directions(),
+                    ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+                ) {
+                    *want_out = true;
+                }
+            }
             Err(e) => {
                 tracing::debug!(node = %t.node, error = %e, "bastion channel write failed");
                 return (true, true);
@@ -353,9 +362,10 @@ fn pump(label: &str, sess: &Session, sock: RawFd, shared: &Shared, mut wake: Uni
             tunnels.extend(q.drain(..));
         }
         let mut progressed = false;
+        let mut want_out = false;
         let mut i = 0;
         while i < tunnels.len() {
-            let (p, done) = step(&mut tunnels[i], &mut buf);
+            let (p, done) = step(&mut tunnels[i], &mut buf, sess, &mut want_out);
             progressed |= p;
             if done {
                 let mut t = tunnels.swap_remove(i);
@@ -370,10 +380,12 @@ fn pump(label: &str, sess: &Session, sock: RawFd, shared: &Shared, mut wake: Uni
         // Idle: sleep until the bastion socket, a node session or the waker has something.
         let dirs = sess.block_directions();
         let mut ev = libc::POLLIN;
-        if matches!(
-            dirs,
-            ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
-        ) {
+        if want_out
+            || matches!(
+                dirs,
+                ssh2::BlockDirections::Outbound | ssh2::BlockDirections::Both
+            )
+        {
             ev |= libc::POLLOUT;
         }
         let mut fds = vec![
@@ -403,7 +415,7 @@ fn pump(label: &str, sess: &Session, sock: RawFd, shared: &Shared, mut wake: Uni
             });
         }
         // SAFETY: `fds` is a valid array of pollfd for descriptors this thread keeps open.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
         if rc < 0 {
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -3,7 +3,8 @@
 //! the VXLAN device) and the state's record of installed artifacts (binaries, image archives),
 //! plus the state those units create (data directories, pod network namespaces, the iptables
 //! chains kube-proxy and the CNI bridge plugin add). `--dry-run` lists it; the run is idempotent,
-//! so an interrupted teardown is simply run again.
+//! so an interrupted teardown is simply run again. A data directory that is a mount point (a disk
+//! the host dedicated to it) is emptied and its mount kept: the mount is the host's, not ours.
 
 use std::collections::BTreeSet;
 
@@ -24,6 +25,7 @@ const UNIT_STATE: &[(&str, &[&str])] = &[
         &[
             "/var/lib/containerd",
             "/run/containerd",
+            "/opt/containerd",
             "/var/lib/cni",
             "/run/cni",
         ],
@@ -242,8 +244,15 @@ pub fn script(p: &UninstallPlan, login_user: &str) -> String {
     if !p.dirs.is_empty() {
         // Pod volumes and container rootfs are mounts under the state directories.
         s.push_str(&format!(
-            "for d in {}; do awk -v d=\"$d/\" 'index($2, d) == 1 {{print $2}}' /proc/self/mounts | sort -r | \
-             while read -r m; do umount -l \"$m\" 2>/dev/null || true; done; rm -rf -- \"$d\"; done\n",
+            "for d in {}; do \
+             if mountpoint -q \"$d\" 2>/dev/null; then own=mount; else own=dir; fi; \
+             for try in 1 2 3; do [ -e \"$d\" ] || break; \
+             awk -v d=\"$d/\" 'index($2, d) == 1 {{print $2}}' /proc/self/mounts | sort -r | \
+             while read -r m; do umount -l \"$m\" 2>/dev/null || true; done; \
+             if [ $own = mount ]; then find \"$d\" -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} + 2>/tmp/k8sforge-rm.err && break; \
+             else rm -rf -- \"$d\" 2>/tmp/k8sforge-rm.err && break; fi; sleep 1; done; \
+             if [ $own = dir ] && [ -e \"$d\" ]; then echo \"cannot remove $d: $(tail -n 2 /tmp/k8sforge-rm.err | tr '\\n' ' ')\" >&2; fi; done\n\
+             rm -f /tmp/k8sforge-rm.err\n",
             list(&p.dirs)
         ));
     }
@@ -276,7 +285,8 @@ pub fn leftovers_script(p: &UninstallPlan) -> String {
         let mut all = p.files.clone();
         all.extend(p.dirs.iter().cloned());
         s.push_str(&format!(
-            "for f in {}; do [ -e \"$f\" ] && echo \"left: $f\"; done\n",
+            "for f in {}; do if mountpoint -q \"$f\" 2>/dev/null; then [ -z \"$(ls -A \"$f\")\" ] || echo \"left: $f/*\"; \
+             elif [ -e \"$f\" ]; then echo \"left: $f\"; fi; done\n",
             list(&all)
         ));
     }
