@@ -506,7 +506,6 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             "/usr/local/bin/containerd",
             "/opt/cni/bin/bridge",
             "/var/lib/etcd",
-            "/var/lib/containerd",
             "/var/lib/k8sforge",
             "/etc/cni/net.d",
         ] {
