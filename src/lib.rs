@@ -20,5 +20,3 @@ pub mod ssh_command;
 pub mod sshkeys;
 pub mod state;
 pub mod status;
-#[doc(hidden)]
-pub mod testkit;
