@@ -118,7 +118,7 @@ fn main() {
                 path: f.path.clone(),
                 mode: f.mode,
                 local: f.local.clone(),
-                sync: f.sync_file(&[]),
+                sync: SyncFile::from_installed(f, &[]),
             })
             .collect();
         let cfg_dir = work.path().join("files").join(&node.name);

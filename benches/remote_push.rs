@@ -99,7 +99,7 @@ fn main() {
         let mut files: Vec<SyncFile> = installed
             .iter()
             .map(|f| {
-                let mut s = f.sync_file(&[]);
+                let mut s = SyncFile::from_installed(f, &[]);
                 s.path = format!("{prefix}{}", f.path);
                 s
             })

@@ -542,7 +542,7 @@ fn artifacts_travel_by_the_same_sync_and_run_on_the_node() {
     for a in source::resolve(release, &src, &[Component::Etcd, Component::Runc]).unwrap() {
         let fetched = cache.fetch(&a, &src.mirror).unwrap();
         for f in extract(&cache, &a, &fetched.path).unwrap() {
-            let mut sf = f.sync_file(&[]);
+            let mut sf = SyncFile::from_installed(&f, &[]);
             sf.path = format!("{}{}", root.display(), f.path);
             files.push(sf);
         }
