@@ -1,6 +1,8 @@
 //! k8sforge: a Kubernetes cluster for GPU training, built the hard way, automated.
 //!
 //! Data flow (see design.md): profile → inventory → PKI → rendered bundle → nodes.
+//!
+//! Modules import only from lower layers (README.md "Layout"; checked by `tests/layers.rs`).
 
 pub mod addons;
 pub mod artifacts;
