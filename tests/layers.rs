@@ -187,8 +187,7 @@ fn check(files: &[(String, String)], layers: &[(&str, &[&str])]) -> Vec<String> 
 
     // Rule 2: no circle between the sub-modules of one module.
     let modules: BTreeSet<Vec<String>> = files.iter().map(|(rel, _)| module_path(rel)).collect();
-    let mut edges: BTreeMap<Vec<String>, BTreeMap<(String, String), (String, usize)>> =
-        BTreeMap::new();
+    let mut edges: BTreeMap<Vec<String>, Edges> = BTreeMap::new();
     for imp in &imports {
         let common = imp
             .from
@@ -234,8 +233,11 @@ fn check(files: &[(String, String)], layers: &[(&str, &[&str])]) -> Vec<String> 
     problems
 }
 
+/// Import edges between sibling modules: (importer, imported) → first (file, line).
+type Edges = BTreeMap<(String, String), (String, usize)>;
+
 /// A circle in a directed graph, as its nodes with the first repeated at the end.
-fn find_cycle(edges: &BTreeMap<(String, String), (String, usize)>) -> Option<Vec<String>> {
+fn find_cycle(edges: &Edges) -> Option<Vec<String>> {
     let mut next: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (a, b) in edges.keys() {
         next.entry(a).or_default().push(b);
@@ -524,8 +526,8 @@ fn path_tails(toks: &[(Tok, usize)], j: usize) -> Vec<(Vec<String>, usize)> {
                     // Items separated by commas at this brace level.
                     let mut level = 0;
                     let mut item_start = j + 1;
-                    for m in j..toks.len() {
-                        match &toks[m].0 {
+                    for (m, (tok, _)) in toks.iter().enumerate().skip(j) {
+                        match tok {
                             Tok::Punct('{') => level += 1,
                             Tok::Punct('}') => {
                                 level -= 1;
