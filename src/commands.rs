@@ -41,6 +41,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             force,
             output,
         ),
+        Command::Mirror {
+            profile,
+            out,
+            from,
+            trust_mirror_checksums,
+            output,
+        } => mirror(
+            &profile,
+            &out,
+            from.as_deref(),
+            trust_mirror_checksums,
+            output,
+        ),
         Command::Certs(CertsCommand::Check {
             profile,
             warn_days,
@@ -182,6 +195,31 @@ fn up(
     } else {
         ExitCode::from(1)
     })
+}
+
+fn mirror(
+    args: &ProfileArgs,
+    out: &Path,
+    from: Option<&str>,
+    trust: bool,
+    output: OutputFormat,
+) -> Result<ExitCode> {
+    let loaded = load_profile(args)?;
+    let p = &loaded.profile;
+    let release = crate::artifacts::release(&p.kubernetes.version)
+        .with_context(|| format!("no pinned release for Kubernetes {}", p.kubernetes.version))?;
+    // The profile's own mirror is where nodes read from, not where this one is filled from.
+    let source = crate::artifacts::ArtifactSource {
+        mirror: crate::artifacts::Mirror::parse(from)?,
+        trust_mirror_checksums: trust,
+    };
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let summary = crate::artifacts::mirror_build::build(p, release, &source, out, progress)?;
+    eprintln!("{}", summary.line());
+    if output == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn not_implemented(what: &str) -> Result<ExitCode> {

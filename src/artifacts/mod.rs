@@ -12,7 +12,9 @@ use std::path::Path;
 
 pub mod extract;
 pub mod images;
+pub mod mirror_build;
 pub mod pins;
+pub mod registry;
 pub mod source;
 
 pub use extract::{extract, InstalledFile};
@@ -21,6 +23,8 @@ pub use images::{ClusterImage, ImageRefs};
 /// File name of a mirror's own list (re-exported for messages).
 pub const MIRROR_MANIFEST_NAME: &str = source::MIRROR_MANIFEST;
 pub use source::{ArtifactError, ArtifactSource, Cache, Fetched, Mirror, ResolvedArtifact};
+
+pub use images::IMAGE_DIGESTS;
 
 /// The Kubernetes version built-in profiles pin for users.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.34.2";

@@ -51,6 +51,8 @@ pub struct NodePlan {
     pub units: Vec<String>,
     /// Idempotent shell commands run after the files are in place, before units start.
     pub commands: Vec<String>,
+    /// Artifacts the node downloads itself (after the files, before the commands).
+    pub fetch: super::fetch::FetchPlan,
 }
 
 impl From<&NodeBundle> for NodePlan {
@@ -59,6 +61,7 @@ impl From<&NodeBundle> for NodePlan {
             files: nb.files.iter().map(SyncFile::from_bundle).collect(),
             units: nb.units.clone(),
             commands: nb.commands.clone(),
+            fetch: Default::default(),
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct NodePaths {
     pub node_prep_script: &'static str,
     pub images_dir: &'static str,
     pub images_import_script: &'static str,
+    /// containerd `config_path`: one `<registry>/hosts.toml` per mirrored registry.
+    pub registry_hosts_dir: &'static str,
     pub sysctl_conf: &'static str,
     pub modules_load_conf: &'static str,
     pub systemd_manager_conf: &'static str,
@@ -141,6 +143,7 @@ pub const PATHS: NodePaths = NodePaths {
     node_prep_script: "/usr/local/lib/k8sforge/node-prep.sh",
     images_dir: crate::artifacts::images::NODE_IMAGE_DIR,
     images_import_script: "/usr/local/lib/k8sforge/import-images.sh",
+    registry_hosts_dir: super::registry_hosts::CERTS_D,
     sysctl_conf: "/etc/sysctl.d/90-k8sforge.conf",
     modules_load_conf: "/etc/modules-load.d/k8sforge.conf",
     systemd_manager_conf: "/etc/systemd/system.conf.d/90-k8sforge.conf",

@@ -3,6 +3,8 @@
 //! `cargo test` / `cargo bench` works without extra flags; it adds no dependencies and no
 //! production code path calls it.
 
+pub mod http;
 pub mod kube;
 pub mod mirror;
 pub mod oci;
+pub mod registry;
