@@ -112,6 +112,8 @@ ensure() {
   rm -f -- "$f.part"
   fail "artifact $id: no source delivered it (nothing was installed):$errs"
 }
+# stored HEX: the verified download is in the store
+stored() { [ -f "$store/$1" ] && [ -f "$store/$1.ok" ] && [ "$(key "$store/$1")" = "$(cat "$store/$1.ok")" ]; }
 # installed_ok STAMP: every file the stamp lists is unchanged
 installed_ok() {
   [ -f "$1" ] || return 1
@@ -146,7 +148,7 @@ pub fn script(plan: &FetchPlan) -> String {
         }
         let check = if item.install == Install::StoreOnly {
             // A seed's item is done when the verified download is there.
-            String::from("false")
+            format!("stored {}", item.digest.hex())
         } else {
             format!("installed_ok {stamp}")
         };
