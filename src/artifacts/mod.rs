@@ -4,8 +4,10 @@
 //! A Kubernetes version is "known" when it has a row in `RELEASES`; the profile validator offers
 //! exactly these. Every artifact of a release has an upstream URL and a pinned digest
 //! (`pins.rs`). `source.rs` resolves a mirror and fills the local cache, verifying digests;
-//! `extract.rs` turns archives into the files nodes receive (pushed by the same sync as configs,
-//! so nodes need no internet).
+//! `extract.rs` turns archives into the files nodes receive when they are pushed (delivery
+//! `push`); with `fetch`/`seed` the nodes download and verify them (`phases::node_fetch`).
+//! `images.rs` pins the cluster's images by digest, `registry.rs` pulls them through the
+//! registry API and `mirror_build.rs` writes an air-gap mirror (`k8sforge mirror`).
 
 use std::fmt;
 use std::path::Path;
