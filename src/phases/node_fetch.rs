@@ -61,7 +61,6 @@ struct Wanted {
 }
 
 fn wanted(
-    ctx: &Context,
     step: &RemoteStep,
     release: &artifacts::Release,
     source: &ArtifactSource,
@@ -119,7 +118,6 @@ fn wanted(
             ));
         }
     }
-    let _ = ctx;
     Ok(out)
 }
 
@@ -170,7 +168,7 @@ pub fn attach(
     if mode == Delivery::Push || plans.is_empty() {
         return Ok(None);
     }
-    let all = wanted(ctx, step, release, source)?;
+    let all = wanted(step, release, source)?;
     if all.is_empty() {
         return Ok(None);
     }
