@@ -158,7 +158,7 @@ fn main() {
                 NodePlan {
                     files: fs.iter().map(|f| f.sync.clone()).collect(),
                     units: vec![UNIT.into()],
-                    commands: vec![],
+                    ..NodePlan::default()
                 },
             )
         })

@@ -99,6 +99,26 @@ pub enum Command {
         output: OutputFormat,
     },
 
+    /// Build an air-gap artifact mirror for a profile: pinned binaries and images, verified
+    #[command(
+        after_help = "Examples:\n  k8sforge mirror --out /srv/mirror --profile gpu-1000\n  k8sforge up --profile gpu-1000 --mirror /srv/mirror"
+    )]
+    Mirror {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Directory to write (or complete: what is present and verified is kept)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Take binaries from this mirror (directory or URL) instead of upstream
+        #[arg(long, value_name = "DIR|URL")]
+        from: Option<String>,
+        /// Verify binaries against the source mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
     /// Inspect and renew certificates
     #[command(subcommand)]
     Certs(CertsCommand),

@@ -5,6 +5,7 @@
 //! Modules import only from lower layers (README.md "Layout"; checked by `tests/layers.rs`).
 
 pub mod addons;
+pub mod airgap;
 pub mod artifacts;
 pub mod cli;
 pub mod commands;

@@ -292,6 +292,7 @@ fn mirror_locations_follow_the_files_repo_convention() {
     let spec = k8sforge::profile::schema::ArtifactsSpec {
         mirror: Some("/nonexistent/from-profile".into()),
         trust_mirror_checksums: false,
+        ..Default::default()
     };
     let s = ArtifactSource::from_profile(&spec, Some(dir.path().to_str().unwrap()), false).unwrap();
     assert_eq!(s.mirror, Mirror::Dir(dir.path().to_path_buf()));

@@ -32,10 +32,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         // The provider sits beside inventory in the data flow (it produces the Inventory) and
         // may call every layer below it, the remote executor included.
-        "providers; add-on manifests; the helpers of status, ssh, kubeconfig",
+        "providers; add-on manifests; the air-gap mirror builder; the helpers of status, ssh, kubeconfig",
         &[
             "provider",
             "addons",
+            "airgap",
             "status",
             "ssh_command",
             "kubeconfig_merge",

@@ -158,7 +158,7 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
             local_file(&r("/usr/local/bin/demo"), 0o755, "root:root", &big_v1),
         ],
         units: vec![],
-        commands: vec![],
+        ..NodePlan::default()
     };
     let inv = inventory(vec![node("n1", server.port)]);
     let digests = fx.dir.path().join("digests");

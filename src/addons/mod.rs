@@ -336,7 +336,11 @@ mod tests {
             let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
             assert_eq!(
                 c.image.as_deref(),
-                Some(format!("registry.k8s.io/coredns/coredns:{}", release.coredns).as_str())
+                Some(
+                    crate::artifacts::ClusterImage::CoreDns
+                        .default_reference(release)
+                        .as_str()
+                )
             );
             assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
             let sc = c.security_context.as_ref().unwrap();

@@ -106,10 +106,32 @@ impl std::fmt::Display for Location {
 }
 
 impl Mirror {
-    /// `None` → upstream; `http://…`/`https://…` → HTTP mirror; anything else → directory.
+    /// `None` → upstream; `http://…`/`https://…` → HTTP mirror; `s3://bucket/prefix` and
+    /// `gs://bucket/prefix` → the bucket's HTTPS endpoint (objects readable by the nodes, e.g.
+    /// through a bucket policy for the cluster's VPC); anything else → directory.
     pub fn parse(spec: Option<&str>) -> Result<Mirror, ArtifactError> {
         match spec.map(str::trim) {
             None | Some("") => Ok(Mirror::Upstream),
+            Some(s) if s.starts_with("s3://") || s.starts_with("gs://") => {
+                let rest = s[5..].trim_end_matches('/');
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(ArtifactError::BadManifest {
+                        file: s.to_string(),
+                        reason: "the bucket URL names no bucket".into(),
+                    });
+                }
+                let base = if s.starts_with("s3://") {
+                    format!("https://{bucket}.s3.amazonaws.com")
+                } else {
+                    format!("https://storage.googleapis.com/{bucket}")
+                };
+                Ok(Mirror::Http(if prefix.is_empty() {
+                    base
+                } else {
+                    format!("{base}/{prefix}")
+                }))
+            }
             Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
                 Ok(Mirror::Http(s.trim_end_matches('/').to_string()))
             }
@@ -146,17 +168,7 @@ impl Mirror {
     }
 }
 
-/// The profile's `artifacts` section (re-exported as `profile::ArtifactsSpec`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ArtifactsSpec {
-    /// Directory or URL laid out as `<mirror>/<host>/<upstream path>`. Default: upstream URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<String>,
-    /// Use the mirror's own checksum list instead of the pinned sums (explicit opt-in).
-    #[serde(default)]
-    pub trust_mirror_checksums: bool,
-}
+pub use super::spec::ArtifactsSpec;
 
 /// Mirror plus the trust decision, from profile and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,7 @@ mod exit;
 mod hidden;
 mod inputs;
 mod kubeconfig;
+mod mirror;
 mod plan;
 mod profiles;
 mod ssh;
@@ -47,6 +48,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             trust_mirror_checksums,
             force,
+            output,
+        ),
+        Command::Mirror {
+            profile,
+            out,
+            from,
+            trust_mirror_checksums,
+            output,
+        } => mirror::run(
+            &profile,
+            &out,
+            from.as_deref(),
+            trust_mirror_checksums,
             output,
         ),
         Command::Certs(CertsCommand::Check {

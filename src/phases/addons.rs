@@ -36,7 +36,7 @@ fn images(ctx: &Context) -> Result<AddonImages, PhaseError> {
         ctx.trust_mirror_checksums,
     )
     .map_err(|e| PhaseError::Failed(e.to_string()))?;
-    let refs = crate::artifacts::ImageRefs::for_source(pinned, &source)
+    let refs = crate::artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)
         .map_err(|e| PhaseError::Failed(e.to_string()))?;
     Ok(AddonImages::from(&refs))
 }
@@ -100,6 +100,8 @@ impl Phase for Addons {
                 "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready",
                 manifests.len()
             ),
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }

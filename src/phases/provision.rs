@@ -72,6 +72,8 @@ impl Phase for Provision {
             units_restarted: 0,
             failed_nodes: Vec::new(),
             detail,
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }

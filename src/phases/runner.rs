@@ -92,6 +92,8 @@ pub fn run_up(
             units_restarted: 0,
             failed_nodes: Vec::new(),
             detail,
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         };
         let Some(phase) = phase_for(name) else {

@@ -25,7 +25,11 @@ pub const STEP: RemoteStep = RemoteStep {
         "containerd.service",
         IMAGES_UNIT,
     ],
-    path_prefixes: &["/etc/cni/", "/etc/systemd/system.conf.d/"],
+    path_prefixes: &[
+        "/etc/cni/",
+        "/etc/systemd/system.conf.d/",
+        crate::render::registry_hosts::CERTS_D_PREFIX,
+    ],
     components: &[
         (Component::Containerd, &["containerd.service"]),
         (Component::Runc, &[]),
@@ -45,7 +49,8 @@ impl Phase for Runtime {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let (_, report) = remote_step::apply(ctx, &STEP)?;
+        let (exec, mut report) = remote_step::apply(ctx, &STEP)?;
+        remote_step::prepull_images(ctx, &exec, &mut report)?;
         let detail = format!(
             "containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
             report.nodes_ok, report.files_changed, report.units_restarted

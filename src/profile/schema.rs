@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 /// The profile's `artifacts` section lives with the artifact source that reads it.
-pub use crate::artifacts::ArtifactsSpec;
+pub use crate::artifacts::spec::{ArtifactsSpec, Delivery, ImageOverrides, RegistryMirror};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

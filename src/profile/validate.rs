@@ -29,6 +29,7 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_pki(p, r);
     check_api_server(p, r);
     check_ssh(p, r);
+    check_artifacts(p, r);
 }
 
 /// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
@@ -594,4 +595,164 @@ fn check_ssh(p: &Profile, r: &mut Reporter) {
     if p.ssh.port == 0 {
         r.error("ssh.port", "invalid SSH port", "0", "1 to 65535");
     }
+}
+
+/// `artifacts`: delivery, seeds, registry mirrors and image overrides.
+fn check_artifacts(p: &Profile, r: &mut Reporter) {
+    let a = &p.artifacts;
+    if a.delivery == Some(Delivery::Seed) {
+        let total = total_nodes(p);
+        let seeds = u64::from(a.seeds.unwrap_or(3));
+        if seeds == 0 || seeds > total {
+            r.error(
+                "artifacts.seeds",
+                "invalid number of seed nodes",
+                seeds.to_string(),
+                format!("1 to {total} (the cluster's node count)"),
+            );
+        }
+    }
+    if a.seed_port == Some(0) {
+        r.error("artifacts.seedPort", "invalid port", "0", "1 to 65535");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in a.registry_mirrors.iter().enumerate() {
+        let base = format!("artifacts.registryMirrors[{i}]");
+        if !is_registry_host(&m.registry) {
+            r.error(
+                &format!("{base}.registry"),
+                "invalid registry",
+                &m.registry,
+                "a registry host as images name it (registry.k8s.io, docker.io, nvcr.io, \
+                 host:port), or _default for every registry",
+            );
+        } else if !seen.insert(m.registry.as_str()) {
+            r.error(
+                &format!("{base}.registry"),
+                "registry listed twice",
+                &m.registry,
+                "one entry per registry (list several endpoints in it)",
+            );
+        }
+        if m.endpoints.is_empty() {
+            r.error(
+                &format!("{base}.endpoints"),
+                "no mirror endpoint",
+                "[]",
+                "one or more URLs such as https://mirror.example.com:5000",
+            );
+        }
+        for (j, e) in m.endpoints.iter().enumerate() {
+            if let Err(why) = check_endpoint(e) {
+                r.error(
+                    &format!("{base}.endpoints[{j}]"),
+                    format!("invalid mirror endpoint: {why}"),
+                    e,
+                    "http(s)://host[:port][/path], no credentials, query or fragment",
+                );
+            }
+        }
+        if m.username.is_some() != m.password_file.is_some() {
+            r.error(
+                &base,
+                "credentials need both username and passwordFile",
+                if m.username.is_some() {
+                    "username without passwordFile"
+                } else {
+                    "passwordFile without username"
+                },
+                "both username and passwordFile, or neither",
+            );
+        }
+        if let Some(u) = &m.username {
+            if u.is_empty() || u.contains(':') || u.contains(char::is_control) {
+                r.error(
+                    &format!("{base}.username"),
+                    "invalid user name",
+                    u,
+                    "a non-empty name without ':' or control characters",
+                );
+            }
+        }
+        for (field, f) in [("caFile", &m.ca_file), ("passwordFile", &m.password_file)] {
+            if let Some(f) = f {
+                if !std::path::Path::new(f).is_file() {
+                    r.error(
+                        &format!("{base}.{field}"),
+                        "file not found",
+                        f,
+                        "a readable file on this machine",
+                    );
+                }
+            }
+        }
+    }
+    for (field, image, o) in [
+        ("pause", artifacts::ClusterImage::Pause, &a.images.pause),
+        (
+            "coredns",
+            artifacts::ClusterImage::CoreDns,
+            &a.images.coredns,
+        ),
+        (
+            "nvidiaDevicePlugin",
+            artifacts::ClusterImage::NvidiaDevicePlugin,
+            &a.images.nvidia_device_plugin,
+        ),
+    ] {
+        if let Some(reference) = o {
+            if !artifacts::images::is_digest_pinned(reference) {
+                r.error(
+                    &format!("artifacts.images.{field}"),
+                    "image reference is not pinned by digest",
+                    reference,
+                    format!(
+                        "name[:tag]@sha256:<64 hex digits>, e.g. {}",
+                        artifacts::images::ImageRefs::defaults(
+                            artifacts::release(crate::artifacts::DEFAULT_KUBERNETES_VERSION)
+                                .unwrap_or(&artifacts::RELEASES[0])
+                        )
+                        .get(image)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A registry host as image references name it: `_default`, or a DNS name / IPv4 address with
+/// an optional port.
+fn is_registry_host(s: &str) -> bool {
+    if s == "_default" {
+        return true;
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let host_ok = host.parse::<std::net::Ipv4Addr>().is_ok()
+        || (host.contains('.') || host == "localhost") && is_dns_name(host);
+    port_ok && host_ok
+}
+
+fn check_endpoint(e: &str) -> Result<(), &'static str> {
+    let rest = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"))
+        .ok_or("the scheme must be http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if host.contains('@') {
+        return Err("credentials in the URL (use username and passwordFile)");
+    }
+    if e.contains(['?', '#']) || e.contains(char::is_whitespace) || e.contains('"') {
+        return Err("query, fragment, quotes or spaces");
+    }
+    if !is_registry_host(host) {
+        return Err("not a host[:port]");
+    }
+    Ok(())
 }

@@ -64,6 +64,8 @@ pub struct NodePlan {
     pub units: Vec<String>,
     /// Idempotent shell commands run after the files are in place, before units start.
     pub commands: Vec<String>,
+    /// Artifacts the node downloads itself (after the files, before the commands).
+    pub fetch: super::fetch::FetchPlan,
 }
 
 impl From<&NodeBundle> for NodePlan {
@@ -72,6 +74,7 @@ impl From<&NodeBundle> for NodePlan {
             files: nb.files.iter().map(SyncFile::from_bundle).collect(),
             units: nb.units.clone(),
             commands: nb.commands.clone(),
+            fetch: Default::default(),
         }
     }
 }
@@ -112,9 +115,7 @@ pub fn decide(want: &SyncFile, have: Option<&RemoteFile>) -> FileAction {
 }
 
 /// POSIX shell single-quoting.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use super::shell::shell_quote;
 
 /// Paths, owners and unit names go into shell scripts and the line-oriented state listing:
 /// allow only what real configs use.

@@ -8,6 +8,7 @@ pub mod context;
 pub mod node;
 pub mod paths;
 pub mod pki_files;
+pub mod registry_hosts;
 pub mod routes;
 pub mod templates;
 
@@ -76,7 +77,7 @@ pub fn render(
         inventory,
         cluster_dir,
         release,
-        &artifacts::ImageRefs::defaults(release),
+        &artifacts::ImageRefs::with_overrides(release, &profile.artifacts.images),
     )
 }
 
@@ -107,7 +108,9 @@ pub fn render_release(
         Some(PodRouting::RouteTable) | None => None,
     };
     let routes = mode.map(|m| routes::PodRoutes::new(inventory, m));
+    let registry_hosts = registry_hosts::files(&profile.artifacts.registry_mirrors)?;
     let shared = node::Shared {
+        registry_hosts: &registry_hosts,
         env,
         routes: routes.as_ref(),
         cluster_dir,

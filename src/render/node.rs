@@ -39,6 +39,8 @@ pub struct Shared<'a> {
     /// `cluster`, `features` and `paths` as template values, built once.
     pub base: Value,
     pub pki: &'a SharedPki,
+    /// containerd registry host files (`artifacts.registryMirrors`), the same on every node.
+    pub registry_hosts: &'a [BundleFile],
 }
 
 struct Files {
@@ -273,6 +275,7 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             &tpl("containerd-config.toml")?,
             &[CONTAINERD],
         );
+        f.files.extend(shared.registry_hosts.iter().cloned());
         // CNI configs are read at each pod sandbox creation: nothing to restart.
         f.public(PATHS.cni_bridge, &tpl("10-bridge.conf")?, &[]);
         f.public(PATHS.cni_loopback, &tpl("99-loopback.conf")?, &[]);

@@ -5,6 +5,8 @@
 //! (`apt-get`, `rustc`), is part of the library or the binary users install. It uses only
 //! k8sforge's public API.
 
+pub mod http;
 pub mod kube;
 pub mod mirror;
 pub mod oci;
+pub mod registry;
