@@ -4,6 +4,7 @@
 pub mod addons;
 pub mod control_plane;
 pub mod etcd;
+pub mod gpu_health;
 pub mod network;
 pub mod pki;
 pub mod provision;

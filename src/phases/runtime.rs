@@ -22,10 +22,16 @@ pub const STEP: RemoteStep = RemoteStep {
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
     units: &[
         "k8sforge-node-prep.service",
+        crate::render::gpu::GPU_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],
-    path_prefixes: &["/etc/cni/", "/etc/systemd/system.conf.d/"],
+    path_prefixes: &[
+        "/etc/cni/",
+        "/etc/systemd/system.conf.d/",
+        crate::render::gpu::PATH_PREFIXES[0],
+        crate::render::gpu::PATH_PREFIXES[1],
+    ],
     components: &[
         (Component::Containerd, &["containerd.service"]),
         (Component::Runc, &[]),

@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod gpu;
 pub mod node;
 pub mod paths;
 pub mod pki_files;
@@ -107,8 +108,10 @@ pub fn render_release(
         Some(PodRouting::RouteTable) | None => None,
     };
     let routes = mode.map(|m| routes::PodRoutes::new(inventory, m));
+    let gpu = gpu::GpuCluster::new(profile);
     let shared = node::Shared {
         env,
+        gpu: &gpu,
         routes: routes.as_ref(),
         cluster_dir,
         release,
