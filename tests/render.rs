@@ -494,7 +494,12 @@ fn control_planes_are_tainted_and_gpu_nodes_keep_their_taints() {
         if n.has(Role::ControlPlane) {
             assert_eq!(t, vec![cp_taint.clone()], "{}", n.name);
         } else if n.group == "gpu" {
-            assert_eq!(t, vec![gpu_taint.clone()], "{}", n.name);
+            // The profile's taint, and the one the GPU health gate lifts.
+            let unverified = (
+                "k8sforge.io/gpu-unverified".to_string(),
+                "NoSchedule".to_string(),
+            );
+            assert_eq!(t, vec![unverified, gpu_taint.clone()], "{}", n.name);
             assert!(labels.contains("k8sforge.io/gpu=true"));
         } else {
             assert!(t.is_empty(), "{}", n.name);

@@ -8,6 +8,7 @@ use std::fmt;
 use ::kube::core::{ApiResource, DynamicObject};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -75,6 +76,7 @@ pub fn kinds() -> Vec<KindSpec> {
         spec::<Namespace>(0),
         spec::<CustomResourceDefinition>(1),
         spec::<PriorityClass>(1),
+        spec::<RuntimeClass>(1),
         spec::<ServiceAccount>(2),
         spec::<ClusterRole>(2),
         spec::<Role>(2),

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod gpu;
 pub mod manifest;
 pub mod ready;
 
@@ -45,6 +46,12 @@ pub enum KubeError {
         waited_secs: u64,
         /// One line per object that is not ready, with the reason as far as the API says.
         not_ready: Vec<String>,
+    },
+    #[error("GPU nodes do not advertise their GPUs after {waited_secs} s:\n  {}", nodes.join("\n  "))]
+    GpuShortfall {
+        waited_secs: u64,
+        /// One line per GPU node: its name, what it advertises, what its profile expects.
+        nodes: Vec<String>,
     },
     #[error("reading {what}: {message}")]
     Read { what: String, message: String },

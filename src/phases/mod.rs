@@ -4,6 +4,7 @@
 pub mod addons;
 pub mod control_plane;
 pub mod etcd;
+pub mod gpu_health;
 pub mod image_pull;
 pub mod network;
 pub mod node_fetch;

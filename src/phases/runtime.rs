@@ -22,6 +22,7 @@ pub const STEP: RemoteStep = RemoteStep {
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
     units: &[
         "k8sforge-node-prep.service",
+        crate::render::gpu::GPU_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],
@@ -29,6 +30,8 @@ pub const STEP: RemoteStep = RemoteStep {
         "/etc/cni/",
         "/etc/systemd/system.conf.d/",
         crate::render::registry_hosts::CERTS_D_PREFIX,
+        crate::render::gpu::PATH_PREFIXES[0],
+        crate::render::gpu::PATH_PREFIXES[1],
     ],
     components: &[
         (Component::Containerd, &["containerd.service"]),

@@ -30,6 +30,7 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_api_server(p, r);
     check_ssh(p, r);
     check_artifacts(p, r);
+    check_gpu(p, r);
 }
 
 /// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
@@ -205,6 +206,21 @@ fn check_machines(p: &Profile, cloud: &str, r: &mut Reporter) {
     } else {
         "machineType, e.g. { machineType: n2-standard-4 }"
     };
+    for (i, g) in p.workers.iter().enumerate() {
+        if let Some(a) = g.aws.as_ref().filter(|a| a.efa) {
+            if crate::provider::aws::efa::layout(&a.instance_type).is_none() {
+                r.error(
+                    &format!("workers[{i}].aws.efa"),
+                    format!(
+                        "EFA launch is not known for {}: k8sforge launches EFA interfaces by the network-card layout AWS documents per type",
+                        a.instance_type
+                    ),
+                    &a.instance_type,
+                    "an EFA layout k8sforge knows: p5.48xlarge, p5e.48xlarge (or efa: false)",
+                );
+            }
+        }
+    }
     for (path, present) in places {
         if !present {
             r.error(
@@ -755,4 +771,53 @@ fn check_endpoint(e: &str) -> Result<(), &'static str> {
         return Err("not a host[:port]");
     }
     Ok(())
+}
+fn check_gpu(p: &Profile, r: &mut Reporter) {
+    let g = &p.gpu;
+    // A branch is a major driver number (e.g. 580): it names packages and is compared with the
+    // version nvidia-smi reports, so anything else would silently match nothing.
+    let b = &g.driver.branch;
+    if b.len() != 3 || !b.bytes().all(|c| c.is_ascii_digit()) {
+        r.error(
+            "gpu.driver.branch",
+            "invalid NVIDIA driver branch",
+            b,
+            "a three-digit driver branch such as 580 (the long-term R580 branch)",
+        );
+    }
+    let v = &g.container_toolkit.version;
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|x| x.is_empty() || !x.bytes().all(|c| c.is_ascii_digit()))
+    {
+        r.error(
+            "gpu.containerToolkit.version",
+            "invalid NVIDIA container toolkit version",
+            v,
+            "a release version such as 1.18.0",
+        );
+    }
+    let repo = &g.container_toolkit.apt_repository;
+    if !(repo.starts_with("https://") || repo.starts_with("http://") || repo.starts_with("file:/"))
+        || repo.contains(['\n', '[', ']', '\'', '"'])
+    {
+        r.error(
+            "gpu.containerToolkit.aptRepository",
+            "invalid apt repository",
+            repo,
+            "an apt URI and suite, e.g. `https://host/path/deb/$(ARCH) /` (no options, no quotes)",
+        );
+    }
+    if let Some(cmd) = &g.health.preflight_command {
+        if cmd.trim().is_empty() || cmd.contains('\n') {
+            r.error(
+                "gpu.health.preflightCommand",
+                "invalid preflight command",
+                cmd,
+                "one non-empty shell command line (unset: k8sforge's own GPU preflight)",
+            );
+        }
+    }
 }

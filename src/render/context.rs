@@ -187,6 +187,10 @@ impl NodeCtx {
             .collect::<Vec<_>>()
             .join(",");
         let mut taints: Vec<Taint> = node.taints.clone();
+        if node.gpus > 0 {
+            // Unschedulable until the GPU preflight passes (the addons phase lifts it).
+            taints.push(super::gpu::unverified_taint());
+        }
         if node.has(Role::ControlPlane) {
             taints.push(Taint {
                 key: CONTROL_PLANE_TAINT.to_string(),

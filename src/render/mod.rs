@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod context;
+pub mod gpu;
 pub mod node;
 pub mod paths;
 pub mod pki_files;
@@ -109,9 +110,11 @@ pub fn render_release(
     };
     let routes = mode.map(|m| routes::PodRoutes::new(inventory, m));
     let registry_hosts = registry_hosts::files(&profile.artifacts.registry_mirrors)?;
+    let gpu = gpu::GpuCluster::new(profile);
     let shared = node::Shared {
         registry_hosts: &registry_hosts,
         env,
+        gpu: &gpu,
         routes: routes.as_ref(),
         cluster_dir,
         release,

@@ -41,6 +41,7 @@ pub struct Shared<'a> {
     pub pki: &'a SharedPki,
     /// containerd registry host files (`artifacts.registryMirrors`), the same on every node.
     pub registry_hosts: &'a [BundleFile],
+    pub gpu: &'a super::gpu::GpuCluster,
 }
 
 struct Files {
@@ -285,6 +286,15 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             tpl("import-images.sh")?,
             &[IMAGES_UNIT],
         );
+        // GPU nodes: the NVIDIA stack, started before containerd (see render::gpu).
+        let (gpu_files, gpu_units) =
+            super::gpu::render_node(shared.gpu, node, local, &ctx, |c, t| {
+                render(shared, c, name, t)
+            })?;
+        for g in gpu_files {
+            f.add(g.path, g.mode, g.content, g.restarts);
+        }
+        units.extend(gpu_units);
         for unit in [CONTAINERD, IMAGES_UNIT, KUBELET, KUBE_PROXY] {
             f.public(&paths::unit_path(unit), &tpl(unit)?, &[unit]);
             units.push(unit);

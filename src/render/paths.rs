@@ -39,6 +39,8 @@ pub struct NodePaths {
     pub cni_conf_dir: &'static str,
     pub containerd_socket: &'static str,
     pub containerd_config: &'static str,
+    /// Drop-ins containerd merges over its config (`imports`).
+    pub containerd_imports: &'static str,
 
     pub etcd_ca: &'static str,
     pub etcd_server_crt: &'static str,
@@ -100,6 +102,7 @@ pub const PATHS: NodePaths = NodePaths {
     cni_conf_dir: CNI_CONF_DIR,
     containerd_socket: CONTAINERD_SOCKET,
     containerd_config: "/etc/containerd/config.toml",
+    containerd_imports: "/etc/containerd/conf.d/*.toml",
 
     etcd_ca: "/etc/etcd/ca.crt",
     etcd_server_crt: "/etc/etcd/server.crt",

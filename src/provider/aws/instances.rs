@@ -49,12 +49,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, Filter, Instance,
-    InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, VolumeType,
+    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, Filter, Instance, InstanceType,
+    ResourceType, VolumeType,
 };
 use sha2::Digest;
 use tokio::task::JoinSet;
 
+use super::efa;
 use super::error::AwsError;
 use super::images::Ami;
 use super::network::Network;
@@ -151,6 +152,13 @@ pub async fn ensure(
         );
     }
     let nonce: u64 = rand::random();
+    // EFA instances train together: one cluster placement group keeps them close (their
+    // batches are all in the first zone, see plan.rs).
+    let placement = if plan.nodes.iter().any(|n| n.efa) {
+        Some(efa::ensure_placement_group(s).await?)
+    } else {
+        None
+    };
     let mut set = JoinSet::new();
     let shared = Arc::new(plan.clone());
     for b in batches.clone() {
@@ -162,6 +170,7 @@ pub async fn ensure(
             ami: ami.clone(),
             key: key_name.to_string(),
             nonce,
+            placement: placement.clone().filter(|_| b.efa),
         };
         set.spawn(async move {
             let r = launch(&s, &plan, &b, &spec).await;
@@ -242,6 +251,8 @@ struct LaunchSpec {
     ami: Ami,
     key: String,
     nonce: u64,
+    /// The cluster placement group, for batches of EFA instance types.
+    placement: Option<String>,
 }
 
 /// Launch one batch. A RunInstances without an answer (connection lost, timeout, 5xx) may have
@@ -342,15 +353,16 @@ fn run_instances(
         .max_count(count)
         .key_name(&spec.key)
         .client_token(client_token(&s.cluster, b, spec.nonce))
-        .network_interfaces(
-            InstanceNetworkInterfaceSpecification::builder()
-                .device_index(0)
-                .subnet_id(&spec.subnet)
-                .groups(&spec.sg)
-                .associate_public_ip_address(true)
-                .delete_on_termination(true)
-                .build(),
-        )
+        .set_network_interfaces(Some(efa::interfaces(
+            b.efa.then_some(b.instance_type.as_str()),
+            &spec.subnet,
+            &spec.sg,
+        )))
+        .set_placement(spec.placement.as_ref().map(|g| {
+            aws_sdk_ec2::types::Placement::builder()
+                .group_name(g)
+                .build()
+        }))
         .block_device_mappings(
             BlockDeviceMapping::builder()
                 .device_name(&spec.ami.root_device)

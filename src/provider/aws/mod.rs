@@ -26,6 +26,7 @@ macro_rules! paginate_all {
 
 pub mod cli;
 pub mod config;
+pub mod efa;
 pub mod error;
 pub mod images;
 pub mod instances;

@@ -71,6 +71,8 @@ pub struct NodePlan {
     pub root_gib: u32,
     pub zone: usize,
     pub pod_cidr: Ipv4Net,
+    /// Launched with EFA interfaces in the cluster placement group.
+    pub efa: bool,
 }
 
 /// One RunInstances call: contiguous nodes of one group, one instance type, one subnet.
@@ -84,6 +86,8 @@ pub struct Batch {
     pub root_gib: u32,
     pub zone: usize,
     pub nodes: Vec<String>,
+    /// EFA interfaces and the cluster placement group (see efa.rs).
+    pub efa: bool,
 }
 
 impl Batch {
@@ -194,6 +198,7 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
                 n.name, n.group
             ))
         })?;
+        let efa = machine.efa && super::efa::layout(&machine.instance_type).is_some();
         nodes.push(NodePlan {
             name: n.name.clone(),
             group: n.group.clone(),
@@ -201,9 +206,15 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
             role,
             instance_type: machine.instance_type.clone(),
             root_gib: machine.root_volume_gib,
-            // Contiguous blocks per zone keep each batch inside one subnet.
-            zone: pos * zones.len() / members.len().max(1),
+            // Contiguous blocks per zone keep each batch inside one subnet. EFA instances go
+            // into the cluster placement group, which lives in one zone: the first.
+            zone: if efa {
+                0
+            } else {
+                pos * zones.len() / members.len().max(1)
+            },
             pod_cidr: n.pod_cidr,
+            efa,
         });
     }
     for (i, s) in subnets.iter().enumerate() {
@@ -305,6 +316,7 @@ pub fn batches(missing: &[&NodePlan], max: usize) -> Vec<Batch> {
             root_gib: n.root_gib,
             zone: n.zone,
             nodes: vec![n.name.clone()],
+            efa: n.efa,
         });
     }
     out
