@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             force,
             trust_mirror_checksums,
+            replace_drifted,
             output,
         } => up(
             &home,
@@ -39,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             trust_mirror_checksums,
             force,
+            replace_drifted,
             output,
         ),
         Command::Certs(CertsCommand::Check {
@@ -48,20 +50,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }) => certs_check(&home, &profile, warn_days, output),
         Command::Certs(CertsCommand::Rotate { .. }) => not_implemented("`certs rotate`"),
         Command::Teardown { profile, dry_run } => {
-            let loaded = load_profile(&profile)?;
-            if loaded.profile.provider.kind == profile::ProviderKind::Local {
-                return crate::provider::local::verbs::teardown(&home, &loaded, dry_run);
-            }
-            if loaded.profile.provider.kind == profile::ProviderKind::Gcp {
-                return crate::provider::gcp::cli::teardown(&home, &loaded, dry_run);
-            }
-            if loaded.profile.provider.kind == profile::ProviderKind::Aws {
-                return crate::provider::aws::cli::teardown(&home, &loaded, dry_run);
-            }
-            not_implemented(&format!(
-                "`teardown` for the {} provider",
-                loaded.profile.provider.kind.as_str()
-            ))
+            crate::provider::facade::teardown(&home, &load_profile(&profile)?, dry_run)
         }
         Command::Status { profile, output } => {
             let loaded = load_profile(&profile)?;
@@ -139,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn up(
     home: &Path,
     args: &ProfileArgs,
@@ -146,14 +136,10 @@ fn up(
     mirror: Option<String>,
     trust_mirror_checksums: bool,
     force: bool,
+    replace_drifted: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
-    if loaded.profile.provider.kind == profile::ProviderKind::Aws
-        && phases == [PhaseName::Provision]
-    {
-        return crate::provider::aws::cli::provision(home, &loaded);
-    }
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",
@@ -169,6 +155,7 @@ fn up(
             trust_mirror_checksums,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             force,
+            replace_drifted,
         },
     )?;
     if output == OutputFormat::Json {

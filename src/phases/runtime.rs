@@ -22,6 +22,7 @@ pub const STEP: RemoteStep = RemoteStep {
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
     units: &[
         "k8sforge-node-prep.service",
+        crate::render::api_proxy::API_PROXY_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],

@@ -377,6 +377,26 @@ pub struct SshSpec {
     /// Private key; default: the key k8sforge generates for the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// Which address of a machine k8sforge dials (without a bastion): its public one when it
+    /// has one (default), or its private one — for an operator's machine inside the network
+    /// (a VPN, Direct Connect, a host in the VPC).
+    #[serde(default, skip_serializing_if = "SshAddress::is_public")]
+    pub address: SshAddress,
+}
+
+/// `ssh.address`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SshAddress {
+    #[default]
+    Public,
+    Private,
+}
+
+impl SshAddress {
+    pub fn is_public(&self) -> bool {
+        *self == SshAddress::Public
+    }
 }
 
 impl Default for SshSpec {
@@ -385,6 +405,7 @@ impl Default for SshSpec {
             user: "root".to_string(),
             port: 22,
             private_key: None,
+            address: SshAddress::Public,
         }
     }
 }
