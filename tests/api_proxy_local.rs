@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::mirror;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 

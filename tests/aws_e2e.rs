@@ -27,7 +27,7 @@ use ipnet::Ipv4Net;
 use k8sforge::inventory::Inventory;
 use k8sforge::provider::local::{LocalConfig, LocalProvider};
 use k8sforge::provider::ProvisionContext;
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::mirror;
 use support::aws as peer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
