@@ -95,6 +95,9 @@ pub enum Command {
         /// Verify artifacts against the mirror's own k8sforge-artifacts.json instead of the pinned sums
         #[arg(long)]
         trust_mirror_checksums: bool,
+        /// Delete and re-create adopted workers whose instance type, image or disk differ from the profile (default: refuse and list them)
+        #[arg(long)]
+        replace_drifted: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },

@@ -71,6 +71,7 @@ impl Env {
             planned,
             cluster_dir: self.dir.path().to_path_buf(),
             ssh_public_key: self.key.clone(),
+            replace_drifted: false,
         }
     }
 

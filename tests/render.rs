@@ -609,6 +609,8 @@ fn units_start_in_dependency_order_after_daemon_reload() {
         [
             "k8sforge-node-prep.service",
             "k8sforge-pod-routes.service",
+            // The node-local API endpoint, before kubelet and kube-proxy dial it.
+            "k8sforge-api-proxy.service",
             "containerd.service",
             "k8sforge-images.service",
             "kubelet.service",

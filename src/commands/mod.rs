@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             force,
             trust_mirror_checksums,
+            replace_drifted,
             output,
         } => up::run(
             &home,
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             mirror,
             trust_mirror_checksums,
             force,
+            replace_drifted,
             output,
         ),
         Command::Mirror {

@@ -9,9 +9,9 @@ use super::exit;
 use super::inputs::load_profile;
 use crate::cli::{OutputFormat, ProfileArgs};
 use crate::phases::{PhaseName, UpOptions};
-use crate::profile;
 use crate::state::ClusterDir;
 
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     home: &Path,
     args: &ProfileArgs,
@@ -19,14 +19,10 @@ pub fn run(
     mirror: Option<String>,
     trust_mirror_checksums: bool,
     force: bool,
+    replace_drifted: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
-    if loaded.profile.provider.kind == profile::ProviderKind::Aws
-        && phases == [PhaseName::Provision]
-    {
-        return crate::provider::aws::cli::provision(home, &loaded);
-    }
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",
@@ -42,6 +38,7 @@ pub fn run(
             trust_mirror_checksums,
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             force,
+            replace_drifted,
         },
     )?;
     if output == OutputFormat::Json {

@@ -71,9 +71,9 @@ impl Phase for Addons {
         let objects = kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
-        // With several control planes and no load balancer the admin kubeconfig names the
-        // per-node API proxy on 127.0.0.1, which exists only on the nodes: from this host, try
-        // each apiserver directly (their certificate carries the node addresses).
+        // The admin kubeconfig names the load balancer or one control plane: when that does not
+        // answer from this host, try each apiserver directly (their certificate carries the
+        // node addresses).
         let fallbacks: Vec<String> = ctx
             .inventory
             .iter()

@@ -41,6 +41,8 @@ pub struct Context<'a> {
     pub trust_mirror_checksums: bool,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// `up --replace-drifted`: provision replaces adopted machines that differ from the profile.
+    pub replace_drifted: bool,
     /// The rendered bundle, computed once per run (after pki) for every remote phase.
     pub bundle: Option<crate::render::Bundle>,
 }

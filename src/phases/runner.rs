@@ -19,6 +19,8 @@ pub struct UpOptions {
     pub progress: bool,
     /// Run phases even when their inputs are unchanged (re-converge nodes).
     pub force: bool,
+    /// Replace adopted machines that drifted from the profile instead of refusing.
+    pub replace_drifted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -77,6 +79,7 @@ pub fn run_up(
         mirror: opts.mirror.clone(),
         trust_mirror_checksums: opts.trust_mirror_checksums,
         progress: opts.progress,
+        replace_drifted: opts.replace_drifted,
         bundle: None,
     };
     let mut report = UpReport {

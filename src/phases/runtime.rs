@@ -23,6 +23,7 @@ pub const STEP: RemoteStep = RemoteStep {
     units: &[
         "k8sforge-node-prep.service",
         crate::render::gpu::GPU_UNIT,
+        crate::render::api_proxy::API_PROXY_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],

@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
+pub mod efa_layout;
 pub mod overrides;
 pub mod schema;
 pub mod source_map;

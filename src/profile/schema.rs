@@ -377,6 +377,26 @@ pub struct SshSpec {
     /// Private key; default: the key k8sforge generates for the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// Which address of a machine k8sforge dials (without a bastion): its public one when it
+    /// has one (default), or its private one — for an operator's machine inside the network
+    /// (a VPN, Direct Connect, a host in the VPC).
+    #[serde(default, skip_serializing_if = "SshAddress::is_public")]
+    pub address: SshAddress,
+}
+
+/// `ssh.address`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SshAddress {
+    #[default]
+    Public,
+    Private,
+}
+
+impl SshAddress {
+    pub fn is_public(&self) -> bool {
+        *self == SshAddress::Public
+    }
 }
 
 impl Default for SshSpec {
@@ -385,6 +405,7 @@ impl Default for SshSpec {
             user: "root".to_string(),
             port: 22,
             private_key: None,
+            address: SshAddress::Public,
         }
     }
 }
@@ -502,12 +523,19 @@ pub struct ContainerToolkitSpec {
     pub apt_key_url: String,
 }
 
+/// The pinned NVIDIA container toolkit release (apt version `<this>-1`).
+pub const TOOLKIT_VERSION: &str = "1.18.0";
+/// NVIDIA's production apt repository for the toolkit (a `deb` line without options).
+pub const TOOLKIT_APT_REPOSITORY: &str =
+    "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /";
+pub const TOOLKIT_APT_KEY_URL: &str = "https://nvidia.github.io/libnvidia-container/gpgkey";
+
 impl Default for ContainerToolkitSpec {
     fn default() -> Self {
         ContainerToolkitSpec {
-            version: crate::render::gpu::TOOLKIT_VERSION.to_string(),
-            apt_repository: crate::render::gpu::TOOLKIT_APT_REPOSITORY.to_string(),
-            apt_key_url: crate::render::gpu::TOOLKIT_APT_KEY_URL.to_string(),
+            version: TOOLKIT_VERSION.to_string(),
+            apt_repository: TOOLKIT_APT_REPOSITORY.to_string(),
+            apt_key_url: TOOLKIT_APT_KEY_URL.to_string(),
         }
     }
 }

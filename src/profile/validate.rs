@@ -208,7 +208,7 @@ fn check_machines(p: &Profile, cloud: &str, r: &mut Reporter) {
     };
     for (i, g) in p.workers.iter().enumerate() {
         if let Some(a) = g.aws.as_ref().filter(|a| a.efa) {
-            if crate::provider::aws::efa::layout(&a.instance_type).is_none() {
+            if crate::profile::efa_layout::layout(&a.instance_type).is_none() {
                 r.error(
                     &format!("workers[{i}].aws.efa"),
                     format!(

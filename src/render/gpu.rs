@@ -35,12 +35,7 @@ use serde::Serialize;
 use crate::inventory::Node;
 use crate::profile::{Profile, ProviderKind};
 
-/// The pinned NVIDIA container toolkit release (apt version `<this>-1`).
-pub const TOOLKIT_VERSION: &str = "1.18.0";
-/// NVIDIA's production apt repository for the toolkit (a `deb` line without options).
-pub const TOOLKIT_APT_REPOSITORY: &str =
-    "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /";
-pub const TOOLKIT_APT_KEY_URL: &str = "https://nvidia.github.io/libnvidia-container/gpgkey";
+pub use crate::profile::schema::{TOOLKIT_APT_KEY_URL, TOOLKIT_APT_REPOSITORY, TOOLKIT_VERSION};
 const TOOLKIT_KEYRING: &str = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg";
 
 /// The oneshot unit that installs and verifies the NVIDIA stack (real GPU machines only).

@@ -6,6 +6,7 @@ use std::path::Path;
 use minijinja::value::Serde;
 use minijinja::{context, Environment, Value};
 
+use super::api_proxy;
 use super::bundle::{Binary, BundleFile, NodeBundle};
 use super::context::{ClusterCtx, NodeCtx};
 use super::paths::{self, PATHS};
@@ -33,6 +34,8 @@ pub struct Shared<'a> {
     pub env: &'a Environment<'static>,
     /// Pod routes (host-routes model only), formatted once for all nodes.
     pub routes: Option<&'a routes::PodRoutes>,
+    /// Every control plane's cluster address: the node-local API endpoint's backends.
+    pub api_backends: &'a [String],
     pub cluster_dir: &'a Path,
     pub release: &'a Release,
     pub cluster: &'a ClusterCtx,
@@ -148,6 +151,16 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         f.files.extend(routes.files(node));
         units.push(routes::ROUTES_UNIT);
     }
+    let proxy = api_proxy::files(
+        node,
+        shared.api_backends,
+        shared.cluster.api_port,
+        PATHS.ca_crt,
+    );
+    if !proxy.is_empty() {
+        f.files.extend(proxy);
+        units.push(api_proxy::API_PROXY_UNIT);
+    }
     if !local && runs_pods {
         // Applied by the commands below (modules-load restart, sysctl --system), not by restarts.
         f.public(PATHS.modules_load_conf, &tpl("modules-load.conf")?, &[]);
@@ -250,6 +263,9 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         ))?;
         let ca_users: &[&str] = if node.has(Role::ControlPlane) {
             &[APISERVER, CONTROLLER_MANAGER, KUBELET]
+        } else if api_proxy::wanted(node) {
+            // The node-local API endpoint probes every apiserver with the cluster CA.
+            &[KUBELET, api_proxy::API_PROXY_UNIT]
         } else {
             &[KUBELET]
         };

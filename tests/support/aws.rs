@@ -215,6 +215,11 @@ impl Proxy {
             .map_or(0, |(_, max)| *max)
     }
 
+    /// The endpoint URL for a client that is not built by these tests (the k8sforge binary).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn reset(&self, account: &str) {
         let mut s = self.state.lock().unwrap();
         s.log.retain(|(a, _)| a != account);
@@ -264,6 +269,23 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     })
 }
 
+/// `Authorization: AWS4-HMAC-SHA256 Credential=<key id>/<date>/…`: the key id when it is a
+/// moto account number.
+fn account_from_access_key(req: &Request) -> Option<String> {
+    let auth = header(req, "authorization")?;
+    let id = auth.split("Credential=").nth(1)?.split('/').next()?;
+    (id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())).then(|| id.to_string())
+}
+
+/// moto picks the account from this header; add it when the client did not.
+fn with_account_header(mut req: Request, account: &str) -> Request {
+    if !req.head.iter().any(|(k, _)| k == "x-moto-account-id") {
+        req.head
+            .push(("x-moto-account-id".to_string(), account.to_string()));
+    }
+    req
+}
+
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.head
         .iter()
@@ -302,9 +324,13 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
     let mut w = conn.try_clone().expect("clone stream");
     let mut r = BufReader::new(conn);
     while let Some(req) = read_request(&mut r) {
+        // The account: the SDK interceptor's header (library tests), else — for the k8sforge
+        // binary, which knows nothing of moto — a 12-digit access key id is the account.
         let account = header(&req, "x-moto-account-id")
-            .unwrap_or("123456789012")
-            .to_string();
+            .map(str::to_string)
+            .or_else(|| account_from_access_key(&req))
+            .unwrap_or_else(|| "123456789012".to_string());
+        let req = with_account_header(req, &account);
         let body = String::from_utf8_lossy(&req.body).to_string();
         let target = header(&req, "x-amz-target").map(str::to_string);
         let action = match &target {

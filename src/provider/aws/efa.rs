@@ -17,20 +17,7 @@ use super::retry;
 use super::session::Session;
 use super::tags;
 
-/// EFA network interfaces of an instance type: how many network cards carry an EFA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EfaLayout {
-    pub network_cards: u32,
-}
-
-/// The documented layout, for the instance types k8sforge launches with EFA.
-pub fn layout(instance_type: &str) -> Option<EfaLayout> {
-    match instance_type {
-        // 32 network cards, 3200 Gbps.
-        "p5.48xlarge" | "p5e.48xlarge" => Some(EfaLayout { network_cards: 32 }),
-        _ => None,
-    }
-}
+pub use crate::profile::efa_layout::{layout, EfaLayout};
 
 /// Every network interface of one launch: the primary (ENA, the node's address) and, for an EFA
 /// launch (`efa_type`: its instance type), the EFA-only interfaces. EC2 assigns a public address only to an instance launched

@@ -10,9 +10,7 @@ use super::error::AwsError;
 use crate::inventory::{Inventory, Role};
 use crate::profile::{AmiLookup, PodRouting, Profile};
 
-/// Most instances one RunInstances call asks for. AWS accepts more per call for small types,
-/// but 500 keeps a capacity failure's blast radius and the response size reasonable.
-pub const MAX_BATCH: usize = 500;
+pub use super::config::MAX_BATCH;
 /// Addresses AWS reserves in every subnet (network, router, DNS, future, broadcast).
 const SUBNET_RESERVED: u64 = 5;
 /// Free addresses an NLB needs in each subnet it is placed in.

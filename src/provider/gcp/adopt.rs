@@ -51,6 +51,7 @@ pub(super) async fn get_or_insert<T: Serialize>(
         });
     }
     tracing::debug!("creating {kind} {name}");
+    p.api.note_created(kind, name);
     let op = p
         .api
         .mutate(

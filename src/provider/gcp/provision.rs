@@ -16,16 +16,19 @@ use super::names::{Names, CONTROL_PLANE_TAG, HEALTH_CHECK_RANGES, POD_RANGE_NAME
 use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::inventory::{ApiEndpoint, Inventory};
-use crate::provider::ProvisionContext;
+use crate::provider::{ProvisionContext, Provisioned};
 
-pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Inventory, GcpError> {
+pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Provisioned, GcpError> {
     let names = Names::new(&ctx.profile.name);
+    let created_before = p.api.created_list().len();
     let net = ensure_network(p, &names).await?;
     let subnet = ensure_subnetwork(p, ctx, &names, &net).await?;
     ensure_firewalls(p, ctx, &names, &net).await?;
-    let instances = ensure_instances(p, ctx, &names, &subnet).await?;
+    let (instances, replaced) = ensure_instances(p, ctx, &names, &subnet).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
-    build_inventory(ctx, &names, &instances, lb_ip)
+    let inventory = build_inventory(ctx, &names, &instances, lb_ip)?;
+    let created = p.api.created_list().split_off(created_before);
+    Ok(Provisioned::cloud(inventory, created, replaced))
 }
 
 async fn ensure_network(p: &GcpProvider, names: &Names) -> Result<String, GcpError> {
@@ -258,7 +261,10 @@ fn build_inventory(
         node.internal_ip = internal;
         node.external_ip = external;
         node.pod_cidr = pod_cidr;
-        node.ssh.host = external.unwrap_or(IpAddr::V4(internal));
+        node.ssh.host = match external {
+            Some(e) if ctx.profile.ssh.address.is_public() => e,
+            _ => IpAddr::V4(internal),
+        };
         nodes.push(node);
     }
     let port = ctx.profile.api_server.port;
