@@ -131,6 +131,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", loaded.canonical_yaml);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Team(cmd) => crate::training::verbs::team_command(&home, cmd),
+        Command::User(cmd) => crate::training::verbs::user_command(&home, cmd),
         Command::Completion { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "k8sforge", &mut std::io::stdout());

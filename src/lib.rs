@@ -22,3 +22,4 @@ pub mod state;
 pub mod status;
 #[doc(hidden)]
 pub mod testkit;
+pub mod training;

@@ -11,6 +11,7 @@ pub mod remote_step;
 pub mod runner;
 pub mod runtime;
 pub mod status;
+pub mod training;
 pub mod workers;
 
 use std::time::Duration;
