@@ -280,13 +280,6 @@ impl Object {
     }
 }
 
-#[derive(Deserialize)]
-struct Head {
-    #[serde(rename = "apiVersion")]
-    api_version: Option<String>,
-    kind: Option<String>,
-}
-
 /// Parse and validate every document of `yaml` (named `source_name` in errors). Empty documents
 /// are skipped; everything else must be a known kind, valid against its typed struct, named,
 /// and namespaced exactly when the kind is.
@@ -301,73 +294,97 @@ pub fn parse_with(
     custom: &[KindSpec],
 ) -> Result<Vec<Object>, KubeError> {
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
-        let source = format!("{source_name}#{}", i + 1);
-        let err = |message: String| KubeError::Manifest {
-            source_name: source.clone(),
-            message,
-        };
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
-        if value.is_null() {
-            continue;
-        }
-        let head: Head = serde_yaml_ng::from_value(value.clone())
-            .map_err(|e| err(format!("not a Kubernetes object: {e}")))?;
-        let (Some(api_version), Some(kind)) = (head.api_version, head.kind) else {
-            return Err(err("apiVersion and kind are required".into()));
-        };
-        let found = kind_spec(&api_version, &kind).or_else(|| {
-            custom
-                .iter()
-                .find(|k| k.resource.api_version == api_version && k.resource.kind == kind)
-                .cloned()
-        });
-        let spec = found.ok_or_else(|| {
-            err(format!(
-                "{api_version} {kind} is not a kind k8sforge applies (known: {})",
-                kinds()
-                    .iter()
-                    .map(|k| format!("{} {}", k.resource.api_version, k.resource.kind))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
-        let unknown = spec
-            .check(value.clone())
-            .map_err(|e| err(format!("invalid {api_version} {kind}: {e}")))?;
-        if !unknown.is_empty() {
-            return Err(err(format!(
-                "{kind} has field(s) the {api_version} API does not know: {}",
-                unknown.join(", ")
-            )));
-        }
-        let object: DynamicObject =
-            serde_yaml_ng::from_value(value).map_err(|e| err(e.to_string()))?;
-        if object.metadata.name.as_deref().is_none_or(str::is_empty) {
-            return Err(err(format!("{kind} has no metadata.name")));
-        }
-        match (spec.namespaced, object.metadata.namespace.is_some()) {
-            (true, false) => {
-                return Err(err(format!(
-                    "{kind} {} is namespaced: set metadata.namespace",
-                    object.metadata.name.as_deref().unwrap_or_default()
-                )))
-            }
-            (false, true) => {
-                return Err(err(format!(
-                    "{kind} {} is cluster-scoped: remove metadata.namespace",
-                    object.metadata.name.as_deref().unwrap_or_default()
-                )))
-            }
-            _ => {}
-        }
-        out.push(Object {
-            source,
-            spec,
-            object,
-        });
+    for (source, value) in documents(source_name, yaml)? {
+        out.push(parse_doc(source, value, custom)?);
     }
     Ok(out)
+}
+
+/// The non-empty documents of `yaml`, each with its `file#n` name.
+fn documents(
+    source_name: &str,
+    yaml: &str,
+) -> Result<Vec<(String, serde_yaml_ng::Value)>, KubeError> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let source = format!("{source_name}#{}", i + 1);
+        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| KubeError::Manifest {
+            source_name: source.clone(),
+            message: e.to_string(),
+        })?;
+        if !value.is_null() {
+            out.push((source, value));
+        }
+    }
+    Ok(out)
+}
+
+/// Validate one document.
+fn parse_doc(
+    source: String,
+    value: serde_yaml_ng::Value,
+    custom: &[KindSpec],
+) -> Result<Object, KubeError> {
+    let err = |message: String| KubeError::Manifest {
+        source_name: source.clone(),
+        message,
+    };
+    if !value.is_mapping() {
+        return Err(err("not a Kubernetes object: not a mapping".into()));
+    }
+    let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
+        return Err(err("apiVersion and kind are required".into()));
+    };
+    let found = kind_spec(&api_version, &kind).or_else(|| {
+        custom
+            .iter()
+            .find(|k| k.resource.api_version == api_version && k.resource.kind == kind)
+            .cloned()
+    });
+    let spec = found.ok_or_else(|| {
+        err(format!(
+            "{api_version} {kind} is not a kind k8sforge applies (known: {})",
+            kinds()
+                .iter()
+                .map(|k| format!("{} {}", k.resource.api_version, k.resource.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let unknown = spec
+        .check(value.clone())
+        .map_err(|e| err(format!("invalid {api_version} {kind}: {e}")))?;
+    if !unknown.is_empty() {
+        return Err(err(format!(
+            "{kind} has field(s) the {api_version} API does not know: {}",
+            unknown.join(", ")
+        )));
+    }
+    let object: DynamicObject = serde_yaml_ng::from_value(value).map_err(|e| err(e.to_string()))?;
+    if object.metadata.name.as_deref().is_none_or(str::is_empty) {
+        return Err(err(format!("{kind} has no metadata.name")));
+    }
+    match (spec.namespaced, object.metadata.namespace.is_some()) {
+        (true, false) => {
+            return Err(err(format!(
+                "{kind} {} is namespaced: set metadata.namespace",
+                object.metadata.name.as_deref().unwrap_or_default()
+            )))
+        }
+        (false, true) => {
+            return Err(err(format!(
+                "{kind} {} is cluster-scoped: remove metadata.namespace",
+                object.metadata.name.as_deref().unwrap_or_default()
+            )))
+        }
+        _ => {}
+    }
+    Ok(Object {
+        source,
+        spec,
+        object,
+    })
 }
 
 /// Parse several files and put the objects in apply order (by kind rank, file order within a
@@ -384,25 +401,23 @@ pub fn validate_all_with<'a>(
     files: impl IntoIterator<Item = (&'a str, &'a str)>,
     custom: &[KindSpec],
 ) -> Result<Vec<Object>, KubeError> {
-    let files: Vec<(&str, &str)> = files.into_iter().collect();
-    // First pass: the built-in kinds, which include the CRDs; custom resources wait.
-    let mut crds = Vec::new();
-    for (name, yaml) in &files {
-        for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
-            let Ok(v) = serde_yaml_ng::Value::deserialize(doc) else {
-                continue;
-            };
-            if v.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition") {
-                let text = serde_yaml_ng::to_string(&v).unwrap_or_default();
-                crds.extend(parse(name, &text)?);
-            }
-        }
+    // Every document once; CRDs first, so the kinds they define are known for the rest.
+    let mut docs = Vec::new();
+    for (name, yaml) in files {
+        docs.extend(documents(name, yaml)?);
+    }
+    let is_crd = |v: &serde_yaml_ng::Value| {
+        v.get("kind").and_then(|k| k.as_str()) == Some("CustomResourceDefinition")
+    };
+    let (crd_docs, rest): (Vec<_>, Vec<_>) = docs.into_iter().partition(|(_, v)| is_crd(v));
+    let mut all = Vec::new();
+    for (source, value) in crd_docs {
+        all.push(parse_doc(source, value, &[])?);
     }
     let mut kinds = custom.to_vec();
-    kinds.extend(KindSpec::from_crds(&crds));
-    let mut all = Vec::new();
-    for (name, yaml) in files {
-        all.extend(parse_with(name, yaml, &kinds)?);
+    kinds.extend(KindSpec::from_crds(&all));
+    for (source, value) in rest {
+        all.push(parse_doc(source, value, &kinds)?);
     }
     let mut seen = std::collections::BTreeMap::new();
     for o in &all {
