@@ -42,10 +42,24 @@ pub fn refusals(components: &[Component], server_version: &str) -> Vec<String> {
 /// Validate every rendered component offline (Kubernetes types; custom resources against the
 /// CRDs rendered beside them), in apply order.
 pub fn validate(rendered: &[Rendered]) -> Result<Vec<Object>, KubeError> {
-    kube::validate_all_with(
+    let mut objects = kube::validate_all_with(
         rendered.iter().map(|r| (r.name.as_str(), r.yaml.as_str())),
         &[],
-    )
+    )?;
+    // kustomize's secretGenerator renders `data: {}` for the webhook certificate Secrets the
+    // controllers fill in themselves; applying an empty map bumps the object on every apply
+    // (seen against a real apiserver), so k8sforge does not claim `data` at all.
+    for o in &mut objects {
+        if let Some(map) = o.object.data.as_object_mut() {
+            if map
+                .get("data")
+                .is_some_and(|d| d.as_object().is_some_and(|m| m.is_empty()))
+            {
+                map.remove("data");
+            }
+        }
+    }
+    Ok(objects)
 }
 
 #[derive(Debug, Clone, Default)]
