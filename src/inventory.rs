@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::profile::validate::{control_plane_node_name, worker_node_name};
 use crate::profile::{Profile, Taint};
 
-/// Local nodes get 198.18.0.(10+i): .1 is the host bridge, the first ten are left free.
-pub const LOCAL_FIRST_HOST: u64 = 10;
+// Address arithmetic the profile's validation shares, kept at its level.
+pub use crate::profile::addressing::{pod_blocks, LOCAL_FIRST_HOST};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -130,14 +130,6 @@ impl Inventory {
     pub fn count(&self, role: Role) -> usize {
         self.with_role(role).count()
     }
-}
-
-/// How many per-node blocks of `prefix` fit in `range`.
-pub fn pod_blocks(range: Ipv4Net, prefix: u8) -> u64 {
-    if prefix < range.prefix_len() || prefix > 32 {
-        return 0;
-    }
-    1u64 << (prefix - range.prefix_len())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,12 +17,8 @@ use crate::artifacts::Release;
 use crate::pki::table;
 use crate::profile::Profile;
 use crate::render::context::CONTROL_PLANE_TAINT;
+pub use crate::render::context::{GPU_LABEL_KEY, GPU_LABEL_VALUE};
 use crate::render::{templates, RenderError};
-
-/// Label that marks a GPU node: the device plugin DaemonSet selects exactly these nodes. Nodes
-/// of a worker group with `gpusPerNode > 0` carry it automatically (see render::context).
-pub const GPU_LABEL_KEY: &str = "k8sforge.io/gpu";
-pub const GPU_LABEL_VALUE: &str = "true";
 
 /// CoreDNS replicas: two, so a node drain never takes cluster DNS down.
 pub const COREDNS_REPLICAS: u32 = 2;

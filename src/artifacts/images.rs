@@ -12,8 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::source::MirrorImage;
 use super::source::{load_manifest, ArtifactError, ArtifactSource, Cache, Location, Mirror};
 use super::{Digest, Release, MIRROR_MANIFEST_NAME};
 
@@ -89,19 +90,6 @@ impl ClusterImage {
     pub fn node_path(self) -> String {
         format!("{NODE_IMAGE_DIR}/{}.tar", self.name())
     }
-}
-
-/// One image archive of a mirror's list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorImage {
-    /// `pause`, `coredns` or `nvidia-device-plugin`.
-    pub name: String,
-    /// The image reference inside the archive (what containerd will know it as).
-    pub reference: String,
-    /// Path of the archive relative to the mirror's root.
-    pub file: String,
-    pub sha256: String,
 }
 
 /// The reference of every cluster image: the release's defaults, replaced by the mirror's list.

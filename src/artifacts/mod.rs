@@ -20,7 +20,9 @@ pub use images::{ClusterImage, ImageRefs};
 
 /// File name of a mirror's own list (re-exported for messages).
 pub const MIRROR_MANIFEST_NAME: &str = source::MIRROR_MANIFEST;
-pub use source::{ArtifactError, ArtifactSource, Cache, Fetched, Mirror, ResolvedArtifact};
+pub use source::{
+    ArtifactError, ArtifactSource, ArtifactsSpec, Cache, Fetched, Mirror, ResolvedArtifact,
+};
 
 /// The Kubernetes version built-in profiles pin for users.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.34.2";

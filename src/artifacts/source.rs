@@ -146,6 +146,18 @@ impl Mirror {
     }
 }
 
+/// The profile's `artifacts` section (re-exported as `profile::ArtifactsSpec`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactsSpec {
+    /// Directory or URL laid out as `<mirror>/<host>/<upstream path>`. Default: upstream URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+    /// Use the mirror's own checksum list instead of the pinned sums (explicit opt-in).
+    #[serde(default)]
+    pub trust_mirror_checksums: bool,
+}
+
 /// Mirror plus the trust decision, from profile and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactSource {
@@ -157,7 +169,7 @@ impl ArtifactSource {
     /// The `--mirror` flag wins over the profile's `artifacts.mirror`; trust is on when either the
     /// profile or the flag says so.
     pub fn from_profile(
-        spec: &crate::profile::schema::ArtifactsSpec,
+        spec: &ArtifactsSpec,
         cli_mirror: Option<&str>,
         cli_trust: bool,
     ) -> Result<ArtifactSource, ArtifactError> {
@@ -175,7 +187,20 @@ pub struct MirrorManifest {
     pub artifacts: Vec<MirrorEntry>,
     /// OCI image archives (pause and add-on images), see `super::images`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<super::images::MirrorImage>,
+    pub images: Vec<MirrorImage>,
+}
+
+/// One image archive of a mirror's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorImage {
+    /// `pause`, `coredns` or `nvidia-device-plugin`.
+    pub name: String,
+    /// The image reference inside the archive (what containerd will know it as).
+    pub reference: String,
+    /// Path of the archive relative to the mirror's root.
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

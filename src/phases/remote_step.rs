@@ -84,9 +84,9 @@ fn artifact_files(
             .map(|(_, r)| *r)
             .unwrap_or(&[]);
         files.extend(
-            artifacts::extract::sync_files(installed, restarts)
-                .into_iter()
-                .map(|f| (art.component, f)),
+            installed
+                .iter()
+                .map(|f| (art.component, SyncFile::from_installed(f, restarts))),
         );
     }
     Ok(files)

@@ -1,6 +1,7 @@
 //! Profiles: load (built-in or file), apply `--set` overrides, deserialize and validate, collecting
 //! every error of the file with its position.
 
+pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
 pub mod overrides;

@@ -9,6 +9,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+/// The profile's `artifacts` section lives with the artifact source that reads it.
+pub use crate::artifacts::ArtifactsSpec;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
@@ -358,17 +361,6 @@ impl Default for ApiServerSpec {
             audit_log_max_age_days: 30,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ArtifactsSpec {
-    /// Directory or URL laid out as `<mirror>/<host>/<upstream path>`. Default: upstream URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<String>,
-    /// Use the mirror's own checksum list instead of the pinned sums (explicit opt-in).
-    #[serde(default)]
-    pub trust_mirror_checksums: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

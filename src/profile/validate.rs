@@ -5,10 +5,10 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::addressing::{pod_blocks, LOCAL_FIRST_HOST};
 use super::diagnostic::Reporter;
 use super::schema::*;
 use crate::artifacts;
-use crate::inventory::{self, pod_blocks};
 
 /// Name of the n-th control-plane node (1-based).
 pub fn control_plane_node_name(i: u32) -> String {
@@ -495,7 +495,7 @@ fn check_network(p: &Profile, r: &mut Reporter) {
 
     // The machines' own subnet must hold every node (local nodes start at .11).
     let offset = if p.provider.kind == ProviderKind::Local {
-        inventory::LOCAL_FIRST_HOST
+        LOCAL_FIRST_HOST
     } else {
         4
     };

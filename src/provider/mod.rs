@@ -8,9 +8,12 @@ use crate::inventory::Inventory;
 use crate::profile::Profile;
 
 pub mod aws;
+mod by_kind;
 pub mod gcp;
 pub mod local;
 pub mod static_hosts;
+
+pub use by_kind::{teardown, TeardownOutcome};
 
 /// Tag key on every cloud resource k8sforge creates.
 pub const CLUSTER_TAG: &str = "k8sforge.io/cluster";

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::artifacts::InstalledFile;
 use crate::render::bundle::{BundleFile, NodeBundle};
 
 /// Where the bytes of a file come from: rendered content, or a local file (artifacts, streamed).
@@ -39,6 +40,18 @@ impl SyncFile {
             sha256: f.sha256(),
             source: FileSource::Bytes(Arc::from(f.content.as_slice())),
             restarts: f.restarts.clone(),
+        }
+    }
+
+    /// An extracted artifact file (root-owned, streamed from the local cache).
+    pub fn from_installed(f: &InstalledFile, restarts: &[&str]) -> SyncFile {
+        SyncFile {
+            path: f.path.clone(),
+            mode: f.mode,
+            owner: "root:root".into(),
+            sha256: f.sha256.clone(),
+            source: FileSource::Local(f.local.clone()),
+            restarts: restarts.iter().map(|s| s.to_string()).collect(),
         }
     }
 }

@@ -65,7 +65,7 @@ pub fn free_port() -> u16 {
 }
 
 fn etcd_binary() -> PathBuf {
-    let mirror = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+    let mirror = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("building the test mirror (for etcd): {e}"));
     let unpacked = mirror
         .busybox

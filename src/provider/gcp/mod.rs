@@ -8,6 +8,7 @@
 //! endpoint (a fake or emulator) and then uses no credentials at all, so that nothing ever
 //! reaches Google or the metadata server from a test.
 
+mod adopt;
 pub mod auth;
 pub mod cli;
 pub mod client;

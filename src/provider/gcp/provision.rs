@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use reqwest::Method;
-use serde::Serialize;
 
+use super::adopt::get_or_insert;
 use super::instances::ensure_instances;
 use super::loadbalancer::ensure_load_balancer;
 use super::names::{Names, CONTROL_PLANE_TAG, HEALTH_CHECK_RANGES, POD_RANGE_NAME};
@@ -26,62 +26,6 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Inventor
     let instances = ensure_instances(p, ctx, &names, &subnet).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
     build_inventory(ctx, &names, &instances, lb_ip)
-}
-
-/// Get a global/regional resource by name; insert it (and wait) when missing. Unlabelled kinds
-/// must carry our ownership marker to be adopted.
-pub(super) async fn get_or_insert<T: Serialize>(
-    p: &GcpProvider,
-    names: &Names,
-    kind: &'static str,
-    collection: &str,
-    api: &str,
-    body: &T,
-    name: &str,
-) -> Result<String, GcpError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Existing {
-        #[serde(default)]
-        description: Option<String>,
-        #[serde(default)]
-        labels: Labels,
-        #[serde(default)]
-        self_link: String,
-    }
-    let rest = format!("{collection}/{name}");
-    if let Some(e) = p
-        .api
-        .get_opt::<Existing>(&format!("compute.{api}.get"), &rest)
-        .await?
-    {
-        let labelled = e.labels.get(crate::provider::CLUSTER_LABEL_GCP) == Some(&names.cluster);
-        if !labelled && !names.owns(name, e.description.as_deref()) {
-            return Err(GcpError::NotOwned {
-                kind,
-                name: name.to_string(),
-                cluster: names.cluster.clone(),
-            });
-        }
-        tracing::debug!("adopting {kind} {name}");
-        return Ok(if e.self_link.is_empty() {
-            p.api.url(&rest)
-        } else {
-            e.self_link
-        });
-    }
-    tracing::debug!("creating {kind} {name}");
-    let op = p
-        .api
-        .mutate(
-            &format!("compute.{api}.insert"),
-            Method::POST,
-            collection,
-            Some(body),
-        )
-        .await?;
-    p.api.wait(op).await?;
-    Ok(p.api.url(&rest))
 }
 
 async fn ensure_network(p: &GcpProvider, names: &Names) -> Result<String, GcpError> {
