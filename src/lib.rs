@@ -23,3 +23,4 @@ pub mod ssh_command;
 pub mod sshkeys;
 pub mod state;
 pub mod status;
+pub mod training;

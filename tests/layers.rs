@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "kubeconfig_merge",
         ],
     ),
+    ("the training stack: operators, queues, teams, users", &["training"]),
     ("the phases of `up`", &["phases"]),
     ("command-line definitions", &["cli"]),
     ("one module per verb", &["commands"]),

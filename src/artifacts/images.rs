@@ -34,13 +34,22 @@ pub enum ClusterImage {
     Pause,
     CoreDns,
     NvidiaDevicePlugin,
+    /// Controllers of the training stack (phase `training`).
+    TrainingOperator,
+    TrainerControllerManager,
+    JobSet,
+    Kueue,
 }
 
 impl ClusterImage {
-    pub const ALL: [ClusterImage; 3] = [
+    pub const ALL: [ClusterImage; 7] = [
         ClusterImage::Pause,
         ClusterImage::CoreDns,
         ClusterImage::NvidiaDevicePlugin,
+        ClusterImage::TrainingOperator,
+        ClusterImage::TrainerControllerManager,
+        ClusterImage::JobSet,
+        ClusterImage::Kueue,
     ];
 
     /// The name in a mirror's list and of the archive on the node.
@@ -49,6 +58,10 @@ impl ClusterImage {
             ClusterImage::Pause => "pause",
             ClusterImage::CoreDns => "coredns",
             ClusterImage::NvidiaDevicePlugin => "nvidia-device-plugin",
+            ClusterImage::TrainingOperator => "training-operator",
+            ClusterImage::TrainerControllerManager => "trainer-controller-manager",
+            ClusterImage::JobSet => "jobset",
+            ClusterImage::Kueue => "kueue",
         }
     }
 
@@ -65,6 +78,18 @@ impl ClusterImage {
                 "nvcr.io/nvidia/k8s-device-plugin",
                 NVIDIA_DEVICE_PLUGIN_VERSION,
             ),
+            // The references the pinned upstream overlays publish (training-operator v1.9.4's
+            // standalone overlay tags its image by commit).
+            ClusterImage::TrainingOperator => (
+                "ghcr.io/kubeflow/training-v1/training-operator",
+                "v1-93c5489",
+            ),
+            ClusterImage::TrainerControllerManager => (
+                "ghcr.io/kubeflow/trainer/trainer-controller-manager",
+                "v2.3.0",
+            ),
+            ClusterImage::JobSet => ("registry.k8s.io/jobset/jobset", "v0.12.0"),
+            ClusterImage::Kueue => ("registry.k8s.io/kueue/kueue", "v0.19.2"),
         }
     }
 
@@ -153,6 +178,10 @@ pub struct ImageRefs {
     pub pause: String,
     pub coredns: String,
     pub nvidia_device_plugin: String,
+    pub training_operator: String,
+    pub trainer_controller_manager: String,
+    pub jobset: String,
+    pub kueue: String,
 }
 
 impl ImageRefs {
@@ -161,6 +190,11 @@ impl ImageRefs {
             pause: ClusterImage::Pause.default_reference(release),
             coredns: ClusterImage::CoreDns.default_reference(release),
             nvidia_device_plugin: ClusterImage::NvidiaDevicePlugin.default_reference(release),
+            training_operator: ClusterImage::TrainingOperator.default_reference(release),
+            trainer_controller_manager: ClusterImage::TrainerControllerManager
+                .default_reference(release),
+            jobset: ClusterImage::JobSet.default_reference(release),
+            kueue: ClusterImage::Kueue.default_reference(release),
         }
     }
 
@@ -169,6 +203,10 @@ impl ImageRefs {
             ClusterImage::Pause => &self.pause,
             ClusterImage::CoreDns => &self.coredns,
             ClusterImage::NvidiaDevicePlugin => &self.nvidia_device_plugin,
+            ClusterImage::TrainingOperator => &self.training_operator,
+            ClusterImage::TrainerControllerManager => &self.trainer_controller_manager,
+            ClusterImage::JobSet => &self.jobset,
+            ClusterImage::Kueue => &self.kueue,
         }
     }
 
@@ -177,6 +215,10 @@ impl ImageRefs {
             ClusterImage::Pause => self.pause = reference,
             ClusterImage::CoreDns => self.coredns = reference,
             ClusterImage::NvidiaDevicePlugin => self.nvidia_device_plugin = reference,
+            ClusterImage::TrainingOperator => self.training_operator = reference,
+            ClusterImage::TrainerControllerManager => self.trainer_controller_manager = reference,
+            ClusterImage::JobSet => self.jobset = reference,
+            ClusterImage::Kueue => self.kueue = reference,
         }
     }
 

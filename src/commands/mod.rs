@@ -20,6 +20,7 @@ mod plan;
 mod profiles;
 mod ssh;
 mod status;
+pub mod team;
 mod teardown;
 mod up;
 
@@ -83,6 +84,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::LocalNodeLauncher { node_dir } => hidden::local_node_launcher(&node_dir),
         Command::Profiles(ProfilesCommand::List) => profiles::list(),
         Command::Profiles(ProfilesCommand::Show { name, sets }) => profiles::show(&name, &sets),
+        Command::Team(cmd) => team::team_command(&home, cmd),
+        Command::User(cmd) => team::user_command(&home, cmd),
         Command::Completion { shell } => completion::run(shell),
     }
 }

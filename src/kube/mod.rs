@@ -4,6 +4,8 @@
 
 pub mod apply;
 pub mod client;
+pub mod crd_schema;
+pub mod crds;
 pub mod gpu;
 pub mod manifest;
 pub mod ready;
@@ -12,7 +14,9 @@ use std::path::PathBuf;
 
 pub use apply::{apply, Applied, ApplyReport, Change};
 pub use client::{connect, connect_with_fallbacks, Cluster};
-pub use manifest::{parse, validate_all, KindSpec, Object, ObjectRef};
+pub use manifest::{
+    parse, parse_with, validate_all, validate_all_with, KindSpec, Object, ObjectRef,
+};
 pub use ready::wait_ready;
 
 /// Field manager of every object k8sforge applies.

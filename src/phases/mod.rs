@@ -15,6 +15,7 @@ pub mod runner;
 pub mod runtime;
 pub mod status;
 pub mod step;
+pub mod training;
 pub mod workers;
 
 use std::time::Duration;

@@ -53,7 +53,7 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
         PhaseName::Network => Some(Box::new(super::network::Network)),
         PhaseName::ControlPlane => Some(Box::new(super::control_plane::ControlPlane)),
         PhaseName::Addons => Some(Box::new(super::addons::Addons)),
-        PhaseName::Training => None,
+        PhaseName::Training => Some(Box::new(super::training::Training)),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod efa_layout;
 pub mod overrides;
 pub mod schema;
 pub mod source_map;
+pub mod training_floor;
 pub mod validate;
 
 use std::collections::BTreeSet;

@@ -40,6 +40,8 @@ pub struct Profile {
     /// The NVIDIA stack on nodes of groups with `gpusPerNode > 0` (see `render::gpu`).
     #[serde(default)]
     pub gpu: GpuSpec,
+    #[serde(default)]
+    pub training: TrainingSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,6 +408,53 @@ impl Default for SshSpec {
             port: 22,
             private_key: None,
             address: SshAddress::Public,
+        }
+    }
+}
+
+/// A training operator line (`training.operators`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingOperator {
+    /// Kubeflow training-operator v1: PyTorchJob, TFJob, MPIJob, …
+    V1,
+    /// Kubeflow Trainer v2: TrainJob and runtimes, on JobSet.
+    V2,
+}
+
+impl TrainingOperator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainingOperator::V1 => "v1",
+            TrainingOperator::V2 => "v2",
+        }
+    }
+}
+
+/// The training stack the `training` phase installs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrainingSpec {
+    /// Install the training stack at all.
+    pub enabled: bool,
+    /// Operators to install; default by Kubernetes version (see `training::stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operators: Option<Vec<TrainingOperator>>,
+    /// Install Kueue; default: where the Kubernetes version supports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kueue: Option<bool>,
+    /// Wait for the controllers to become Available. Only a test whose controller images cannot
+    /// run should turn this off; CRDs are awaited either way.
+    pub wait_for_controllers: bool,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        TrainingSpec {
+            enabled: true,
+            operators: None,
+            kueue: None,
+            wait_for_controllers: true,
         }
     }
 }

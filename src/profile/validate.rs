@@ -31,6 +31,58 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_ssh(p, r);
     check_artifacts(p, r);
     check_gpu(p, r);
+    check_training(p, r);
+}
+
+/// A component the cluster's Kubernetes is too old for is refused here, offline, naming both
+/// versions; so is an empty or repeated operator list.
+fn check_training(p: &Profile, r: &mut Reporter) {
+    use super::training_floor::{KUEUE, TRAINER};
+    let t = &p.training;
+    if !t.enabled {
+        return;
+    }
+    let version = &p.kubernetes.version;
+    if let Some(ops) = &t.operators {
+        if ops.is_empty() {
+            r.error(
+                "training.operators",
+                "no training operator selected",
+                "[]",
+                "v1 and/or v2 (or training.enabled: false for no training stack)",
+            );
+        }
+        for (i, op) in ops.iter().enumerate() {
+            if ops[..i].contains(op) {
+                r.error(
+                    &format!("training.operators[{i}]"),
+                    "operator listed twice",
+                    op.as_str(),
+                    "each of v1, v2 at most once",
+                );
+            }
+            if *op == TrainingOperator::V2 {
+                if let Some(why) = TRAINER.refusal(version) {
+                    r.error(
+                        &format!("training.operators[{i}]"),
+                        why,
+                        format!("v2 with kubernetes.version {version}"),
+                        "v1 on this Kubernetes version, or a newer kubernetes.version",
+                    );
+                }
+            }
+        }
+    }
+    if t.kueue == Some(true) {
+        if let Some(why) = KUEUE.refusal(version) {
+            r.error(
+                "training.kueue",
+                why,
+                format!("true with kubernetes.version {version}"),
+                "false on this Kubernetes version, or a newer kubernetes.version",
+            );
+        }
+    }
 }
 
 /// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
