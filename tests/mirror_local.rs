@@ -105,9 +105,6 @@ fn mirror_pulls_binaries_and_images_and_resumes() {
         .unwrap();
     let mut sets = vec![
         format!("kubernetes.version={kube}"),
-        // The training stack's controller images have no digest pin yet (issue 14/12), so a
-        // mirror of them is refused; this test covers the cluster images.
-        "training.enabled=false".to_string(),
         format!(
             "artifacts.registryMirrors=[{{registry: registry.k8s.io, endpoints: [\"http://{}\"], fallbackToUpstream: false}}]",
             registry.addr
