@@ -116,8 +116,16 @@ fn size(path: &Path) -> u64 {
 /// The images `profile` needs: pause and CoreDNS always, the device plugin with GPU workers.
 pub fn images_for(profile: &Profile) -> Vec<ClusterImage> {
     let gpus = profile.workers.iter().any(|w| w.gpus_per_node > 0);
+    // The training stack's controller images have no digest pin yet, so they cannot be mirrored
+    // verifiably: the mirror covers the cluster images (pause, CoreDNS, device plugin).
     ClusterImage::ALL
         .into_iter()
+        .filter(|i| {
+            matches!(
+                i,
+                ClusterImage::Pause | ClusterImage::CoreDns | ClusterImage::NvidiaDevicePlugin
+            )
+        })
         .filter(|i| *i != ClusterImage::NvidiaDevicePlugin || gpus)
         .collect()
 }
