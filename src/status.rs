@@ -21,7 +21,11 @@ pub const UNITS: &[&str] = &[
     "kubelet.service",
     "kube-proxy.service",
     "k8sforge-pod-routes.service",
+    crate::render::gpu::GPU_UNIT,
 ];
+
+/// Prefix of the status line carrying the GPU health file.
+const GPU_HEALTH: &str = "gpu-health";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -31,6 +35,10 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// unit → `systemctl is-active` answer, for units installed on the node.
     pub units: BTreeMap<String, String>,
+    /// GPU nodes: the last GPU preflight's result (`passed`, `failed: …`), or `unverified`
+    /// before the addons phase ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_health: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -67,28 +75,39 @@ pub fn collect(
         })
         .collect::<Vec<_>>()
         .join("; ")
-        + "; true";
+        + &format!(
+            "; [ -e {f} ] && echo \"{GPU_HEALTH} $(head -n1 {f})\"; true",
+            f = crate::render::gpu::HEALTH_FILE
+        );
     let nodes: Vec<_> = inv.nodes.iter().collect();
     let results = exec.run_all(&nodes, &script, Duration::from_secs(20));
     let nodes = results
         .into_iter()
-        .map(|o| match o.result {
-            Ok(out) => NodeStatus {
-                node: o.node,
-                reachable: true,
-                error: None,
-                units: out
+        .zip(&nodes)
+        .map(|(o, n)| match o.result {
+            Ok(out) => {
+                let mut units: BTreeMap<String, String> = out
                     .stdout
                     .lines()
                     .filter_map(|l| l.split_once(' '))
                     .map(|(u, s)| (u.to_string(), s.to_string()))
-                    .collect(),
-            },
+                    .collect();
+                let health = units.remove(GPU_HEALTH);
+                NodeStatus {
+                    node: o.node,
+                    reachable: true,
+                    error: None,
+                    units,
+                    gpu_health: (n.gpus > 0)
+                        .then(|| health.unwrap_or_else(|| "unverified".to_string())),
+                }
+            }
             Err(e) => NodeStatus {
                 node: o.node,
                 reachable: false,
                 error: Some(e.to_string()),
                 units: BTreeMap::new(),
+                gpu_health: None,
             },
         })
         .collect();
@@ -126,6 +145,10 @@ pub fn print_table(s: &ClusterStatus) {
         } else {
             n.error.clone().unwrap_or_default()
         };
+        let units = match &n.gpu_health {
+            Some(h) => format!("{units} gpu={h}"),
+            None => units,
+        };
         println!(
             "{:<24} {:<10} {units}",
             n.node,
@@ -137,8 +160,10 @@ pub fn print_table(s: &ClusterStatus) {
 impl ClusterStatus {
     /// Healthy: every node answers and every installed unit is active.
     pub fn healthy(&self) -> bool {
-        self.nodes
-            .iter()
-            .all(|n| n.reachable && n.units.values().all(|s| s == "active"))
+        self.nodes.iter().all(|n| {
+            n.reachable
+                && n.units.values().all(|s| s == "active")
+                && n.gpu_health.as_deref().is_none_or(|h| h == "passed")
+        })
     }
 }

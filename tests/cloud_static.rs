@@ -30,7 +30,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::mirror;
 use support::cloud_nodes::{self, LOGIN_USER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");

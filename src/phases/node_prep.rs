@@ -97,6 +97,8 @@ pub struct KernelReport {
     /// Nodes the step could not reach or whose files could not be pushed.
     pub failed: Vec<(String, String)>,
     pub files_changed: usize,
+    /// Payload bytes pushed to each node by the step's file sync.
+    pub bytes_sent: BTreeMap<String, u64>,
 }
 
 impl KernelReport {
@@ -276,8 +278,7 @@ pub fn run(ctx: &mut Context, exec: &Executor) -> Result<KernelReport, PhaseErro
             node.name.clone(),
             NodePlan {
                 files: owned.iter().map(|f| SyncFile::from_bundle(f)).collect(),
-                units: Vec::new(),
-                commands: Vec::new(),
+                ..NodePlan::default()
             },
         );
         settings.insert(node.name.clone(), ks);
@@ -286,6 +287,11 @@ pub fn run(ctx: &mut Context, exec: &Executor) -> Result<KernelReport, PhaseErro
     let mut report = KernelReport {
         failed: pushed.failed_pairs(),
         files_changed: pushed.files_changed,
+        bytes_sent: pushed
+            .nodes
+            .iter()
+            .map(|n| (n.node.clone(), n.bytes_sent))
+            .collect(),
         ..KernelReport::default()
     };
     let ok: Vec<&crate::inventory::Node> = inv
@@ -341,6 +347,8 @@ pub fn summary(report: &KernelReport, started: std::time::Instant) -> super::Pha
             report.nodes.len() + report.failed.len()
         ),
         failed_nodes: failed,
+        bytes_sent: report.bytes_sent.clone(),
+        bytes_fetched: 0,
         elapsed: started.elapsed(),
     }
 }

@@ -32,6 +32,8 @@ impl Phase for Pki {
             units_restarted: 0,
             failed_nodes: Vec::new(),
             detail: format!("{} issued, {} reused", report.issued.len(), report.reused),
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }

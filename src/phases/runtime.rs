@@ -23,10 +23,18 @@ pub const STEP: RemoteStep = RemoteStep {
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
     units: &[
         "k8sforge-node-prep.service",
+        crate::render::gpu::GPU_UNIT,
+        crate::render::api_proxy::API_PROXY_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],
-    path_prefixes: &["/etc/cni/", "/etc/systemd/system.conf.d/"],
+    path_prefixes: &[
+        "/etc/cni/",
+        "/etc/systemd/system.conf.d/",
+        crate::render::registry_hosts::CERTS_D_PREFIX,
+        crate::render::gpu::PATH_PREFIXES[0],
+        crate::render::gpu::PATH_PREFIXES[1],
+    ],
     components: &[
         (Component::Containerd, &["containerd.service"]),
         (Component::Runc, &[]),
@@ -46,17 +54,22 @@ impl Phase for Runtime {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let kernel = node_prep::run(ctx, &remote_step::executor(ctx)?)?;
+        let exec = remote_step::executor(ctx)?;
+        let kernel = node_prep::run(ctx, &exec)?;
         if !kernel.failed_pairs().is_empty() {
             return Ok(node_prep::summary(&kernel, started));
         }
-        let (_, report) = remote_step::apply(ctx, &STEP)?;
+        let mut report = remote_step::apply_with(ctx, &STEP, &exec)?;
+        remote_step::prepull_images(ctx, &exec, &mut report)?;
         let detail = format!(
             "kernel settings read back on {} nodes; containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
             kernel.nodes.len(), report.nodes_ok, report.files_changed + kernel.files_changed, report.units_restarted
         );
         let mut s = remote_step::summary(PhaseName::Runtime, &report, started, detail);
         s.files_changed += kernel.files_changed;
+        for (node, b) in &kernel.bytes_sent {
+            *s.bytes_sent.entry(node.clone()).or_default() += b;
+        }
         Ok(s)
     }
 }

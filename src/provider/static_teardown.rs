@@ -1,37 +1,54 @@
 //! `k8sforge teardown` for the static provider: the machines are the user's, so teardown removes
-//! what k8sforge installed on them (`remote::uninstall`), node by node, and forgets the phases so
-//! a later `up` installs everything again. `--dry-run` lists per node what would go.
+//! what k8sforge installed on them (`remote::uninstall`), node by node; the facade then forgets
+//! the phases so a later `up` installs everything again. `--dry-run` lists per node what would go.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
+use super::TeardownReport;
 use crate::artifacts::{self, ArtifactSource};
-use crate::profile::LoadedProfile;
+use crate::profile::Profile;
 use crate::remote::uninstall::{self, UninstallPlan};
 use crate::remote::{fanout, Executor, ExecutorOptions, RemoteError};
-use crate::state::ClusterDir;
+use crate::state::load_state_at;
 
-pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<ExitCode> {
-    let p = &loaded.profile;
-    let dir = ClusterDir::open(home, &p.name)?;
-    let mut st = dir.load_state()?;
+/// One report entry per host: the hosts stay, k8sforge's installation on them goes.
+const KIND: &str = "installation";
+
+fn entry(node: &str, plan: &UninstallPlan) -> (String, String) {
+    (
+        KIND.to_string(),
+        format!(
+            "{node} ({} units, {} files, {} directories)",
+            plan.units.len(),
+            plan.files.len(),
+            plan.dirs.len()
+        ),
+    )
+}
+
+pub fn teardown(cluster_dir: &Path, p: &Profile, dry_run: bool) -> Result<TeardownReport> {
+    // The facade holds the cluster directory's lock; the state is only read here.
+    let st = load_state_at(&cluster_dir.join("state.json"))?;
     let Some(inv) = st.inventory.clone().filter(|i| !i.planned) else {
         eprintln!(
             "teardown {}: nothing was installed (no `up` recorded for this cluster)",
             p.name
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(TeardownReport {
+            deleted: Vec::new(),
+            dry_run,
+        });
     };
     let pinned = artifacts::release(&p.kubernetes.version)
         .with_context(|| format!("no pinned release for Kubernetes {}", p.kubernetes.version))?;
     // Paths do not depend on where artifacts came from: the profile's source is enough.
     let source = ArtifactSource::from_profile(&p.artifacts, None, false)?;
-    let release = artifacts::source::effective_release(pinned, &source).unwrap_or(pinned.clone());
-    let images = artifacts::ImageRefs::for_source(pinned, &source)?;
-    let bundle = crate::render::render_release(p, &inv, &dir.root, &release, &images)
+    let release = artifacts::source::effective_release(pinned, &source).unwrap_or(*pinned);
+    let images = artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)?;
+    let bundle = crate::render::render_release(p, &inv, cluster_dir, &release, &images)
         .context("rendering the bundle to know what k8sforge installed")?;
 
     let plans: Vec<(crate::inventory::Node, UninstallPlan)> = inv
@@ -56,16 +73,14 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
                 eprintln!("  would remove {l}");
             }
         }
-        eprintln!(
-            "teardown {} (dry run): would clean {} host(s); the hosts themselves stay",
-            p.name,
-            plans.len()
-        );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(TeardownReport {
+            deleted: plans.iter().map(|(n, plan)| entry(&n.name, plan)).collect(),
+            dry_run,
+        });
     }
 
     let exec = Executor::new(
-        &dir.root,
+        cluster_dir,
         ExecutorOptions {
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             ..ExecutorOptions::default()
@@ -100,15 +115,10 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
         },
     );
     let mut failed = Vec::new();
+    let mut deleted = Vec::new();
     for ((n, plan), r) in plans.iter().zip(results) {
         match r {
-            Ok(()) => eprintln!(
-                "  cleaned {}: {} units, {} files, {} directories",
-                n.name,
-                plan.units.len(),
-                plan.files.len(),
-                plan.dirs.len()
-            ),
+            Ok(()) => deleted.push(entry(&n.name, plan)),
             Err(e) => failed.push((n.name.clone(), e.to_string())),
         }
     }
@@ -123,15 +133,9 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
             plans.len()
         );
     }
-    // The hosts hold nothing of the cluster now: the next `up` must install everything again.
-    st.phases.clear();
-    st.applied_digests.clear();
-    st.installed_artifacts.clear();
-    dir.save_state(&st)?;
-    eprintln!(
-        "✓ teardown {}: removed what k8sforge installed from {} host(s); the hosts stay",
-        p.name,
-        plans.len()
-    );
-    Ok(ExitCode::SUCCESS)
+    // The facade forgets the phases and what was applied: the next `up` installs everything.
+    Ok(TeardownReport {
+        deleted,
+        dry_run: false,
+    })
 }

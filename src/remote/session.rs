@@ -63,6 +63,9 @@ pub struct Conn {
     staging: Option<String>,
     /// `(staged file, temp path next to the target)` of uploads not yet moved into place.
     staged: Vec<(String, String)>,
+    /// Payload bytes sent to the node: command texts and uploaded file contents (the SSH
+    /// framing and handshake are not counted).
+    sent: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -171,6 +174,7 @@ fn connect_once(
         fd,
         staging: None,
         staged: Vec::new(),
+        sent: std::cell::Cell::new(0),
     })
 }
 
@@ -333,6 +337,15 @@ fn is_timeout(e: &ssh2::Error) -> bool {
 }
 
 impl Conn {
+    /// Payload bytes sent to the node over this session so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.get()
+    }
+
+    fn count(&self, n: u64) {
+        self.sent.set(self.sent.get() + n);
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -388,6 +401,7 @@ impl Conn {
             }
         };
         let mut ch = self.sess.channel_session().map_err(map)?;
+        self.count(wrapped.len() as u64);
         ch.exec(&wrapped).map_err(map)?;
         let deadline = started + timeout + LOCAL_SLACK;
         // Both streams are drained together (non-blocking, waiting on the socket in between), so
@@ -620,6 +634,7 @@ impl Conn {
         };
         remote.fsync().map_err(map)?;
         remote.close().map_err(map)?;
+        self.count(written);
         Ok(written)
     }
 }
