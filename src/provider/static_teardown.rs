@@ -73,6 +73,13 @@ pub fn teardown(cluster_dir: &Path, p: &Profile, dry_run: bool) -> Result<Teardo
                 eprintln!("  would remove {l}");
             }
         }
+        // The per-host detail; the facade prints one line per host from the report.
+        for (n, plan) in &plans {
+            eprintln!("{} ({}):", n.name, n.ssh.host);
+            for l in plan.lines() {
+                eprintln!("  would remove {l}");
+            }
+        }
         return Ok(TeardownReport {
             deleted: plans.iter().map(|(n, plan)| entry(&n.name, plan)).collect(),
             dry_run,

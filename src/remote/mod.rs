@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
+pub mod as_found;
 pub mod bastion;
 pub mod fanout;
 pub mod fetch;
@@ -429,8 +430,15 @@ impl Executor {
         let mut fix_meta = Vec::new();
         if !paths.is_empty() {
             let cache = format!("{}/{}", self.opts.digest_cache_dir, node.name);
+            // How the units' state directories were found, before this plan writes anything
+            // (teardown restores it); silent, so it can lead the state listing.
+            let record = as_found::record_script(&as_found::state_dirs(&plan.units));
             let out = conn.exec(
-                &sync::state_script(&paths, &cache),
+                &format!(
+                    "{}{}",
+                    record.unwrap_or_default(),
+                    sync::state_script(&paths, &cache)
+                ),
                 self.opts.command_timeout,
             )?;
             let state = sync::parse_state(&out.stdout).map_err(|reason| RemoteError::Ssh {

@@ -14,28 +14,12 @@ use crate::render::bundle::NodeBundle;
 use crate::render::paths::{self, PATHS};
 use crate::render::routes::{ROUTES_UNIT, VXLAN_DEV};
 
+use super::as_found::{self, UNIT_STATE};
 use super::session::STAGING_DIR;
 use super::sync::shell_quote;
 
-/// State directories each unit creates at run time (not in the bundle, but k8sforge's doing).
-const UNIT_STATE: &[(&str, &[&str])] = &[
-    ("etcd.service", &[PATHS.etcd_data_dir]),
-    (
-        "containerd.service",
-        &[
-            "/var/lib/containerd",
-            "/run/containerd",
-            "/opt/containerd",
-            "/var/lib/cni",
-            "/run/cni",
-        ],
-    ),
-    (
-        "kubelet.service",
-        &["/var/lib/kubelet", "/var/log/pods", "/var/log/containers"],
-    ),
-    ("kube-apiserver.service", &["/var/log/kubernetes"]),
-];
+/// k8sforge's own directory on a node (records of how the host was found included).
+const OWN_DIR: &str = "/var/lib/k8sforge";
 
 /// Directories that are the system's, never removed even when k8sforge emptied them.
 const SYSTEM_DIRS: &[&str] = &[
@@ -65,7 +49,9 @@ pub struct UninstallPlan {
     /// Stopped and disabled, in this order (reverse start order).
     pub units: Vec<String>,
     pub files: Vec<String>,
-    /// Removed recursively (k8sforge's own or the units' state).
+    /// Removed recursively (k8sforge's own or the units' state); one that was found on the
+    /// host before k8sforge (recorded by `as_found`) or is a mount point is emptied and gets its
+    /// recorded mode and owner back. k8sforge's own directory, which holds the records, is last.
     pub dirs: Vec<String>,
     /// Removed when empty, deepest first.
     pub empty_dirs: Vec<String>,
@@ -132,10 +118,13 @@ pub fn plan(node: &str, nb: &NodeBundle, artifact_paths: &BTreeSet<String>) -> U
             dirs.extend(state.iter().map(|s| s.to_string()));
         }
     }
-    // k8sforge's own directories on the node: image archives, the sync's digest cache.
-    dirs.insert("/var/lib/k8sforge".into());
+    // k8sforge's own directories on the node: image archives, the sync's digest cache, the
+    // as-found records.
+    dirs.insert(OWN_DIR.into());
     // Drop files inside removed directories (rm -rf takes them).
     files.retain(|f| !dirs.iter().any(|d| f.starts_with(&format!("{d}/"))));
+    let mut dirs: Vec<String> = dirs.into_iter().filter(|d| d != OWN_DIR).collect();
+    dirs.push(OWN_DIR.into());
 
     let mut empty: BTreeSet<String> = BTreeSet::new();
     for f in &files {
@@ -180,7 +169,7 @@ pub fn plan(node: &str, nb: &NodeBundle, artifact_paths: &BTreeSet<String>) -> U
         node: node.to_string(),
         units,
         files: files.into_iter().collect(),
-        dirs: dirs.into_iter().collect(),
+        dirs,
         empty_dirs,
         routes,
         links,
@@ -242,18 +231,24 @@ pub fn script(p: &UninstallPlan, login_user: &str) -> String {
         ));
     }
     if !p.dirs.is_empty() {
-        // Pod volumes and container rootfs are mounts under the state directories.
+        // Pod volumes and container rootfs are mounts under the state directories. A directory
+        // the host had before k8sforge (its record says so) or that is a mount point (a disk the
+        // host dedicated to it) is emptied, not removed, and gets its recorded mode and owner
+        // back: daemons chmod their roots when they start.
         s.push_str(&format!(
-            "for d in {}; do \
-             if mountpoint -q \"$d\" 2>/dev/null; then own=mount; else own=dir; fi; \
+            "for d in {}; do {}; \
+             if mountpoint -q \"$d\" 2>/dev/null || {{ [ -n \"$found\" ] && [ \"$found\" != absent ]; }}; then own=keep; else own=dir; fi; \
              for try in 1 2 3; do [ -e \"$d\" ] || break; \
              awk -v d=\"$d/\" 'index($2, d) == 1 {{print $2}}' /proc/self/mounts | sort -r | \
              while read -r m; do umount -l \"$m\" 2>/dev/null || true; done; \
-             if [ $own = mount ]; then find \"$d\" -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} + 2>/tmp/k8sforge-rm.err && break; \
+             if [ $own = keep ]; then find \"$d\" -mindepth 1 -maxdepth 1 -exec rm -rf -- {{}} + 2>/tmp/k8sforge-rm.err && break; \
              else rm -rf -- \"$d\" 2>/tmp/k8sforge-rm.err && break; fi; sleep 1; done; \
+             if [ $own = keep ] && [ -d \"$d\" ] && [ -n \"$found\" ] && [ \"$found\" != absent ]; then \
+             set -- $found; chmod \"$1\" \"$d\"; chown \"$2:$3\" \"$d\"; fi; \
              if [ $own = dir ] && [ -e \"$d\" ]; then echo \"cannot remove $d: $(tail -n 2 /tmp/k8sforge-rm.err | tr '\\n' ' ')\" >&2; fi; done\n\
              rm -f /tmp/k8sforge-rm.err\n",
-            list(&p.dirs)
+            list(&p.dirs),
+            as_found::read_record_sh()
         ));
     }
     if !p.files.is_empty() {
@@ -282,12 +277,16 @@ pub fn script(p: &UninstallPlan, login_user: &str) -> String {
 pub fn leftovers_script(p: &UninstallPlan) -> String {
     let mut s = String::from("set -u\n");
     if !p.files.is_empty() || !p.dirs.is_empty() {
-        let mut all = p.files.clone();
-        all.extend(p.dirs.iter().cloned());
+        if !p.files.is_empty() {
+            s.push_str(&format!(
+                "for f in {}; do [ -e \"$f\" ] || [ -L \"$f\" ] && echo \"left: $f\"; done\n",
+                list(&p.files)
+            ));
+        }
+        // A directory kept because the host had it (or it is a mount point) must be empty.
         s.push_str(&format!(
-            "for f in {}; do if mountpoint -q \"$f\" 2>/dev/null; then [ -z \"$(ls -A \"$f\")\" ] || echo \"left: $f/*\"; \
-             elif [ -e \"$f\" ]; then echo \"left: $f\"; fi; done\n",
-            list(&all)
+            "for f in {}; do [ -d \"$f\" ] && [ -n \"$(ls -A \"$f\")\" ] && echo \"left: $f/*\"; done\n",
+            list(&p.dirs)
         ));
     }
     if !p.units.is_empty() {
