@@ -13,77 +13,23 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8sforge_testkit::mirror;
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+use support::local_cluster::LocalCluster;
 
-struct Cluster {
-    name: String,
-    cidr: String,
-    home: tempfile::TempDir,
-    mirror: PathBuf,
+/// The local cluster with three control planes and one worker.
+struct Cluster(LocalCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.0
+    }
 }
 
 impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            .arg(args[0])
-            .args([
-                "--profile",
-                "local-ha",
-                "--set",
-                &format!("name={}", self.name),
-                "--set",
-                &format!("network.nodeCIDR={}", self.cidr),
-                "--set",
-                "workers[0].count=1",
-            ])
-            .args(&args[1..]);
-        c
-    }
-
-    fn up(&self, phase: &str) -> serde_json::Value {
-        let m = self.mirror.display().to_string();
-        let out = self
-            .cmd(&[
-                "up",
-                "--mirror",
-                &m,
-                "--trust-mirror-checksums",
-                "-o",
-                "json",
-                "--only",
-                phase,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "up --only {phase}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn ssh(&self, node: &str, script: &str) -> Output {
-        self.cmd(&["ssh", node, "--", script]).output().unwrap()
-    }
-
-    fn ssh_ok(&self, node: &str, script: &str) -> String {
-        let out = self.ssh(node, script);
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
     /// Names that answered `n` requests to the node-local endpoint from the worker; panics on
     /// any failed request.
     fn served(&self, n: usize) -> BTreeSet<String> {
@@ -132,12 +78,6 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["teardown"]).output();
-    }
-}
-
 fn b64(path: PathBuf) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD
@@ -152,18 +92,16 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
         0,
         "this test boots systemd-nspawn nodes: run as root"
     );
-    let (x, _lock) = support::subnet::reserve_subnet();
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster {
-        name: format!("apx-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        home: tempfile::tempdir().unwrap(),
-        mirror: m.root.clone(),
-    };
+    let c = Cluster(
+        LocalCluster::reserved("apx", "local-ha")
+            .with_mirror(&m.root)
+            .with_set("workers[0].count=1"),
+    );
     let _ = c.cmd(&["teardown"]).output();
-    c.up("provision");
-    c.up("pki");
-    let report = c.up("runtime");
+    c.up_only("provision");
+    c.up_only("pki");
+    let report = c.up_only("runtime");
     assert_eq!(report["phases"][0]["outcome"], "done", "{report:#}");
 
     // Only the worker runs the watcher; control planes reach their own apiserver directly.
@@ -182,9 +120,7 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     }
     // The kubelet and kube-proxy kubeconfigs the worker will get name exactly this endpoint.
     let kc = std::fs::read_to_string(
-        c.home
-            .path()
-            .join(&c.name)
+        c.state_dir()
             .join("kubeconfigs/kubelet-worker-1.kubeconfig"),
     )
     .unwrap();
@@ -193,7 +129,7 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     // Stand-in apiservers with the cluster's apiserver certificate (SANs: every control plane's
     // address and 127.0.0.1): `openssl s_server -WWW` (openssl is on every node) serving a file
     // `readyz` holding the node's name, so `/readyz` answers 200 with who served it.
-    let pki = c.home.path().join(&c.name).join("pki");
+    let pki = c.state_dir().join("pki");
     let (crt, key) = (
         b64(pki.join("apiserver.crt")),
         b64(pki.join("apiserver.key")),
@@ -212,10 +148,8 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
 
     // Each stand-in answers directly (so three backends below are three ready ones, not the
     // watcher's fail-open of all when none is ready).
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(c.home.path().join(&c.name).join("state.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.state_dir().join("state.json")).unwrap()).unwrap();
     for n in state["inventory"]["nodes"].as_array().unwrap() {
         let name = n["name"].as_str().unwrap();
         if name.starts_with("controlplane-") {
