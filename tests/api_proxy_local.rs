@@ -19,62 +19,50 @@ use k8sforge_testkit::mirror;
 
 use support::local_cluster::LocalCluster;
 
-/// The local cluster with three control planes and one worker.
-struct Cluster(LocalCluster);
-
-impl std::ops::Deref for Cluster {
-    type Target = LocalCluster;
-    fn deref(&self) -> &LocalCluster {
-        &self.0
+/// Names that answered `n` requests to the node-local endpoint from the worker; panics on
+/// any failed request.
+fn served(c: &LocalCluster, n: usize) -> BTreeSet<String> {
+    let script = format!(
+        "for i in $(seq {n}); do curl -sS --fail --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz || echo FAILED; echo; done"
+    );
+    let out = c.ssh_ok("worker-1", &script);
+    let names: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len(), n, "{out}");
+    if names.iter().any(|l| l.contains("FAILED")) {
+        let diag = c.ssh(
+            "worker-1",
+            "curl -v --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz 2>&1; \
+             iptables -w -t nat -L -v -n; iptables -w -L INPUT -v -n; sysctl net.ipv4.conf.all.route_localnet; \
+             conntrack -L 2>&1 | grep 6443; journalctl -u k8sforge-api-proxy --no-pager | tail -5",
+        );
+        panic!(
+            "a request failed:\n{out}\n--- diagnostics:\n{}{}",
+            String::from_utf8_lossy(&diag.stdout),
+            String::from_utf8_lossy(&diag.stderr)
+        );
     }
+    names.into_iter().collect()
 }
 
-impl Cluster {
-    /// Names that answered `n` requests to the node-local endpoint from the worker; panics on
-    /// any failed request.
-    fn served(&self, n: usize) -> BTreeSet<String> {
-        let script = format!(
-            "for i in $(seq {n}); do curl -sS --fail --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz || echo FAILED; echo; done"
+/// Wait until the watcher has programmed exactly `want` backends.
+fn wait_backends(c: &LocalCluster, want: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rules = c.ssh_ok("worker-1", "iptables -w -t nat -S K8SFORGE-API");
+        let n = rules.lines().filter(|l| l.contains("DNAT")).count();
+        if n == want {
+            return rules;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "watcher never reached {want} backends:\n{rules}"
         );
-        let out = self.ssh_ok("worker-1", &script);
-        let names: Vec<String> = out
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        assert_eq!(names.len(), n, "{out}");
-        if names.iter().any(|l| l.contains("FAILED")) {
-            let diag = self.ssh(
-                "worker-1",
-                "curl -v --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz 2>&1; \
-                 iptables -w -t nat -L -v -n; iptables -w -L INPUT -v -n; sysctl net.ipv4.conf.all.route_localnet; \
-                 conntrack -L 2>&1 | grep 6443; journalctl -u k8sforge-api-proxy --no-pager | tail -5",
-            );
-            panic!(
-                "a request failed:\n{out}\n--- diagnostics:\n{}{}",
-                String::from_utf8_lossy(&diag.stdout),
-                String::from_utf8_lossy(&diag.stderr)
-            );
-        }
-        names.into_iter().collect()
-    }
-
-    /// Wait until the watcher has programmed exactly `want` backends.
-    fn wait_backends(&self, want: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let rules = self.ssh_ok("worker-1", "iptables -w -t nat -S K8SFORGE-API");
-            let n = rules.lines().filter(|l| l.contains("DNAT")).count();
-            if n == want {
-                return rules;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "watcher never reached {want} backends:\n{rules}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -93,11 +81,9 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
         "this test boots systemd-nspawn nodes: run as root"
     );
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster(
-        LocalCluster::reserved("apx", "local-ha")
-            .with_mirror(&m.root)
-            .with_set("workers[0].count=1"),
-    );
+    let c = LocalCluster::reserved("apx", "local-ha")
+        .with_mirror(&m.root)
+        .with_set("workers[0].count=1");
     let _ = c.cmd(&["teardown"]).output();
     c.up_only("provision");
     c.up_only("pki");
@@ -171,18 +157,18 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     }
 
     // All three ready: the watcher programs three backends, round robin reaches each.
-    let rules = c.wait_backends(3);
+    let rules = wait_backends(&c, 3);
     assert!(rules.contains("--mode nth --every 3"), "{rules}");
     let all: BTreeSet<String> = ["controlplane-1", "controlplane-2", "controlplane-3"]
         .map(String::from)
         .into();
-    assert_eq!(c.served(12), all);
+    assert_eq!(served(&c, 12), all);
 
     // One apiserver stops answering: taken out within a probe round; no request fails after.
     c.ssh_ok("controlplane-2", "systemctl stop standin-apiserver");
-    c.wait_backends(2);
+    wait_backends(&c, 2);
     assert_eq!(
-        c.served(12),
+        served(&c, 12),
         ["controlplane-1", "controlplane-3"]
             .map(String::from)
             .into()
@@ -190,8 +176,8 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
 
     // A control plane powered off (no RST, connects time out): still served by the one left.
     let _ = c.ssh("controlplane-3", "systemctl poweroff");
-    c.wait_backends(1);
-    assert_eq!(c.served(8), ["controlplane-1".to_string()].into());
+    wait_backends(&c, 1);
+    assert_eq!(served(&c, 8), ["controlplane-1".to_string()].into());
 
     // `remove` takes every rule out again (what a static teardown runs).
     c.ssh_ok(

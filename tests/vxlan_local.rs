@@ -18,27 +18,15 @@ use k8sforge_testkit::mirror;
 
 use support::local_cluster::{phase, LocalCluster};
 
-/// The local cluster with the VXLAN pod network.
-struct Cluster(LocalCluster);
-
-impl std::ops::Deref for Cluster {
-    type Target = LocalCluster;
-    fn deref(&self) -> &LocalCluster {
-        &self.0
-    }
-}
-
-impl Cluster {
-    /// (TX, RX) packets of the VXLAN device on `node`.
-    fn vxlan_packets(&self, node: &str) -> (u64, u64) {
-        let out = self.ssh_ok(node, &format!("ip -s -j link show {VXLAN_DEV}"));
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let stats = &v[0]["stats64"];
-        (
-            stats["tx"]["packets"].as_u64().unwrap(),
-            stats["rx"]["packets"].as_u64().unwrap(),
-        )
-    }
+/// (TX, RX) packets of the VXLAN device on `node`.
+fn vxlan_packets(c: &LocalCluster, node: &str) -> (u64, u64) {
+    let out = c.ssh_ok(node, &format!("ip -s -j link show {VXLAN_DEV}"));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &v[0]["stats64"];
+    (
+        stats["tx"]["packets"].as_u64().unwrap(),
+        stats["rx"]["packets"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -50,11 +38,9 @@ fn vxlan_pod_network_carries_pod_traffic_between_local_nodes() {
         "this test boots systemd-nspawn nodes: run as root"
     );
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster(
-        LocalCluster::reserved("vxl", "local-3")
-            .with_mirror(&m.root)
-            .with_set("network.podRouting=vxlan"),
-    );
+    let c = LocalCluster::reserved("vxl", "local-3")
+        .with_mirror(&m.root)
+        .with_set("network.podRouting=vxlan");
     let _ = c.cmd(&["teardown"]).output();
 
     // 1. Everything before the control plane, then the pod network alone.
@@ -118,8 +104,8 @@ fn vxlan_pod_network_carries_pod_traffic_between_local_nodes() {
         "1450",
         "the CNI bridge gives pods the VXLAN MTU"
     );
-    let (tx1, rx1) = c.vxlan_packets("worker-1");
-    let (tx2, rx2) = c.vxlan_packets("worker-2");
+    let (tx1, rx1) = vxlan_packets(&c, "worker-1");
+    let (tx2, rx2) = vxlan_packets(&c, "worker-2");
     c.ssh_ok(
         "worker-1",
         &format!("ip netns exec tpod ping -c 3 -W 3 {pod2}"),
@@ -133,8 +119,8 @@ fn vxlan_pod_network_carries_pod_traffic_between_local_nodes() {
         "worker-1",
         &format!("ip netns exec tpod ping -c 1 -W 3 -M do -s 1422 {pod2}"),
     );
-    let (tx1b, rx1b) = c.vxlan_packets("worker-1");
-    let (tx2b, rx2b) = c.vxlan_packets("worker-2");
+    let (tx1b, rx1b) = vxlan_packets(&c, "worker-1");
+    let (tx2b, rx2b) = vxlan_packets(&c, "worker-2");
     // Each side sent 3 or 4 requests and 3 replies through its device (other traffic may add).
     assert!(
         tx1b - tx1 >= 7 && rx1b - rx1 >= 7,
