@@ -44,9 +44,29 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Certs(CertsCommand::Check {
             profile,
             warn_days,
+            offline,
             output,
-        }) => certs_check(&home, &profile, warn_days, output),
-        Command::Certs(CertsCommand::Rotate { .. }) => not_implemented("`certs rotate`"),
+        }) => certs_check(&home, &profile, warn_days, offline, output),
+        Command::Certs(CertsCommand::Rotate {
+            profile,
+            only,
+            within,
+            ca,
+            dry_run,
+            batch,
+            output,
+        }) => crate::rotate::cli::run(
+            &home,
+            &crate::rotate::cli::RotateArgs {
+                profile: &profile,
+                only: &only,
+                within: within.as_deref(),
+                ca,
+                dry_run,
+                batch,
+                output,
+            },
+        ),
         Command::Teardown { profile, dry_run } => {
             let loaded = load_profile(&profile)?;
             if loaded.profile.provider.kind == profile::ProviderKind::Local {
@@ -75,7 +95,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             };
             let progress = output == OutputFormat::Text
                 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let status = crate::status::collect(&root, &inv, &st, progress)?;
+            let mut status = crate::status::collect(&root, &inv, &st, progress)?;
+            crate::status::add_certs_and_api(&mut status, &loaded.profile, &inv, &root, &st)?;
             match output {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
                 OutputFormat::Text => crate::status::print_table(&status),
@@ -224,18 +245,24 @@ fn certs_check(
     home: &Path,
     args: &ProfileArgs,
     warn_days: u32,
+    offline: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
     let root = ClusterDir::existing(home, &loaded.profile.name)?;
     let st = state::load_state_at(&root.join("state.json"))?;
     let inv = inventory_for(&loaded, &st)?;
+    // Provisioned nodes are asked what they hold, unless --offline.
+    let reader = (!offline && !inv.planned)
+        .then(|| crate::deployed_certs::reader(&loaded.profile, &inv, &root, &st, warn_days))
+        .transpose()?;
     Ok(pki::check::run(
         &loaded.profile,
         &inv,
         &root,
         warn_days,
         output == OutputFormat::Json,
+        reader.as_deref(),
     )?)
 }
 
@@ -251,6 +278,8 @@ struct PlanSummary {
     api_endpoint: String,
     certificates_issued: Vec<String>,
     certificates_reused: usize,
+    /// Kept certificates due for renewal (`certs rotate` renews them; `plan` never does).
+    certificates_due: Vec<pki::DueCert>,
     bundle_dir: PathBuf,
     bundle_files: usize,
     bundle_files_changed: usize,
@@ -328,12 +357,16 @@ fn plan(
         api_endpoint: inv.api.url(),
         certificates_issued: pki_report.issued.clone(),
         certificates_reused: pki_report.reused,
+        certificates_due: pki_report.due.clone(),
         bundle_dir: out_dir.clone(),
         bundle_files: written.files,
         bundle_files_changed: written.changed,
         changed_since_last_plan: changed,
         compared_with_applied: against_applied,
     };
+    if let Some(w) = pki_report.due_warning(&loaded.cli_arg()) {
+        eprintln!("{w}");
+    }
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         OutputFormat::Text => {

@@ -5,7 +5,9 @@
 pub mod addons;
 pub mod artifacts;
 pub mod cli;
+pub mod cluster_lock;
 pub mod commands;
+pub mod deployed_certs;
 pub mod fsutil;
 pub mod inventory;
 pub mod kube;
@@ -16,6 +18,7 @@ pub mod profile;
 pub mod provider;
 pub mod remote;
 pub mod render;
+pub mod rotate;
 pub mod ssh_command;
 pub mod sshkeys;
 pub mod state;

@@ -31,6 +31,15 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// unit → `systemctl is-active` answer, for units installed on the node.
     pub units: BTreeMap<String, String>,
+    /// Days until the first certificate deployed on the node expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+    /// Deployed certificates that are not ok (expiring, expired, missing, drift), `path status`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_problems: Vec<String>,
+    /// `/readyz` of the apiserver on this node (control planes with a running apiserver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,6 +84,9 @@ pub fn collect(
                 node: o.node,
                 reachable: true,
                 error: None,
+                cert_days_left: None,
+                cert_problems: Vec::new(),
+                api_ready: None,
                 units: out
                     .stdout
                     .lines()
@@ -87,6 +99,9 @@ pub fn collect(
                 reachable: false,
                 error: Some(e.to_string()),
                 units: BTreeMap::new(),
+                cert_days_left: None,
+                cert_problems: Vec::new(),
+                api_ready: None,
             },
         })
         .collect();
@@ -101,6 +116,51 @@ pub fn collect(
     })
 }
 
+/// Add each node's deployed-certificate expiry (and problems) and each running apiserver's
+/// `/readyz` answer.
+pub fn add_certs_and_api(
+    status: &mut ClusterStatus,
+    profile: &crate::profile::Profile,
+    inv: &Inventory,
+    cluster_dir: &Path,
+    state: &State,
+) -> anyhow::Result<()> {
+    let read = crate::deployed_certs::reader(profile, inv, cluster_dir, state, 30)?;
+    let certs = read(time::OffsetDateTime::now_utc());
+    let exec = Executor::new(
+        cluster_dir,
+        ExecutorOptions {
+            progress: false,
+            retries: 1,
+            connect_timeout: Duration::from_secs(5),
+            ..ExecutorOptions::default()
+        },
+    )?;
+    let cmd =
+        crate::phases::control_plane::local_kubectl(profile.api_server.port, "get --raw=/readyz");
+    for n in status.nodes.iter_mut() {
+        if let Some(c) = certs.iter().find(|c| c.node == n.node && c.reachable) {
+            n.cert_days_left = c.min_days_left();
+            n.cert_problems = c
+                .certificates
+                .iter()
+                .filter(|x| x.status != crate::deployed_certs::DeployedStatus::Ok)
+                .map(|x| format!("{} {}", x.path, x.status.as_str()))
+                .collect();
+        }
+        if n.units.get("kube-apiserver.service").map(String::as_str) == Some("active") {
+            if let Some(node) = inv.node(&n.node) {
+                n.api_ready = Some(
+                    exec.connect(node)
+                        .and_then(|c| c.exec_status(&cmd, Duration::from_secs(15)))
+                        .is_ok_and(|o| o.status == 0 && o.stdout.trim() == "ok"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Human table: one line per node.
 pub fn print_table(s: &ClusterStatus) {
     let phases: Vec<&str> = s.phases.keys().map(String::as_str).collect();
@@ -113,8 +173,21 @@ pub fn print_table(s: &ClusterStatus) {
             phases.join(", ")
         }
     );
-    println!("{:<24} {:<10} UNITS", "NODE", "SSH");
+    println!(
+        "{:<24} {:<10} {:<10} {:<8} UNITS",
+        "NODE", "SSH", "CERTS", "API"
+    );
     for n in &s.nodes {
+        let certs = match (n.cert_days_left, n.cert_problems.len()) {
+            (Some(d), 0) => format!("{d}d"),
+            (Some(d), p) => format!("{d}d,{p}!"),
+            (None, _) => "-".into(),
+        };
+        let api = match n.api_ready {
+            Some(true) => "ready",
+            Some(false) => "NOT-READY",
+            None => "-",
+        };
         let units = if n.reachable {
             n.units
                 .iter()
@@ -125,18 +198,24 @@ pub fn print_table(s: &ClusterStatus) {
             n.error.clone().unwrap_or_default()
         };
         println!(
-            "{:<24} {:<10} {units}",
+            "{:<24} {:<10} {certs:<10} {api:<8} {units}",
             n.node,
             if n.reachable { "ok" } else { "DOWN" }
         );
+        for p in &n.cert_problems {
+            println!("{:<24}   certificate {p}", "");
+        }
     }
 }
 
 impl ClusterStatus {
     /// Healthy: every node answers and every installed unit is active.
     pub fn healthy(&self) -> bool {
-        self.nodes
-            .iter()
-            .all(|n| n.reachable && n.units.values().all(|s| s == "active"))
+        self.nodes.iter().all(|n| {
+            n.reachable
+                && n.units.values().all(|s| s == "active")
+                && n.api_ready != Some(false)
+                && n.cert_problems.is_empty()
+        })
     }
 }

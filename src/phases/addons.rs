@@ -96,6 +96,7 @@ impl Phase for Addons {
             files_changed: created + changed,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            warnings: Vec::new(),
             detail: format!(
                 "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready",
                 manifests.len()

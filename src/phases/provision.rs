@@ -71,6 +71,7 @@ impl Phase for Provision {
             files_changed: 0,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            warnings: Vec::new(),
             detail,
             elapsed: started.elapsed(),
         })

@@ -66,7 +66,11 @@ pub struct CheckReport {
     pub cluster: String,
     pub warn_days: u32,
     pub certificates: Vec<CertStatus>,
-    /// True when every certificate is `ok`.
+    /// The certificates deployed on each node, read over SSH (empty when not asked or the
+    /// cluster has no provisioned nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<crate::deployed_certs::NodeCerts>,
+    /// True when every certificate is `ok`, in the state directory and on every node.
     pub ok: bool,
 }
 
@@ -118,6 +122,7 @@ pub fn inspect(
         cluster: profile.name.clone(),
         warn_days,
         certificates: statuses,
+        nodes: Vec::new(),
         ok,
     })
 }
@@ -225,19 +230,25 @@ pub fn run(
     cluster_dir: &Path,
     warn_days: u32,
     json: bool,
+    deployed: Option<&dyn Fn(OffsetDateTime) -> Vec<crate::deployed_certs::NodeCerts>>,
 ) -> Result<ExitCode, PkiError> {
-    let report = inspect(
-        profile,
-        inventory,
-        cluster_dir,
-        warn_days,
-        OffsetDateTime::now_utc(),
-    )?;
+    let now = OffsetDateTime::now_utc();
+    let mut report = inspect(profile, inventory, cluster_dir, warn_days, now)?;
+    if let Some(read) = deployed {
+        report.nodes = read(now);
+        report.ok &= report.nodes.iter().all(|n| n.ok());
+    }
     let mut out = std::io::stdout().lock();
     let text = if json {
         serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-    } else {
+    } else if report.nodes.is_empty() {
         table_text(&report)
+    } else {
+        format!(
+            "{}\nDeployed on the nodes:\n{}",
+            table_text(&report),
+            crate::deployed_certs::table_text(&report.nodes)
+        )
     };
     // A closed stdout (`| head`) is not a certificate problem.
     let _ = out.write_all(text.as_bytes());
@@ -246,11 +257,37 @@ pub fn run(
         .iter()
         .filter(|c| c.status != Status::Ok)
         .count();
-    if bad == 0 {
+    let nodes_bad: Vec<String> = report
+        .nodes
+        .iter()
+        .filter(|n| !n.ok())
+        .map(|n| {
+            if !n.reachable {
+                return format!("{} (unreachable)", n.node);
+            }
+            let bad: Vec<String> = n
+                .certificates
+                .iter()
+                .filter(|c| c.status != crate::deployed_certs::DeployedStatus::Ok)
+                .map(|c| format!("{} {}", c.path, c.status.as_str()))
+                .collect();
+            format!("{}: {}", n.node, bad.join(", "))
+        })
+        .collect();
+    if !nodes_bad.is_empty() {
+        eprintln!(
+            "k8sforge: deployed certificates need attention on {} node(s):\n  {}\n  drift: the node holds other certificates than the state directory (`k8sforge up` installs them; `k8sforge certs rotate` renews and restarts in a safe order)",
+            nodes_bad.len(),
+            nodes_bad.join("\n  ")
+        );
+    }
+    if bad == 0 && nodes_bad.is_empty() {
         Ok(ExitCode::SUCCESS)
+    } else if bad == 0 {
+        Ok(ExitCode::from(EXIT_ATTENTION))
     } else {
         eprintln!(
-            "k8sforge: {bad} certificate(s) missing, invalid, expired or expiring within {warn_days} days; `k8sforge plan` re-issues them"
+            "k8sforge: {bad} certificate(s) missing, invalid, expired or expiring within {warn_days} days; `k8sforge certs rotate --within {warn_days}d` renews expiring ones (`k8sforge plan` issues missing or invalid ones)"
         );
         Ok(ExitCode::from(EXIT_ATTENTION))
     }
