@@ -74,7 +74,7 @@ pub enum LockError {
     Held {
         cluster: String,
         path: PathBuf,
-        holder: Option<Holder>,
+        holder: Option<Box<Holder>>,
     },
 }
 
@@ -116,7 +116,7 @@ impl ClusterLock {
             return Err(LockError::Held {
                 cluster: cluster.to_string(),
                 path: path.to_path_buf(),
-                holder: read_holder(&mut file),
+                holder: read_holder(&mut file).map(Box::new),
             });
         }
         let took_over = read_holder(&mut file);

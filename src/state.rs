@@ -22,8 +22,9 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
+    /// Boxed: the holder record would make every state result large.
     #[error(transparent)]
-    Locked(#[from] crate::cluster_lock::LockError),
+    Locked(Box<crate::cluster_lock::LockError>),
     #[error(
         "no state for cluster {cluster} in {home}: run `k8sforge plan` or `k8sforge up` first"
     )]
@@ -89,7 +90,8 @@ impl ClusterDir {
         };
         fsutil::ensure_dir(home, fsutil::PRIVATE_DIR).map_err(io)?;
         fsutil::ensure_dir(&root, fsutil::PRIVATE_DIR).map_err(io)?;
-        let lock = crate::cluster_lock::ClusterLock::acquire(&root.join(".lock"), cluster)?;
+        let lock = crate::cluster_lock::ClusterLock::acquire(&root.join(".lock"), cluster)
+            .map_err(|e| StateError::Locked(Box::new(e)))?;
         Ok(ClusterDir {
             cluster: cluster.to_string(),
             root,
