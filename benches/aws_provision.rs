@@ -69,6 +69,7 @@ async fn batched(account: &str, routing: &str) {
         planned: &planned,
         cluster_dir: dir.path().to_path_buf(),
         ssh_public_key: peer::ssh_public_key(),
+        replace_drifted: false,
     };
     let provider = AwsProvider::new(c, opts());
     let proxy = peer::proxy();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use k8sforge::testkit::{kube, mirror};
+use k8sforge_testkit::{kube, mirror};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 const NAME: &str = "bench-up";

@@ -72,6 +72,7 @@ fn main() {
             planned: &inv,
             cluster_dir: std::env::temp_dir(),
             ssh_public_key: "ssh-ed25519 AAAA bench".into(),
+            replace_drifted: false,
         };
         println!(
             "## GCP provider, gpu-1000 ({} nodes) against the fake Compute API",

@@ -86,7 +86,7 @@ fn main() {
     let work = tempfile::tempdir().unwrap();
 
     // The same files as benches/remote_push.rs, plus the unit.
-    let mirror = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+    let mirror = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("test mirror: {e}"));
     let src = ArtifactSource {
         mirror: Mirror::Dir(mirror.root.clone()),
@@ -118,7 +118,7 @@ fn main() {
                 path: f.path.clone(),
                 mode: f.mode,
                 local: f.local.clone(),
-                sync: f.sync_file(&[]),
+                sync: SyncFile::from_installed(f, &[]),
             })
             .collect();
         let cfg_dir = work.path().join("files").join(&node.name);
@@ -158,7 +158,7 @@ fn main() {
                 NodePlan {
                     files: fs.iter().map(|f| f.sync.clone()).collect(),
                     units: vec![UNIT.into()],
-                    commands: vec![],
+                    ..NodePlan::default()
                 },
             )
         })

@@ -44,7 +44,7 @@ fn main() {
     let fx = sshd::Fixture::new();
     let server = real_cluster.is_none().then(|| fx.sshd());
 
-    let mirror = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+    let mirror = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("test mirror: {e}"));
     let src = ArtifactSource {
         mirror: Mirror::Dir(mirror.root.clone()),
@@ -99,7 +99,7 @@ fn main() {
         let mut files: Vec<SyncFile> = installed
             .iter()
             .map(|f| {
-                let mut s = f.sync_file(&[]);
+                let mut s = SyncFile::from_installed(f, &[]);
                 s.path = format!("{prefix}{}", f.path);
                 s
             })

@@ -95,6 +95,29 @@ pub enum Command {
         /// Verify artifacts against the mirror's own k8sforge-artifacts.json instead of the pinned sums
         #[arg(long)]
         trust_mirror_checksums: bool,
+        /// Delete and re-create adopted workers whose instance type, image or disk differ from the profile (default: refuse and list them)
+        #[arg(long)]
+        replace_drifted: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
+    /// Build an air-gap artifact mirror for a profile: pinned binaries and images, verified
+    #[command(
+        after_help = "Examples:\n  k8sforge mirror --out /srv/mirror --profile gpu-1000\n  k8sforge up --profile gpu-1000 --mirror /srv/mirror"
+    )]
+    Mirror {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Directory to write (or complete: what is present and verified is kept)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Take binaries from this mirror (directory or URL) instead of upstream
+        #[arg(long, value_name = "DIR|URL")]
+        from: Option<String>,
+        /// Verify binaries against the source mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -159,6 +182,14 @@ pub enum Command {
         #[arg(long = "backend", required = true)]
         backends: Vec<std::net::SocketAddr>,
     },
+
+    /// Teams: namespace, RBAC, GPU quota (ResourceQuota; Kueue queues where installed)
+    #[command(subcommand)]
+    Team(TeamCommand),
+
+    /// Team users: client certificate through the CSR API and a namespaced kubeconfig
+    #[command(subcommand)]
+    User(UserCommand),
 
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
@@ -226,5 +257,70 @@ pub enum ProfilesCommand {
         /// Override one profile field, e.g. --set workers[0].count=8 (repeatable)
         #[arg(long = "set", value_name = "PATH=VALUE")]
         sets: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Create or update a team: namespace, Role/RoleBinding, ResourceQuota, LimitRange, queues
+    #[command(
+        after_help = "Examples:\n  k8sforge team add vision --gpus 16 --cpu 128 --memory 1Ti\n  k8sforge team add nlp --gpus 8 --cohort research --borrowing-limit 8"
+    )]
+    Add {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Team name (names its namespace and ClusterQueue)
+        name: String,
+        /// GPUs the team may request in total (nominal quota)
+        #[arg(long)]
+        gpus: u32,
+        /// Total CPU requests, e.g. 64 or 500m
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Total memory requests, e.g. 256Gi
+        #[arg(long)]
+        memory: Option<String>,
+        /// Kueue cohort: queues of one cohort borrow each other's unused quota
+        #[arg(long)]
+        cohort: Option<String>,
+        /// GPUs the team may borrow from its cohort beyond its quota (default: no limit)
+        #[arg(long)]
+        borrowing_limit: Option<u32>,
+    },
+    /// Teams with their GPU quota and use
+    List {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Delete a team: its ClusterQueue and its namespace with everything in it
+    Remove {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Issue a client certificate for a team user and write their kubeconfig (0600)
+    #[command(
+        after_help = "Examples:\n  k8sforge user add alice --team vision\n  k8sforge user add bob --team nlp --out ./bob.kubeconfig --days 30"
+    )]
+    Add {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// User name (the certificate's CN)
+        user: String,
+        /// The user's team
+        #[arg(long)]
+        team: String,
+        /// Where to write the kubeconfig (default: <state dir>/users/USER.kubeconfig)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Certificate lifetime in days (1-365)
+        #[arg(long, default_value_t = 90)]
+        days: u32,
     },
 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::profile::validate::{control_plane_node_name, worker_node_name};
 use crate::profile::{Profile, Taint};
 
-/// Local nodes get 198.18.0.(10+i): .1 is the host bridge, the first ten are left free.
-pub const LOCAL_FIRST_HOST: u64 = 10;
+// Address arithmetic the profile's validation shares, kept at its level.
+pub use crate::profile::addressing::{pod_blocks, LOCAL_FIRST_HOST};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -130,14 +130,6 @@ impl Inventory {
     pub fn count(&self, role: Role) -> usize {
         self.with_role(role).count()
     }
-}
-
-/// How many per-node blocks of `prefix` fit in `range`.
-pub fn pod_blocks(range: Ipv4Net, prefix: u8) -> u64 {
-    if prefix < range.prefix_len() || prefix > 32 {
-        return 0;
-    }
-    1u64 << (prefix - range.prefix_len())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -276,10 +268,13 @@ pub fn planned(
     })
 }
 
-/// The API endpoint when the provider has no load balancer to offer: the profile's endpoint name
-/// if set, else the first control plane (one control plane), else for local nodes the host-side
-/// load balancer (`provider::local::api_proxy`), else a per-node local proxy on 127.0.0.1 that
-/// balances over every apiserver (the kubespray model; not rendered yet).
+/// The API endpoint for people and tools (the admin kubeconfig) when the provider has no load
+/// balancer to offer: the profile's endpoint name if set, else for local nodes with several
+/// control planes the host-side load balancer (`provider::local::api_proxy`), else the first
+/// control plane (its external address when it has one, so the operator's machine reaches it).
+/// Kubelets and kube-proxy never use this: they dial `https://127.0.0.1:<port>` on every node —
+/// the apiserver itself on a control plane, the node-local balancer to every apiserver elsewhere
+/// (`render::api_proxy`) — so several control planes work without any load balancer.
 pub fn default_api_endpoint(profile: &Profile, nodes: &[Node]) -> ApiEndpoint {
     let port = profile.api_server.port;
     let cps: Vec<&Node> = nodes.iter().filter(|n| n.has(Role::ControlPlane)).collect();
@@ -299,22 +294,16 @@ pub fn default_api_endpoint(profile: &Profile, nodes: &[Node]) -> ApiEndpoint {
             addresses: vec![IpAddr::V4(host)],
         };
     }
-    match cps.as_slice() {
-        [one] => ApiEndpoint {
-            host: one.internal_ip.to_string(),
-            port,
-            addresses: vec![IpAddr::V4(one.internal_ip)],
-        },
-        _ => ApiEndpoint {
-            host: "127.0.0.1".to_string(),
-            port: LOCAL_API_PROXY_PORT,
-            addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        },
+    let addr = cps
+        .first()
+        .map(|n| n.external_ip.unwrap_or(IpAddr::V4(n.internal_ip)))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    ApiEndpoint {
+        host: addr.to_string(),
+        port,
+        addresses: vec![addr],
     }
 }
-
-/// Port of the per-node API proxy used when there are several control planes and no LB.
-pub const LOCAL_API_PROXY_PORT: u16 = 6444;
 
 #[cfg(test)]
 mod tests {

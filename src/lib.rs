@@ -1,8 +1,11 @@
 //! k8sforge: a Kubernetes cluster for GPU training, built the hard way, automated.
 //!
 //! Data flow (see design.md): profile → inventory → PKI → rendered bundle → nodes.
+//!
+//! Modules import only from lower layers (README.md "Layout"; checked by `tests/layers.rs`).
 
 pub mod addons;
+pub mod airgap;
 pub mod artifacts;
 pub mod cli;
 pub mod cluster_lock;
@@ -23,5 +26,4 @@ pub mod ssh_command;
 pub mod sshkeys;
 pub mod state;
 pub mod status;
-#[doc(hidden)]
-pub mod testkit;
+pub mod training;

@@ -69,8 +69,9 @@ pub struct State {
     #[serde(default)]
     pub applied_digests: BTreeMap<String, String>,
     /// A `certs rotate` in progress: its plan and how far it got (resumed by the next run).
+    /// Kept as JSON: its shape is `rotate::RotationRecord`'s, a layer above the state file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<crate::rotate::RotationRecord>,
+    pub rotation: Option<serde_json::Value>,
 }
 
 /// The state directory of one cluster, locked for the lifetime of this value.

@@ -21,7 +21,11 @@ pub const UNITS: &[&str] = &[
     "kubelet.service",
     "kube-proxy.service",
     "k8sforge-pod-routes.service",
+    crate::render::gpu::GPU_UNIT,
 ];
+
+/// Prefix of the status line carrying the GPU health file.
+const GPU_HEALTH: &str = "gpu-health";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeStatus {
@@ -40,6 +44,10 @@ pub struct NodeStatus {
     /// `/readyz` of the apiserver on this node (control planes with a running apiserver).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_ready: Option<bool>,
+    /// GPU nodes: the last GPU preflight's result (`passed`, `failed: …`), or `unverified`
+    /// before the addons phase ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_health: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,26 +82,36 @@ pub fn collect(
         })
         .collect::<Vec<_>>()
         .join("; ")
-        + "; true";
+        + &format!(
+            "; [ -e {f} ] && echo \"{GPU_HEALTH} $(head -n1 {f})\"; true",
+            f = crate::render::gpu::HEALTH_FILE
+        );
     let nodes: Vec<_> = inv.nodes.iter().collect();
     let results = exec.run_all(&nodes, &script, Duration::from_secs(20));
     let nodes = results
         .into_iter()
-        .map(|o| match o.result {
-            Ok(out) => NodeStatus {
-                node: o.node,
-                reachable: true,
-                error: None,
-                cert_days_left: None,
-                cert_problems: Vec::new(),
-                api_ready: None,
-                units: out
+        .zip(&nodes)
+        .map(|(o, n)| match o.result {
+            Ok(out) => {
+                let mut units: BTreeMap<String, String> = out
                     .stdout
                     .lines()
                     .filter_map(|l| l.split_once(' '))
                     .map(|(u, s)| (u.to_string(), s.to_string()))
-                    .collect(),
-            },
+                    .collect();
+                let health = units.remove(GPU_HEALTH);
+                NodeStatus {
+                    node: o.node,
+                    reachable: true,
+                    error: None,
+                    units,
+                    cert_days_left: None,
+                    cert_problems: Vec::new(),
+                    api_ready: None,
+                    gpu_health: (n.gpus > 0)
+                        .then(|| health.unwrap_or_else(|| "unverified".to_string())),
+                }
+            }
             Err(e) => NodeStatus {
                 node: o.node,
                 reachable: false,
@@ -102,6 +120,7 @@ pub fn collect(
                 cert_days_left: None,
                 cert_problems: Vec::new(),
                 api_ready: None,
+                gpu_health: None,
             },
         })
         .collect();
@@ -114,51 +133,6 @@ pub fn collect(
             .collect(),
         nodes,
     })
-}
-
-/// Add each node's deployed-certificate expiry (and problems) and each running apiserver's
-/// `/readyz` answer.
-pub fn add_certs_and_api(
-    status: &mut ClusterStatus,
-    profile: &crate::profile::Profile,
-    inv: &Inventory,
-    cluster_dir: &Path,
-    state: &State,
-) -> anyhow::Result<()> {
-    let read = crate::deployed_certs::reader(profile, inv, cluster_dir, state, 30)?;
-    let certs = read(time::OffsetDateTime::now_utc());
-    let exec = Executor::new(
-        cluster_dir,
-        ExecutorOptions {
-            progress: false,
-            retries: 1,
-            connect_timeout: Duration::from_secs(5),
-            ..ExecutorOptions::default()
-        },
-    )?;
-    let cmd =
-        crate::phases::control_plane::local_kubectl(profile.api_server.port, "get --raw=/readyz");
-    for n in status.nodes.iter_mut() {
-        if let Some(c) = certs.iter().find(|c| c.node == n.node && c.reachable) {
-            n.cert_days_left = c.min_days_left();
-            n.cert_problems = c
-                .certificates
-                .iter()
-                .filter(|x| x.status != crate::deployed_certs::DeployedStatus::Ok)
-                .map(|x| format!("{} {}", x.path, x.status.as_str()))
-                .collect();
-        }
-        if n.units.get("kube-apiserver.service").map(String::as_str) == Some("active") {
-            if let Some(node) = inv.node(&n.node) {
-                n.api_ready = Some(
-                    exec.connect(node)
-                        .and_then(|c| c.exec_status(&cmd, Duration::from_secs(15)))
-                        .is_ok_and(|o| o.status == 0 && o.stdout.trim() == "ok"),
-                );
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Human table: one line per node.
@@ -197,6 +171,10 @@ pub fn print_table(s: &ClusterStatus) {
         } else {
             n.error.clone().unwrap_or_default()
         };
+        let units = match &n.gpu_health {
+            Some(h) => format!("{units} gpu={h}"),
+            None => units,
+        };
         println!(
             "{:<24} {:<10} {certs:<10} {api:<8} {units}",
             n.node,
@@ -216,6 +194,7 @@ impl ClusterStatus {
                 && n.units.values().all(|s| s == "active")
                 && n.api_ready != Some(false)
                 && n.cert_problems.is_empty()
+                && n.gpu_health.as_deref().is_none_or(|h| h == "passed")
         })
     }
 }

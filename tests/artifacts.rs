@@ -1,6 +1,6 @@
 //! Artifacts: mirror resolution, the test mirror built from Debian packages, verification,
 //! cache, extraction. Needs `dpkg-deb` and `apt-get download` (or the cached .debs) — see
-//! `k8sforge::testkit::mirror`. All traffic stays on 127.0.0.1.
+//! `k8sforge_testkit::mirror`. All traffic stays on 127.0.0.1.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -11,7 +11,7 @@ use k8sforge::artifacts::source::{self, DigestSource, Location, MIRROR_MANIFEST}
 use k8sforge::artifacts::{
     self, extract, ArtifactError, ArtifactSource, Cache, Component, Digest, Mirror,
 };
-use k8sforge::testkit::mirror::{self, TestMirror};
+use k8sforge_testkit::mirror::{self, TestMirror};
 use sha2::Digest as _;
 
 fn test_mirror() -> TestMirror {
@@ -292,6 +292,7 @@ fn mirror_locations_follow_the_files_repo_convention() {
     let spec = k8sforge::profile::schema::ArtifactsSpec {
         mirror: Some("/nonexistent/from-profile".into()),
         trust_mirror_checksums: false,
+        ..Default::default()
     };
     let s = ArtifactSource::from_profile(&spec, Some(dir.path().to_str().unwrap()), false).unwrap();
     assert_eq!(s.mirror, Mirror::Dir(dir.path().to_path_buf()));

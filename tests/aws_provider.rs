@@ -71,6 +71,7 @@ impl Env {
             planned,
             cluster_dir: self.dir.path().to_path_buf(),
             ssh_public_key: self.key.clone(),
+            replace_drifted: false,
         }
     }
 
@@ -891,4 +892,152 @@ async fn lost_run_instances_answers_launch_no_duplicates() {
         .expect("teardown");
     let left = tagged_inventory(&e.clients, "gpu-dev").await;
     assert!(left.values().all(|v| *v == 0), "{left:?}");
+}
+
+/// p5 workers with `aws.efa: true`: the RunInstances request carries the 32 EFA-only interfaces
+/// of the network-card layout AWS documents (plus the primary ENA interface) and the cluster
+/// placement group, which provision creates tagged and teardown removes; the nodes' security
+/// group keeps the all-traffic rule from itself that EFA needs. moto records the request but does
+/// not model EFA devices or placement: that the interfaces come up as EFA devices and the
+/// instances land close together only a real p5 launch shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p5_efa_interfaces_and_placement_group_created_and_torn_down() {
+    let e = env("100000000013").await;
+    let c = &e.clients;
+    let p = profile_for(
+        "gpu-dev",
+        &e.account,
+        &[
+            "workers[1].aws.instanceType=p5.48xlarge",
+            "workers[1].aws.efa=true",
+        ],
+    );
+    let inv = planned(&p);
+    let ctx = e.ctx(&p, &inv);
+    let out = e.provider.provision_outcome(&ctx).await.expect("provision");
+    let counts = e.counts();
+    assert_eq!(counts.get("CreatePlacementGroup"), Some(&1), "{counts:?}");
+    let total: u64 = counts.values().sum();
+    assert!(total < 60, "{total} calls: {counts:?}");
+
+    let launches = peer::proxy().launches(&e.account);
+    let p5: Vec<_> = launches
+        .iter()
+        .filter(|l| l.get("InstanceType").map(String::as_str) == Some("p5.48xlarge"))
+        .collect();
+    assert_eq!(p5.len(), 1, "one batch for both GPU nodes: {launches:?}");
+    let l = p5[0];
+    assert_eq!(l["MinCount"], "2");
+    let group = "k8sforge-gpu-dev-gpu";
+    assert_eq!(l["Placement.GroupName"], group, "{l:?}");
+    let mut efa = Vec::new();
+    let mut ena = Vec::new();
+    for i in 1..=40 {
+        let Some(kind) = l.get(&format!("NetworkInterface.{i}.InterfaceType")) else {
+            continue;
+        };
+        let card: u32 = l[&format!("NetworkInterface.{i}.NetworkCardIndex")]
+            .parse()
+            .unwrap();
+        let dev: u32 = l[&format!("NetworkInterface.{i}.DeviceIndex")]
+            .parse()
+            .unwrap();
+        assert!(
+            !l.contains_key(&format!("NetworkInterface.{i}.AssociatePublicIpAddress")),
+            "EC2 refuses a public address with several interfaces: {l:?}"
+        );
+        match kind.as_str() {
+            "efa-only" => efa.push((card, dev)),
+            "interface" => ena.push((card, dev)),
+            other => panic!("interface type {other}"),
+        }
+    }
+    assert_eq!(ena, [(0, 0)], "primary ENA on card 0, device 0");
+    assert_eq!(efa.len(), 32, "{efa:?}");
+    assert_eq!(efa[0], (0, 1));
+    assert_eq!(
+        efa[1..].to_vec(),
+        (1..32).map(|c| (c, 0)).collect::<Vec<_>>(),
+        "one EFA-only interface per further network card"
+    );
+    // CPU nodes: one interface with a public address, no placement group.
+    for l in launches
+        .iter()
+        .filter(|l| l["InstanceType"] != "p5.48xlarge")
+    {
+        assert!(!l.contains_key("Placement.GroupName"), "{l:?}");
+        assert_eq!(l["NetworkInterface.1.AssociatePublicIpAddress"], "true");
+        assert!(!l.contains_key("NetworkInterface.2.DeviceIndex"));
+    }
+    // The GPU nodes are reached at their VPC address (no public one).
+    for n in out.inventory.nodes.iter().filter(|n| n.group == "gpu") {
+        assert_eq!(
+            n.ssh.host,
+            std::net::IpAddr::V4(n.internal_ip),
+            "{}",
+            n.name
+        );
+    }
+
+    // The placement group: strategy cluster, tagged for the cluster.
+    let pgs = c
+        .ec2
+        .describe_placement_groups()
+        .group_names(group)
+        .send()
+        .await
+        .unwrap();
+    let pg = &pgs.placement_groups()[0];
+    assert_eq!(pg.strategy().map(|s| s.as_str()), Some("cluster"));
+    assert!(tagged(pg.tags(), "gpu-dev"), "{pg:?}");
+    // EFA's security-group rule: all traffic from the group itself.
+    let sgs = c
+        .ec2
+        .describe_security_groups()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name(format!("tag:{CLUSTER_TAG}"))
+                .values("gpu-dev")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sg = &sgs.security_groups()[0];
+    let sg_id = sg.group_id().unwrap();
+    assert!(
+        sg.ip_permissions()
+            .iter()
+            .any(|r| r.ip_protocol() == Some("-1")
+                && r.user_id_group_pairs()
+                    .iter()
+                    .any(|g| g.group_id() == Some(sg_id))),
+        "{sg:?}"
+    );
+
+    // A re-run adopts the group; teardown removes it.
+    peer::proxy().reset(&e.account);
+    e.provider.provision_outcome(&ctx).await.expect("re-run");
+    assert_eq!(e.counts().get("CreatePlacementGroup"), None);
+    let report = e
+        .provider
+        .teardown_report(&ctx, false)
+        .await
+        .expect("teardown");
+    assert!(
+        report
+            .deleted
+            .iter()
+            .any(|(k, v)| k == "placement-group" && v == group),
+        "{:?}",
+        report.deleted
+    );
+    let left = c.ec2.describe_placement_groups().send().await.unwrap();
+    assert!(
+        !left
+            .placement_groups()
+            .iter()
+            .any(|g| g.group_name() == Some(group)),
+        "{left:?}"
+    );
 }

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8sforge::testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
-use k8sforge::testkit::{mirror, oci};
+use k8sforge_testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
+use k8sforge_testkit::{mirror, oci};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 const BUSYBOX: &str = "k8sforge.test/busybox:1";

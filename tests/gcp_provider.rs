@@ -79,6 +79,7 @@ fn ctx<'a>(p: &'a Profile, inv: &'a Inventory) -> ProvisionContext<'a> {
         planned: inv,
         cluster_dir: std::env::temp_dir(),
         ssh_public_key: SSH_KEY.to_string(),
+        replace_drifted: false,
     }
 }
 
@@ -90,7 +91,11 @@ async fn up(
 ) -> Result<Inventory, String> {
     let c = ctx(p, inv);
     gcp.preflight(&c).await.map_err(|e| e.to_string())?;
-    let r = gcp.provision(&c).await.map_err(|e| e.to_string());
+    let r = gcp
+        .provision(&c)
+        .await
+        .map(|out| out.inventory)
+        .map_err(|e| e.to_string());
     assert_eq!(
         fake.violations(),
         Vec::<String>::new(),

@@ -8,7 +8,7 @@
 //!
 //! Needs `K8SFORGE_TEST_KUBE_BIN` = a directory with kube-apiserver and kube-controller-manager
 //! (see DEVELOPERS.md); skipped with one line when unset. etcd comes from the test mirror
-//! (Debian's etcd-server package, see src/testkit/mirror.rs).
+//! (Debian's etcd-server package, see testkit/src/mirror.rs).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -81,7 +81,7 @@ fn free_port() -> u16 {
 }
 
 fn etcd_binary() -> PathBuf {
-    let mirror = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+    let mirror = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("building the test mirror (for etcd): {e}"));
     // <cache>/unpacked-<key>/busybox-static/bin/busybox → <cache>/unpacked-<key>/etcd-server/…
     let unpacked = mirror

@@ -250,11 +250,11 @@ fn verify_kubeconfigs(p: &Profile, inv: &Inventory, dir: &Path, certs: &[table::
             .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
             .arg(&file));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // Only people and tools (admin) use the cluster endpoint; every component dials
+        // 127.0.0.1 — its own apiserver on a control plane, the node-local balancer elsewhere.
         let server = match c.name.as_str() {
-            layout::CONTROLLER_MANAGER | layout::SCHEDULER => {
-                format!("https://127.0.0.1:{}", p.api_server.port)
-            }
-            _ => inv.api.url(),
+            layout::ADMIN => inv.api.url(),
+            _ => format!("https://127.0.0.1:{}", p.api_server.port),
         };
         assert_eq!(v["clusters"][0]["name"], p.name.as_str(), "{}", c.name);
         assert_eq!(v["clusters"][0]["cluster"]["server"], server.as_str());

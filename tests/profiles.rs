@@ -453,3 +453,44 @@ fn unimplemented_verbs_say_so_and_fail() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
 }
+
+#[test]
+fn artifact_settings_are_checked_field_by_field() {
+    let text = format!(
+        "{GOOD}artifacts:\n  delivery: seed\n  seeds: 9\n  registryMirrors:\n    - registry: registry.k8s.io\n      endpoints: [\"ftp://m.example\", \"https://user@m.example\"]\n      username: puller\n    - registry: registry.k8s.io\n      endpoints: []\n  images:\n    pause: registry.k8s.io/pause:3.9\n"
+    );
+    let errs = errors_of(&text, &[]);
+    let find = |path: &str| {
+        errs.iter()
+            .find(|d| d.path == path)
+            .unwrap_or_else(|| panic!("no error at {path}: {errs:#?}"))
+    };
+    assert!(find("artifacts.seeds").allowed.contains("1 to 3"));
+    assert!(find("artifacts.registryMirrors[0].endpoints[0]")
+        .problem
+        .contains("http:// or https://"));
+    assert!(find("artifacts.registryMirrors[0].endpoints[1]")
+        .problem
+        .contains("credentials"));
+    assert!(find("artifacts.registryMirrors[0]")
+        .problem
+        .contains("passwordFile"));
+    assert!(find("artifacts.registryMirrors[1].registry")
+        .problem
+        .contains("twice"));
+    assert!(find("artifacts.registryMirrors[1].endpoints")
+        .problem
+        .contains("no mirror"));
+    let pause = find("artifacts.images.pause");
+    assert!(pause.problem.contains("not pinned by digest"));
+    assert!(pause.allowed.contains("@sha256:"));
+    // Every one of them located in the file.
+    for d in &errs {
+        assert!(matches!(d.origin, Origin::File { .. }), "{d:?}");
+    }
+    // A good one passes.
+    let ok = format!(
+        "{GOOD}artifacts:\n  delivery: fetch\n  registryMirrors:\n    - registry: docker.io\n      endpoints: [\"http://198.18.0.1:5000\"]\n      fallbackToUpstream: false\n"
+    );
+    assert!(errors_of(&ok, &[]).is_empty(), "{:#?}", errors_of(&ok, &[]));
+}

@@ -158,7 +158,7 @@ fn sync_is_atomic_idempotent_and_uploads_only_what_changed() {
             local_file(&r("/usr/local/bin/demo"), 0o755, "root:root", &big_v1),
         ],
         units: vec![],
-        commands: vec![],
+        ..NodePlan::default()
     };
     let inv = inventory(vec![node("n1", server.port)]);
     let digests = fx.dir.path().join("digests");
@@ -527,7 +527,7 @@ fn fan_out_is_bounded_over_many_sessions() {
 #[test]
 fn artifacts_travel_by_the_same_sync_and_run_on_the_node() {
     use k8sforge::artifacts::{self, extract, source, ArtifactSource, Cache, Component, Mirror};
-    let m = k8sforge::testkit::mirror::build(&k8sforge::testkit::mirror::default_cache_dir())
+    let m = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("test mirror: {e}"));
     let fx = Fixture::new();
     let server = fx.sshd();
@@ -542,7 +542,7 @@ fn artifacts_travel_by_the_same_sync_and_run_on_the_node() {
     for a in source::resolve(release, &src, &[Component::Etcd, Component::Runc]).unwrap() {
         let fetched = cache.fetch(&a, &src.mirror).unwrap();
         for f in extract(&cache, &a, &fetched.path).unwrap() {
-            let mut sf = f.sync_file(&[]);
+            let mut sf = SyncFile::from_installed(&f, &[]);
             sf.path = format!("{}{}", root.display(), f.path);
             files.push(sf);
         }

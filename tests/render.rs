@@ -494,7 +494,12 @@ fn control_planes_are_tainted_and_gpu_nodes_keep_their_taints() {
         if n.has(Role::ControlPlane) {
             assert_eq!(t, vec![cp_taint.clone()], "{}", n.name);
         } else if n.group == "gpu" {
-            assert_eq!(t, vec![gpu_taint.clone()], "{}", n.name);
+            // The profile's taint, and the one the GPU health gate lifts.
+            let unverified = (
+                "k8sforge.io/gpu-unverified".to_string(),
+                "NoSchedule".to_string(),
+            );
+            assert_eq!(t, vec![unverified, gpu_taint.clone()], "{}", n.name);
             assert!(labels.contains("k8sforge.io/gpu=true"));
         } else {
             assert!(t.is_empty(), "{}", n.name);
@@ -554,11 +559,11 @@ fn versions_switch_flags_and_config_formats() {
     // containerd 2.1 (pinned with 1.34) reads version 3; 1.7 (with 1.28) version 2.
     assert!(ctd_new.contains("\nversion = 3\n"));
     assert!(ctd_new.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  BinaryName = \"/usr/local/sbin/runc\"\n  SystemdCgroup = true"));
-    assert!(ctd_new.contains("sandbox = \"registry.k8s.io/pause:3.10.1\""));
+    assert!(ctd_new.contains("sandbox = \"registry.k8s.io/pause:3.10.1@sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c\""));
     assert!(ctd_new.contains("bin_dirs = [\"/opt/cni/bin\"]"));
     assert!(ctd_old.contains("\nversion = 2\n"));
     assert!(ctd_old.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  BinaryName = \"/usr/local/sbin/runc\"\n  SystemdCgroup = true"));
-    assert!(ctd_old.contains("sandbox_image = \"registry.k8s.io/pause:3.9\""));
+    assert!(ctd_old.contains("sandbox_image = \"registry.k8s.io/pause:3.9@sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097\""));
     assert!(ctd_old.contains("bin_dir = \"/opt/cni/bin\""));
     // failCgroupV1 exists from 1.31 only.
     let kn = yaml(n, "/etc/kubernetes/kubelet-config.yaml");
@@ -604,6 +609,8 @@ fn units_start_in_dependency_order_after_daemon_reload() {
         [
             "k8sforge-node-prep.service",
             "k8sforge-pod-routes.service",
+            // The node-local API endpoint, before kubelet and kube-proxy dial it.
+            "k8sforge-api-proxy.service",
             "containerd.service",
             "k8sforge-images.service",
             "kubelet.service",

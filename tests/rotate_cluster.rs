@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8sforge::testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
+use k8sforge_testkit::mirror;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 

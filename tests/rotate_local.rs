@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::mirror;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use k8sforge::testkit::{mirror, oci};
+use k8sforge_testkit::{mirror, oci};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 const NAME: &str = "e2e-up";

@@ -15,7 +15,7 @@ use std::fs;
 use std::process::{Command, Output};
 
 use k8sforge::render::routes::{vxlan_mac, VXLAN_DEV};
-use k8sforge::testkit::mirror;
+use k8sforge_testkit::mirror;
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 

@@ -1,7 +1,8 @@
-//! Container images of the add-ons. Nodes never pull: the images are imported from OCI archives
-//! into containerd (runtime phase), so these references must equal the archives' names. They
-//! come from one place, `artifacts::images` (the release's defaults, replaced by a mirror's
-//! list); this is the renderer's plain input, so a caller can override each reference.
+//! Container images of the add-ons: pulled by digest (the release's pins or the profile's
+//! `artifacts.images`), or, when the artifact mirror ships OCI archives, the archives' names
+//! (imported into containerd by the runtime phase). They come from one place,
+//! `artifacts::images`; this is the renderer's plain input, so a caller can override each
+//! reference.
 
 use serde::Serialize;
 

@@ -17,12 +17,8 @@ use crate::artifacts::Release;
 use crate::pki::table;
 use crate::profile::Profile;
 use crate::render::context::CONTROL_PLANE_TAINT;
+pub use crate::render::context::{GPU_LABEL_KEY, GPU_LABEL_VALUE};
 use crate::render::{templates, RenderError};
-
-/// Label that marks a GPU node: the device plugin DaemonSet selects exactly these nodes. Nodes
-/// of a worker group with `gpusPerNode > 0` carry it automatically (see render::context).
-pub const GPU_LABEL_KEY: &str = "k8sforge.io/gpu";
-pub const GPU_LABEL_VALUE: &str = "true";
 
 /// CoreDNS replicas: two, so a node drain never takes cluster DNS down.
 pub const COREDNS_REPLICAS: u32 = 2;
@@ -58,6 +54,8 @@ struct AddonsCtx<'a> {
     control_plane_taint: &'static str,
     gpu_label_key: &'static str,
     gpu_label_value: &'static str,
+    gpu_unverified_taint: &'static str,
+    nvidia_runtime: &'static str,
     apiserver_kubelet_client_user: &'static str,
     /// Names outside the cluster go to the nodes' resolvers; local nodes have none (no internet),
     /// and CoreDNS refuses to start forwarding to an empty list.
@@ -92,6 +90,8 @@ pub fn render(profile: &Profile, images: &AddonImages) -> Result<Vec<Manifest>, 
         control_plane_taint: CONTROL_PLANE_TAINT,
         gpu_label_key: GPU_LABEL_KEY,
         gpu_label_value: GPU_LABEL_VALUE,
+        gpu_unverified_taint: crate::render::gpu::UNVERIFIED_TAINT,
+        nvidia_runtime: crate::render::gpu::RUNTIME_HANDLER,
         apiserver_kubelet_client_user: apiserver_kubelet_client_user()?,
         forward_upstream: profile.provider.kind != crate::profile::ProviderKind::Local,
         images,
@@ -203,6 +203,7 @@ mod tests {
             assert_eq!(
                 kinds,
                 [
+                    "RuntimeClass nvidia",
                     "ClusterRole system:kube-apiserver-to-kubelet",
                     "ServiceAccount kube-system/coredns",
                     "ClusterRole system:coredns",
@@ -235,7 +236,7 @@ mod tests {
         );
         assert!(pod.affinity.is_none(), "the label is the only selector");
         let tol = pod.tolerations.unwrap();
-        assert_eq!(tol.len(), 1);
+        assert_eq!(tol.len(), 2);
         assert_eq!(tol[0].key.as_deref(), Some("nvidia.com/gpu"));
         assert_eq!(tol[0].operator.as_deref(), Some("Exists"));
         assert_eq!(tol[0].effect.as_deref(), Some("NoSchedule"));
@@ -268,9 +269,25 @@ mod tests {
         assert_eq!(mount.name, vol.name);
         assert_eq!(mount.mount_path, "/var/lib/kubelet/device-plugins");
         let env = c.env.as_ref().unwrap();
-        assert!(env
-            .iter()
-            .any(|e| e.name == "FAIL_ON_INIT_ERROR" && e.value.as_deref() == Some("false")));
+        let var = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_else(|| panic!("no env {n}"))
+        };
+        // Fails loudly on a node without a working driver; devices by CDI names over the CRI.
+        assert_eq!(var("FAIL_ON_INIT_ERROR"), "true");
+        assert_eq!(var("DEVICE_LIST_STRATEGY"), "cdi-cri");
+        assert!(tol.iter().any(
+            |t| t.key.as_deref() == Some(crate::render::gpu::UNVERIFIED_TAINT)
+                && t.effect.as_deref() == Some("NoSchedule")
+        ));
+        let rc: k8s_openapi::api::node::v1::RuntimeClass = typed(&objs, "RuntimeClass", "nvidia");
+        assert_eq!(rc.handler, "nvidia");
+        assert_eq!(
+            rc.scheduling.unwrap().node_selector.unwrap(),
+            BTreeMap::from([(GPU_LABEL_KEY.to_string(), GPU_LABEL_VALUE.to_string())])
+        );
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(
@@ -340,7 +357,11 @@ mod tests {
             let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
             assert_eq!(
                 c.image.as_deref(),
-                Some(format!("registry.k8s.io/coredns/coredns:{}", release.coredns).as_str())
+                Some(
+                    crate::artifacts::ClusterImage::CoreDns
+                        .default_reference(release)
+                        .as_str()
+                )
             );
             assert_eq!(c.image_pull_policy.as_deref(), Some("IfNotPresent"));
             let sc = c.security_context.as_ref().unwrap();

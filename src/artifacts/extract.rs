@@ -1,6 +1,6 @@
 //! Turn a verified download into the files a node receives: the binaries of an archive, each
 //! with its install path and sha256, extracted once into `cache/extracted/<digest>/` (atomic:
-//! a temp directory renamed into place) and streamed to nodes by the remote sync.
+//! a temp directory renamed into place) and streamed to nodes by the remote sync (`remote::SyncFile::from_installed`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,7 +11,6 @@ use sha2::{Digest as _, Sha256};
 
 use super::source::{ArtifactError, Cache, ResolvedArtifact};
 use super::{Digest, Layout};
-use crate::remote::{FileSource, SyncFile};
 
 /// Mode of installed executables.
 const EXEC_MODE: u32 = 0o755;
@@ -31,18 +30,6 @@ impl InstalledFile {
     /// File name on the node (`etcd`, `bridge`, …).
     pub fn name(&self) -> &str {
         self.path.rsplit('/').next().unwrap_or(&self.path)
-    }
-
-    /// As a file for the remote sync (root-owned, streamed from the cache).
-    pub fn sync_file(&self, restarts: &[&str]) -> SyncFile {
-        SyncFile {
-            path: self.path.clone(),
-            mode: self.mode,
-            owner: "root:root".into(),
-            sha256: self.sha256.clone(),
-            source: FileSource::Local(self.local.clone()),
-            restarts: restarts.iter().map(|s| s.to_string()).collect(),
-        }
     }
 }
 
@@ -193,9 +180,4 @@ pub fn extract(
         }
     }
     Ok(files)
-}
-
-/// Files for the remote sync.
-pub fn sync_files(files: &[InstalledFile], restarts: &[&str]) -> Vec<SyncFile> {
-    files.iter().map(|f| f.sync_file(restarts)).collect()
 }

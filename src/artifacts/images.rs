@@ -1,7 +1,11 @@
 //! Container images the cluster itself needs: the pod sandbox (pause), CoreDNS and the NVIDIA
-//! device plugin. They travel as OCI archives in the artifact mirror and are imported into
-//! containerd on every node that runs pods; nothing is pulled from a registry at run time, as at
-//! air-gapped sites.
+//! device plugin, each pinned by digest (`IMAGE_DIGESTS`), so a moved tag or an untrusted mirror
+//! serving other bytes is detected by containerd.
+//!
+//! By default nodes pull them online (from the upstream registry, or from the mirrors of
+//! `artifacts.registryMirrors`, rendered as containerd `hosts.toml`). For air-gapped sites they
+//! can also travel as OCI archives in the artifact mirror and are then imported into containerd
+//! on every node that runs pods; an archive in the mirror wins over an online pull.
 //!
 //! A mirror lists its archives in `k8sforge-artifacts.json` under `images`:
 //! `{"name": "pause", "reference": "registry.k8s.io/pause:3.9", "file": "images/pause.tar",
@@ -12,8 +16,9 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use super::source::MirrorImage;
 use super::source::{load_manifest, ArtifactError, ArtifactSource, Cache, Location, Mirror};
 use super::{Digest, Release, MIRROR_MANIFEST_NAME};
 
@@ -29,13 +34,22 @@ pub enum ClusterImage {
     Pause,
     CoreDns,
     NvidiaDevicePlugin,
+    /// Controllers of the training stack (phase `training`).
+    TrainingOperator,
+    TrainerControllerManager,
+    JobSet,
+    Kueue,
 }
 
 impl ClusterImage {
-    pub const ALL: [ClusterImage; 3] = [
+    pub const ALL: [ClusterImage; 7] = [
         ClusterImage::Pause,
         ClusterImage::CoreDns,
         ClusterImage::NvidiaDevicePlugin,
+        ClusterImage::TrainingOperator,
+        ClusterImage::TrainerControllerManager,
+        ClusterImage::JobSet,
+        ClusterImage::Kueue,
     ];
 
     /// The name in a mirror's list and of the archive on the node.
@@ -44,6 +58,10 @@ impl ClusterImage {
             ClusterImage::Pause => "pause",
             ClusterImage::CoreDns => "coredns",
             ClusterImage::NvidiaDevicePlugin => "nvidia-device-plugin",
+            ClusterImage::TrainingOperator => "training-operator",
+            ClusterImage::TrainerControllerManager => "trainer-controller-manager",
+            ClusterImage::JobSet => "jobset",
+            ClusterImage::Kueue => "kueue",
         }
     }
 
@@ -51,14 +69,38 @@ impl ClusterImage {
         ClusterImage::ALL.into_iter().find(|i| i.name() == name)
     }
 
-    /// The upstream reference paired with `release`.
-    pub fn default_reference(self, release: &Release) -> String {
+    /// Upstream repository and tag paired with `release`.
+    pub fn repository_and_tag(self, release: &Release) -> (&'static str, &'static str) {
         match self {
-            ClusterImage::Pause => format!("registry.k8s.io/pause:{}", release.pause),
-            ClusterImage::CoreDns => format!("registry.k8s.io/coredns/coredns:{}", release.coredns),
-            ClusterImage::NvidiaDevicePlugin => {
-                format!("nvcr.io/nvidia/k8s-device-plugin:{NVIDIA_DEVICE_PLUGIN_VERSION}")
-            }
+            ClusterImage::Pause => ("registry.k8s.io/pause", release.pause),
+            ClusterImage::CoreDns => ("registry.k8s.io/coredns/coredns", release.coredns),
+            ClusterImage::NvidiaDevicePlugin => (
+                "nvcr.io/nvidia/k8s-device-plugin",
+                NVIDIA_DEVICE_PLUGIN_VERSION,
+            ),
+            // The references the pinned upstream overlays publish (training-operator v1.9.4's
+            // standalone overlay tags its image by commit).
+            ClusterImage::TrainingOperator => (
+                "ghcr.io/kubeflow/training-v1/training-operator",
+                "v1-93c5489",
+            ),
+            ClusterImage::TrainerControllerManager => (
+                "ghcr.io/kubeflow/trainer/trainer-controller-manager",
+                "v2.3.0",
+            ),
+            ClusterImage::JobSet => ("registry.k8s.io/jobset/jobset", "v0.12.0"),
+            ClusterImage::Kueue => ("registry.k8s.io/kueue/kueue", "v0.19.2"),
+        }
+    }
+
+    /// The upstream reference paired with `release`, pinned by digest when the table has one:
+    /// `registry.k8s.io/pause:3.10.1@sha256:…` (containerd pulls by the digest; the tag is
+    /// for people).
+    pub fn default_reference(self, release: &Release) -> String {
+        let (repo, tag) = self.repository_and_tag(release);
+        match pinned_digest(self, tag) {
+            Some(d) => format!("{repo}:{tag}@{d}"),
+            None => format!("{repo}:{tag}"),
         }
     }
 
@@ -68,17 +110,66 @@ impl ClusterImage {
     }
 }
 
-/// One image archive of a mirror's list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MirrorImage {
-    /// `pause`, `coredns` or `nvidia-device-plugin`.
-    pub name: String,
-    /// The image reference inside the archive (what containerd will know it as).
-    pub reference: String,
-    /// Path of the archive relative to the mirror's root.
-    pub file: String,
-    pub sha256: String,
+/// Digests of the multi-platform image indexes upstream publishes, `(image, tag, digest)`.
+/// Nothing here could reach a registry, so each value comes from upstream text found through
+/// the search index and is cross-checked where two independent sources exist:
+/// - pause 3.9: `FROM registry.k8s.io/pause:3.9@sha256:7031c1b2…` in cilium's Dockerfiles.
+/// - pause 3.10.1: the same `registry.k8s.io/pause:3.10.1@sha256:278fb9db…` in several
+///   independent projects' pins (kind-based test scripts, controller tests).
+/// - CoreDNS v1.10.1: coredns/corefile-migration `migration/versions.go` (`dockerImageSHA` of
+///   1.10.1), matching `crictl images`/pod `imageID` output in kubevirt and other projects.
+/// - CoreDNS v1.12.1: the `Image ID: registry.k8s.io/coredns/coredns@sha256:e8c26256…` of a
+///   running v1.12.1 pod, and containerd's own resolver test data (the coredns index).
+/// - NVIDIA device plugin v0.17.1: `nvcr.io/nvidia/k8s-device-plugin:v0.17.1@sha256:af31e2b7…`
+///   in two projects' image locks. Re-verify against the registry when one is reachable
+///   (`k8sforge mirror` does, by pulling by digest).
+pub const IMAGE_DIGESTS: &[(ClusterImage, &str, &str)] = &[
+    (
+        ClusterImage::Pause,
+        "3.9",
+        "sha256:7031c1b283388d2c2e09b57badb803c05ebed362dc88d84b480cc47f72a21097",
+    ),
+    (
+        ClusterImage::Pause,
+        "3.10.1",
+        "sha256:278fb9dbcca9518083ad1e11276933a2e96f23de604a3a08cc3c80002767d24c",
+    ),
+    (
+        ClusterImage::CoreDns,
+        "v1.10.1",
+        "sha256:a0ead06651cf580044aeb0a0feba63591858fb2e43ade8c9dea45a6a89ae7e5e",
+    ),
+    (
+        ClusterImage::CoreDns,
+        "v1.12.1",
+        "sha256:e8c262566636e6bc340ece6473b0eed193cad045384401529721ddbe6463d31c",
+    ),
+    (
+        ClusterImage::NvidiaDevicePlugin,
+        "v0.17.1",
+        "sha256:af31e2b7c7f89834c4e5219860def7ac2e49a207b3d4e8610d5a26772b7738e5",
+    ),
+];
+
+/// The pinned index digest of `image` at `tag`.
+pub fn pinned_digest(image: ClusterImage, tag: &str) -> Option<&'static str> {
+    IMAGE_DIGESTS
+        .iter()
+        .find(|(i, t, _)| *i == image && *t == tag)
+        .map(|(_, _, d)| *d)
+}
+
+/// `repo[:tag]@sha256:<64 hex>`: the reference is pinned by digest.
+pub fn is_digest_pinned(reference: &str) -> bool {
+    match reference.rsplit_once('@') {
+        Some((name, d)) => {
+            !name.is_empty()
+                && !name.contains(char::is_whitespace)
+                && matches!(Digest::parse(d), Some(Digest::Sha256(_)))
+                && d.starts_with("sha256:")
+        }
+        None => false,
+    }
 }
 
 /// The reference of every cluster image: the release's defaults, replaced by the mirror's list.
@@ -87,6 +178,10 @@ pub struct ImageRefs {
     pub pause: String,
     pub coredns: String,
     pub nvidia_device_plugin: String,
+    pub training_operator: String,
+    pub trainer_controller_manager: String,
+    pub jobset: String,
+    pub kueue: String,
 }
 
 impl ImageRefs {
@@ -95,6 +190,11 @@ impl ImageRefs {
             pause: ClusterImage::Pause.default_reference(release),
             coredns: ClusterImage::CoreDns.default_reference(release),
             nvidia_device_plugin: ClusterImage::NvidiaDevicePlugin.default_reference(release),
+            training_operator: ClusterImage::TrainingOperator.default_reference(release),
+            trainer_controller_manager: ClusterImage::TrainerControllerManager
+                .default_reference(release),
+            jobset: ClusterImage::JobSet.default_reference(release),
+            kueue: ClusterImage::Kueue.default_reference(release),
         }
     }
 
@@ -103,6 +203,10 @@ impl ImageRefs {
             ClusterImage::Pause => &self.pause,
             ClusterImage::CoreDns => &self.coredns,
             ClusterImage::NvidiaDevicePlugin => &self.nvidia_device_plugin,
+            ClusterImage::TrainingOperator => &self.training_operator,
+            ClusterImage::TrainerControllerManager => &self.trainer_controller_manager,
+            ClusterImage::JobSet => &self.jobset,
+            ClusterImage::Kueue => &self.kueue,
         }
     }
 
@@ -111,15 +215,42 @@ impl ImageRefs {
             ClusterImage::Pause => self.pause = reference,
             ClusterImage::CoreDns => self.coredns = reference,
             ClusterImage::NvidiaDevicePlugin => self.nvidia_device_plugin = reference,
+            ClusterImage::TrainingOperator => self.training_operator = reference,
+            ClusterImage::TrainerControllerManager => self.trainer_controller_manager = reference,
+            ClusterImage::JobSet => self.jobset = reference,
+            ClusterImage::Kueue => self.kueue = reference,
         }
     }
 
-    /// What the nodes will hold, given the artifact source.
+    /// The release's defaults with the profile's `artifacts.images` overrides applied.
+    pub fn with_overrides(
+        release: &Release,
+        overrides: &crate::artifacts::spec::ImageOverrides,
+    ) -> ImageRefs {
+        let mut refs = ImageRefs::defaults(release);
+        for (image, o) in [
+            (ClusterImage::Pause, &overrides.pause),
+            (ClusterImage::CoreDns, &overrides.coredns),
+            (
+                ClusterImage::NvidiaDevicePlugin,
+                &overrides.nvidia_device_plugin,
+            ),
+        ] {
+            if let Some(r) = o {
+                refs.set(image, r.clone());
+            }
+        }
+        refs
+    }
+
+    /// What the nodes will hold, given the artifact source: an archive the mirror lists wins
+    /// over the (online) reference.
     pub fn for_source(
         release: &Release,
+        overrides: &crate::artifacts::spec::ImageOverrides,
         source: &ArtifactSource,
     ) -> Result<ImageRefs, ArtifactError> {
-        let mut refs = ImageRefs::defaults(release);
+        let mut refs = ImageRefs::with_overrides(release, overrides);
         if let Some((file, manifest)) = load_manifest(&source.mirror)? {
             for (image, entry) in checked_entries(&file, &manifest.images)? {
                 refs.set(image, entry.reference.clone());

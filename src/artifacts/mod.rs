@@ -4,8 +4,10 @@
 //! A Kubernetes version is "known" when it has a row in `RELEASES`; the profile validator offers
 //! exactly these. Every artifact of a release has an upstream URL and a pinned digest
 //! (`pins.rs`). `source.rs` resolves a mirror and fills the local cache, verifying digests;
-//! `extract.rs` turns archives into the files nodes receive (pushed by the same sync as configs,
-//! so nodes need no internet).
+//! `extract.rs` turns archives into the files nodes receive when they are pushed (delivery
+//! `push`); with `fetch`/`seed` the nodes download and verify them (`phases::node_fetch`).
+//! `images.rs` pins the cluster's images by digest, `registry.rs` pulls them through the
+//! registry API and `crate::airgap` writes an air-gap mirror (`k8sforge mirror`).
 
 use std::fmt;
 use std::path::Path;
@@ -13,14 +15,20 @@ use std::path::Path;
 pub mod extract;
 pub mod images;
 pub mod pins;
+pub mod registry;
 pub mod source;
+pub mod spec;
 
 pub use extract::{extract, InstalledFile};
 pub use images::{ClusterImage, ImageRefs};
 
 /// File name of a mirror's own list (re-exported for messages).
 pub const MIRROR_MANIFEST_NAME: &str = source::MIRROR_MANIFEST;
-pub use source::{ArtifactError, ArtifactSource, Cache, Fetched, Mirror, ResolvedArtifact};
+pub use source::{
+    ArtifactError, ArtifactSource, ArtifactsSpec, Cache, Fetched, Mirror, ResolvedArtifact,
+};
+
+pub use images::IMAGE_DIGESTS;
 
 /// The Kubernetes version built-in profiles pin for users.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.34.2";

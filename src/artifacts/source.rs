@@ -106,10 +106,32 @@ impl std::fmt::Display for Location {
 }
 
 impl Mirror {
-    /// `None` → upstream; `http://…`/`https://…` → HTTP mirror; anything else → directory.
+    /// `None` → upstream; `http://…`/`https://…` → HTTP mirror; `s3://bucket/prefix` and
+    /// `gs://bucket/prefix` → the bucket's HTTPS endpoint (objects readable by the nodes, e.g.
+    /// through a bucket policy for the cluster's VPC); anything else → directory.
     pub fn parse(spec: Option<&str>) -> Result<Mirror, ArtifactError> {
         match spec.map(str::trim) {
             None | Some("") => Ok(Mirror::Upstream),
+            Some(s) if s.starts_with("s3://") || s.starts_with("gs://") => {
+                let rest = s[5..].trim_end_matches('/');
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(ArtifactError::BadManifest {
+                        file: s.to_string(),
+                        reason: "the bucket URL names no bucket".into(),
+                    });
+                }
+                let base = if s.starts_with("s3://") {
+                    format!("https://{bucket}.s3.amazonaws.com")
+                } else {
+                    format!("https://storage.googleapis.com/{bucket}")
+                };
+                Ok(Mirror::Http(if prefix.is_empty() {
+                    base
+                } else {
+                    format!("{base}/{prefix}")
+                }))
+            }
             Some(s) if s.starts_with("http://") || s.starts_with("https://") => {
                 Ok(Mirror::Http(s.trim_end_matches('/').to_string()))
             }
@@ -146,6 +168,8 @@ impl Mirror {
     }
 }
 
+pub use super::spec::ArtifactsSpec;
+
 /// Mirror plus the trust decision, from profile and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArtifactSource {
@@ -157,7 +181,7 @@ impl ArtifactSource {
     /// The `--mirror` flag wins over the profile's `artifacts.mirror`; trust is on when either the
     /// profile or the flag says so.
     pub fn from_profile(
-        spec: &crate::profile::schema::ArtifactsSpec,
+        spec: &ArtifactsSpec,
         cli_mirror: Option<&str>,
         cli_trust: bool,
     ) -> Result<ArtifactSource, ArtifactError> {
@@ -175,7 +199,20 @@ pub struct MirrorManifest {
     pub artifacts: Vec<MirrorEntry>,
     /// OCI image archives (pause and add-on images), see `super::images`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub images: Vec<super::images::MirrorImage>,
+    pub images: Vec<MirrorImage>,
+}
+
+/// One image archive of a mirror's list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorImage {
+    /// `pause`, `coredns` or `nvidia-device-plugin`.
+    pub name: String,
+    /// The image reference inside the archive (what containerd will know it as).
+    pub reference: String,
+    /// Path of the archive relative to the mirror's root.
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,9 @@
 
 pub mod apply;
 pub mod client;
+pub mod crd_schema;
+pub mod crds;
+pub mod gpu;
 pub mod manifest;
 pub mod ready;
 
@@ -11,7 +14,9 @@ use std::path::PathBuf;
 
 pub use apply::{apply, Applied, ApplyReport, Change};
 pub use client::{connect, connect_with_fallbacks, Cluster};
-pub use manifest::{parse, validate_all, KindSpec, Object, ObjectRef};
+pub use manifest::{
+    parse, parse_with, validate_all, validate_all_with, KindSpec, Object, ObjectRef,
+};
 pub use ready::wait_ready;
 
 /// Field manager of every object k8sforge applies.
@@ -45,6 +50,12 @@ pub enum KubeError {
         waited_secs: u64,
         /// One line per object that is not ready, with the reason as far as the API says.
         not_ready: Vec<String>,
+    },
+    #[error("GPU nodes do not advertise their GPUs after {waited_secs} s:\n  {}", nodes.join("\n  "))]
+    GpuShortfall {
+        waited_secs: u64,
+        /// One line per GPU node: its name, what it advertises, what its profile expects.
+        nodes: Vec<String>,
     },
     #[error("reading {what}: {message}")]
     Read { what: String, message: String },

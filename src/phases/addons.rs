@@ -6,9 +6,10 @@
 //! No fingerprint: applying unchanged manifests is a cheap no-op on the API server, and running
 //! every time also repairs objects someone edited or deleted.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Context, Outcome, Phase, PhaseError, PhaseName, PhaseSummary};
+use super::{gpu_health, Context, Outcome, Phase, PhaseError, PhaseName, PhaseSummary};
 use crate::addons::{self, AddonImages};
 use crate::inventory::Role;
 use crate::kube::{self, Change};
@@ -17,6 +18,18 @@ use crate::pki::layout;
 /// How long workloads get to roll out: image import already happened, so this covers
 /// scheduling, container start and readiness probes on a busy node.
 pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long GPU nodes get, once the device plugin is rolled out, to advertise their GPUs
+/// (`K8SFORGE_GPU_GATE_TIMEOUT` seconds overrides it).
+pub const GPU_GATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn gpu_gate_timeout() -> Duration {
+    std::env::var("K8SFORGE_GPU_GATE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(GPU_GATE_TIMEOUT)
+}
 
 pub struct Addons;
 
@@ -36,7 +49,7 @@ fn images(ctx: &Context) -> Result<AddonImages, PhaseError> {
         ctx.trust_mirror_checksums,
     )
     .map_err(|e| PhaseError::Failed(e.to_string()))?;
-    let refs = crate::artifacts::ImageRefs::for_source(pinned, &source)
+    let refs = crate::artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)
         .map_err(|e| PhaseError::Failed(e.to_string()))?;
     Ok(AddonImages::from(&refs))
 }
@@ -58,9 +71,9 @@ impl Phase for Addons {
         let objects = kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
-        // With several control planes and no load balancer the admin kubeconfig names the
-        // per-node API proxy on 127.0.0.1, which exists only on the nodes: from this host, try
-        // each apiserver directly (their certificate carries the node addresses).
+        // The admin kubeconfig names the load balancer or one control plane: when that does not
+        // answer from this host, try each apiserver directly (their certificate carries the
+        // node addresses).
         let fallbacks: Vec<String> = ctx
             .inventory
             .iter()
@@ -76,32 +89,121 @@ impl Phase for Addons {
             .enable_all()
             .build()
             .map_err(|e| PhaseError::Failed(format!("cannot start the async runtime: {e}")))?;
-        let (report, workloads) = rt
+        // GPU nodes and the nvidia.com/gpu count each must advertise.
+        let expected: BTreeMap<String, u32> = ctx
+            .inventory
+            .iter()
+            .flat_map(gpu_health::gpu_nodes)
+            .map(|n| (n.name.clone(), n.gpus))
+            .collect();
+        let (cluster, report, workloads) = rt
             .block_on(async {
                 let cluster = kube::connect_with_fallbacks(&kubeconfig, &fallbacks).await?;
                 let report = kube::apply(&cluster, &objects).await?;
                 let workloads = kube::wait_ready(&cluster, &objects, ROLLOUT_TIMEOUT).await?;
-                Ok::<_, kube::KubeError>((report, workloads))
+                kube::gpu::wait_gpus(&cluster, &expected, gpu_gate_timeout()).await?;
+                Ok::<_, kube::KubeError>((cluster, report, workloads))
             })
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
+        let gpu = gpu_gate(ctx, &rt, &cluster)?;
         let (created, changed, unchanged) = (
             report.count(Change::Created),
             report.count(Change::Changed),
             report.count(Change::Unchanged),
         );
+        let gpu_detail = if gpu.total == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {} of {} GPU nodes verified ({} untainted now)",
+                gpu.total - gpu.failed.len(),
+                gpu.total,
+                gpu.lifted
+            )
+        };
         Ok(PhaseSummary {
             phase: PhaseName::Addons,
-            outcome: Outcome::Done,
+            outcome: if gpu.failed.is_empty() {
+                Outcome::Done
+            } else {
+                Outcome::Failed
+            },
             // Objects written on the API server: 0 on a re-run with nothing to do.
             files_changed: created + changed,
             units_restarted: 0,
-            failed_nodes: Vec::new(),
+            failed_nodes: gpu.failed,
             warnings: Vec::new(),
             detail: format!(
-                "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready",
+                "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready{gpu_detail}",
                 manifests.len()
             ),
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// What the GPU health gate did.
+struct GpuGate {
+    total: usize,
+    lifted: usize,
+    /// (node, what failed) for every GPU node whose preflight did not pass; it stays tainted.
+    failed: Vec<(String, String)>,
+}
+
+/// Run every GPU node's preflight and lift the unverified taint of those that pass.
+fn gpu_gate(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    cluster: &kube::Cluster,
+) -> Result<GpuGate, PhaseError> {
+    let Some(inv) = ctx.inventory.as_ref() else {
+        return Ok(GpuGate {
+            total: 0,
+            lifted: 0,
+            failed: Vec::new(),
+        });
+    };
+    let nodes = gpu_health::gpu_nodes(inv);
+    if nodes.is_empty() {
+        return Ok(GpuGate {
+            total: 0,
+            lifted: 0,
+            failed: Vec::new(),
+        });
+    }
+    let exec = super::remote_step::executor(ctx)?;
+    let command = gpu_health::command(ctx.loaded.profile.gpu.health.preflight_command.as_deref());
+    let results = gpu_health::run(&exec, &nodes, &command);
+    let mut gate = GpuGate {
+        total: nodes.len(),
+        lifted: 0,
+        failed: Vec::new(),
+    };
+    for p in results {
+        if !p.passed {
+            gate.failed.push((
+                p.node.clone(),
+                format!(
+                    "GPU preflight failed, node stays tainted {}: {}",
+                    crate::render::gpu::UNVERIFIED_TAINT,
+                    p.failures.join("; ")
+                ),
+            ));
+            continue;
+        }
+        let lifted = rt
+            .block_on(kube::gpu::remove_taint(
+                cluster,
+                &p.node,
+                crate::render::gpu::UNVERIFIED_TAINT,
+            ))
+            .map_err(|e| PhaseError::Failed(e.to_string()))?;
+        if lifted {
+            tracing::info!(node = %p.node, "GPU preflight passed; taint lifted");
+            gate.lifted += 1;
+        }
+    }
+    Ok(gate)
 }

@@ -4,13 +4,18 @@
 pub mod addons;
 pub mod control_plane;
 pub mod etcd;
+pub mod gpu_health;
+pub mod image_pull;
 pub mod network;
+pub mod node_fetch;
 pub mod pki;
 pub mod provision;
 pub mod remote_step;
 pub mod runner;
 pub mod runtime;
 pub mod status;
+pub mod step;
+pub mod training;
 pub mod workers;
 
 use std::time::Duration;
@@ -37,6 +42,8 @@ pub struct Context<'a> {
     pub trust_mirror_checksums: bool,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// `up --replace-drifted`: provision replaces adopted machines that differ from the profile.
+    pub replace_drifted: bool,
     /// The rendered bundle, computed once per run (after pki) for every remote phase.
     pub bundle: Option<crate::render::Bundle>,
 }
@@ -63,8 +70,9 @@ impl Context<'_> {
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
             let release = crate::artifacts::source::effective_release(pinned, &source)
                 .map_err(|e| PhaseError::Failed(e.to_string()))?;
-            let images = crate::artifacts::ImageRefs::for_source(pinned, &source)
-                .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            let images =
+                crate::artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)
+                    .map_err(|e| PhaseError::Failed(e.to_string()))?;
             let b = crate::render::render_release(p, inv, &self.dir.root, &release, &images)
                 .map_err(|e| PhaseError::Failed(e.to_string()))?;
             self.bundle = Some(b);
@@ -113,8 +121,18 @@ pub struct PhaseSummary {
     pub warnings: Vec<String>,
     /// Short human detail, e.g. "3 nodes" or "12 certificates issued".
     pub detail: String,
+    /// Payload bytes the operator's side sent each node over SSH in this phase.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub bytes_sent: std::collections::BTreeMap<String, u64>,
+    /// Bytes the nodes downloaded themselves (artifact source or seed nodes), all nodes together.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub bytes_fetched: u64,
     #[serde(with = "secs")]
     pub elapsed: Duration,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 mod secs {

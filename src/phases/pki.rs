@@ -46,6 +46,8 @@ impl Phase for Pki {
                     report.due.len()
                 )
             },
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }

@@ -1,13 +1,12 @@
 //! Phase `provision`: machines, network and load balancer from the provider; the result is the
-//! inventory every later phase works on. Always runs: providers adopt what exists and create only
-//! what is missing, so a re-run is cheap and repairs drift.
+//! inventory every later phase works on. Always runs: providers adopt what exists (comparing it
+//! with the profile) and create only what is missing, so a re-run is cheap and creates nothing.
+//! Every provider kind goes through the same `provider::facade::provision`.
 
 use std::time::Instant;
 
 use super::{Context, Outcome, Phase, PhaseError, PhaseName, PhaseSummary};
-use crate::inventory;
-use crate::profile::ProviderKind;
-use crate::provider::static_hosts;
+use crate::provider::facade::{self, ProvisionRequest};
 
 pub struct Provision;
 
@@ -22,41 +21,14 @@ impl Phase for Provision {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let p = &ctx.loaded.profile;
-        let mut local_detail = None;
-        let inv = match p.provider.kind {
-            ProviderKind::Static => {
-                let spec = p
-                    .provider
-                    .static_hosts
-                    .as_ref()
-                    .ok_or_else(|| PhaseError::Failed("provider.static is missing".into()))?;
-                let path = ctx.loaded.base_dir.join(&spec.inventory);
-                static_hosts::load(&path, p, &ctx.state.pod_cidrs)
-                    .map_err(|e| PhaseError::Failed(e.to_string()))?
-            }
-            ProviderKind::Local => {
-                let (inv, report) = crate::provider::local::verbs::provision_phase(
-                    ctx.loaded,
-                    &ctx.dir.root,
-                    &ctx.state.pod_cidrs,
-                )?;
-                local_detail = Some(report.detail(inv.nodes.len()));
-                inv
-            }
-            ProviderKind::Gcp => crate::provider::gcp::cli::provision(
-                ctx.loaded,
-                &ctx.dir.root,
-                &ctx.state.pod_cidrs,
-            )?,
-            ProviderKind::Aws => {
-                // Validate the plan (names, pod CIDRs) before reporting what is missing.
-                inventory::planned(p, &ctx.state.pod_cidrs)
-                    .map_err(|e| PhaseError::Failed(e.to_string()))?;
-                return Err(PhaseError::NotImplemented(PhaseName::Provision));
-            }
-        };
-        let detail = local_detail.unwrap_or_else(|| format!("{} nodes", inv.nodes.len()));
+        let out = facade::provision(&ProvisionRequest {
+            loaded: ctx.loaded,
+            cluster_dir: &ctx.dir.root,
+            pod_cidrs: &ctx.state.pod_cidrs,
+            replace_drifted: ctx.replace_drifted,
+        })?;
+        let inv = out.inventory;
+        ctx.state.profile_source = ctx.loaded.source_name.clone();
         ctx.state.pod_cidrs = inv
             .nodes
             .iter()
@@ -72,7 +44,9 @@ impl Phase for Provision {
             units_restarted: 0,
             failed_nodes: Vec::new(),
             warnings: Vec::new(),
-            detail,
+            detail: out.detail,
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         })
     }

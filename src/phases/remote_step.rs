@@ -8,40 +8,12 @@ use std::time::Instant;
 
 use super::{Context, Outcome, PhaseError, PhaseName, PhaseSummary};
 use crate::artifacts::{self, images, ArtifactSource, ClusterImage, Component};
-use crate::inventory::Node;
+use crate::profile::schema::Delivery;
 use crate::remote::sync::{FileSource, NodePlan, SyncFile};
-use crate::remote::{Executor, ExecutorOptions, PhaseReport};
+use crate::remote::{Executor, PhaseReport};
 use crate::render::node::IMAGES_UNIT;
 
-/// The slice of the cluster one phase is responsible for.
-pub struct RemoteStep {
-    pub phase: PhaseName,
-    /// Which nodes take part.
-    pub nodes: fn(&Node) -> bool,
-    /// Units this phase owns, in start order.
-    pub units: &'static [&'static str],
-    /// Files under these prefixes belong to the phase even when they restart nothing.
-    pub path_prefixes: &'static [&'static str],
-    /// Artifacts whose binaries the phase installs, with the units each restarts on change.
-    pub components: &'static [(Component, &'static [&'static str])],
-    /// Ship the cluster's image archives (imported by `k8sforge-images.service`).
-    pub images: bool,
-}
-
-impl RemoteStep {
-    fn owns(&self, f: &crate::render::BundleFile) -> bool {
-        f.restarts.iter().any(|u| self.units.contains(&u.as_str()))
-            || self.path_prefixes.iter().any(|p| f.path.starts_with(p))
-    }
-}
-
-pub fn executor(ctx: &Context) -> Result<Executor, PhaseError> {
-    let opts = ExecutorOptions {
-        progress: ctx.progress,
-        ..ExecutorOptions::default()
-    };
-    Executor::new(&ctx.dir.root, opts).map_err(|e| PhaseError::Failed(e.to_string()))
-}
+pub use super::step::{executor, RemoteStep};
 
 /// The profile's pinned release and the artifact source (profile + `--mirror` flags).
 fn release_and_source(
@@ -84,17 +56,16 @@ fn artifact_files(
             .map(|(_, r)| *r)
             .unwrap_or(&[]);
         files.extend(
-            artifacts::extract::sync_files(installed, restarts)
-                .into_iter()
-                .map(|f| (art.component, f)),
+            installed
+                .iter()
+                .map(|f| (art.component, SyncFile::from_installed(f, restarts))),
         );
     }
     Ok(files)
 }
 
-/// The image archives every pod-running node holds: the pause image always (no pod starts
-/// without it), and the add-on images the mirror lists (the `addons` phase says which one is
-/// missing when it needs it).
+/// The image archives every pod-running node holds: those the mirror lists. Images it does not
+/// list are pulled online by digest (through `artifacts.registryMirrors` when set).
 fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
     let (release, source) = release_and_source(ctx)?;
     let fail = |e: artifacts::ArtifactError| PhaseError::Failed(e.to_string());
@@ -104,7 +75,7 @@ fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
         .unwrap_or_default();
     let wanted: Vec<ClusterImage> = ClusterImage::ALL
         .into_iter()
-        .filter(|i| *i == ClusterImage::Pause || listed.iter().any(|e| e.name == i.name()))
+        .filter(|i| listed.iter().any(|e| e.name == i.name()))
         .collect();
     let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
     let prepared = images::prepare(home, release, &source, &wanted).map_err(fail)?;
@@ -125,13 +96,20 @@ fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
         .collect()
 }
 
-/// Build every participating node's plan for `step`.
+/// Build every participating node's plan for `step`; with nodes that fetch for themselves,
+/// also the report of seeding the seed nodes (seed mode).
 pub fn plans(
     ctx: &mut Context,
     step: &RemoteStep,
-) -> Result<BTreeMap<String, NodePlan>, PhaseError> {
-    let binaries = artifact_files(ctx, step.components)?;
-    let images = if step.images {
+) -> Result<(BTreeMap<String, NodePlan>, Option<PhaseReport>), PhaseError> {
+    let (release, source) = release_and_source(ctx)?;
+    let push = super::node_fetch::delivery(ctx, &source) == Delivery::Push;
+    let binaries = if push {
+        artifact_files(ctx, step.components)?
+    } else {
+        Vec::new()
+    };
+    let images = if step.images && push {
         image_files(ctx)?
     } else {
         Vec::new()
@@ -177,22 +155,35 @@ pub fn plans(
             NodePlan {
                 files,
                 units,
-                commands: Vec::new(),
+                ..NodePlan::default()
             },
         );
     }
-    Ok(plans)
+    let seeding = super::node_fetch::attach(ctx, step, release, &source, &mut plans)?;
+    Ok((plans, seeding))
 }
 
 /// Push the plans and summarise. Nodes that fail are listed; the others complete.
 pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseReport), PhaseError> {
-    let plans = plans(ctx, step)?;
+    let (plans, seeding) = plans(ctx, step)?;
     let exec = executor(ctx)?;
     let inv = ctx
         .inventory
         .as_ref()
         .ok_or(PhaseError::NoInventory { phase: step.phase })?;
-    let report = exec.apply_plans(inv, &plans, step.phase.as_str());
+    let mut report = exec.apply_plans(inv, &plans, step.phase.as_str());
+    if let Some(seeding) = seeding {
+        // The seeds' bytes are part of the phase's cost.
+        for s in seeding.nodes {
+            match report.nodes.iter_mut().find(|n| n.node == s.node) {
+                Some(n) => {
+                    n.bytes_sent += s.bytes_sent;
+                    n.bytes_fetched += s.bytes_fetched;
+                }
+                None => report.nodes.push(s),
+            }
+        }
+    }
     // Record what the nodes that succeeded now hold (rendered files; binaries are pinned).
     for nr in &report.nodes {
         if let Some(plan) = plans.get(&nr.node) {
@@ -208,6 +199,16 @@ pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseRep
         }
     }
     Ok((exec, report))
+}
+
+/// Pull the online images on the nodes the step succeeded on (see `image_pull`).
+pub fn prepull_images(
+    ctx: &Context,
+    exec: &Executor,
+    report: &mut PhaseReport,
+) -> Result<(), PhaseError> {
+    let (release, source) = release_and_source(ctx)?;
+    super::image_pull::prepull(ctx, exec, release, &source, report)
 }
 
 pub fn summary(
@@ -236,6 +237,12 @@ pub fn summary(
                 report.nodes_total
             )
         },
+        bytes_sent: report
+            .nodes
+            .iter()
+            .map(|n| (n.node.clone(), n.bytes_sent))
+            .collect(),
+        bytes_fetched: report.nodes.iter().map(|n| n.bytes_fetched).sum(),
         elapsed: started.elapsed(),
     }
 }

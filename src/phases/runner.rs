@@ -19,6 +19,8 @@ pub struct UpOptions {
     pub progress: bool,
     /// Run phases even when their inputs are unchanged (re-converge nodes).
     pub force: bool,
+    /// Replace adopted machines that drifted from the profile instead of refusing.
+    pub replace_drifted: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +53,7 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
         PhaseName::Network => Some(Box::new(super::network::Network)),
         PhaseName::ControlPlane => Some(Box::new(super::control_plane::ControlPlane)),
         PhaseName::Addons => Some(Box::new(super::addons::Addons)),
-        PhaseName::Training => None,
+        PhaseName::Training => Some(Box::new(super::training::Training)),
     }
 }
 
@@ -77,6 +79,7 @@ pub fn run_up(
         mirror: opts.mirror.clone(),
         trust_mirror_checksums: opts.trust_mirror_checksums,
         progress: opts.progress,
+        replace_drifted: opts.replace_drifted,
         bundle: None,
     };
     let mut report = UpReport {
@@ -93,6 +96,8 @@ pub fn run_up(
             failed_nodes: Vec::new(),
             warnings: Vec::new(),
             detail,
+            bytes_sent: Default::default(),
+            bytes_fetched: 0,
             elapsed: started.elapsed(),
         };
         let Some(phase) = phase_for(name) else {

@@ -22,10 +22,18 @@ pub const STEP: RemoteStep = RemoteStep {
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
     units: &[
         "k8sforge-node-prep.service",
+        crate::render::gpu::GPU_UNIT,
+        crate::render::api_proxy::API_PROXY_UNIT,
         "containerd.service",
         IMAGES_UNIT,
     ],
-    path_prefixes: &["/etc/cni/", "/etc/systemd/system.conf.d/"],
+    path_prefixes: &[
+        "/etc/cni/",
+        "/etc/systemd/system.conf.d/",
+        crate::render::registry_hosts::CERTS_D_PREFIX,
+        crate::render::gpu::PATH_PREFIXES[0],
+        crate::render::gpu::PATH_PREFIXES[1],
+    ],
     components: &[
         (Component::Containerd, &["containerd.service"]),
         (Component::Runc, &[]),
@@ -45,7 +53,8 @@ impl Phase for Runtime {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let (_, report) = remote_step::apply(ctx, &STEP)?;
+        let (exec, mut report) = remote_step::apply(ctx, &STEP)?;
+        remote_step::prepull_images(ctx, &exec, &mut report)?;
         let detail = format!(
             "containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
             report.nodes_ok, report.files_changed, report.units_restarted

@@ -2,9 +2,7 @@
 //! subject, SANs, issuer, expiry, and whether it still matches its row. Exit status 2 when any
 //! certificate is missing, unreadable, expired or inside the warning window, so it works from cron.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -66,11 +64,7 @@ pub struct CheckReport {
     pub cluster: String,
     pub warn_days: u32,
     pub certificates: Vec<CertStatus>,
-    /// The certificates deployed on each node, read over SSH (empty when not asked or the
-    /// cluster has no provisioned nodes).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub nodes: Vec<crate::deployed_certs::NodeCerts>,
-    /// True when every certificate is `ok`, in the state directory and on every node.
+    /// True when every certificate of the state directory is `ok`.
     pub ok: bool,
 }
 
@@ -122,7 +116,6 @@ pub fn inspect(
         cluster: profile.name.clone(),
         warn_days,
         certificates: statuses,
-        nodes: Vec::new(),
         ok,
     })
 }
@@ -221,76 +214,6 @@ fn one(
         Err(e) => st.problem = Some(e.to_string()),
     }
     st
-}
-
-/// Print the report (table or JSON) to stdout; the exit status says whether all is well.
-pub fn run(
-    profile: &Profile,
-    inventory: &Inventory,
-    cluster_dir: &Path,
-    warn_days: u32,
-    json: bool,
-    deployed: Option<&dyn Fn(OffsetDateTime) -> Vec<crate::deployed_certs::NodeCerts>>,
-) -> Result<ExitCode, PkiError> {
-    let now = OffsetDateTime::now_utc();
-    let mut report = inspect(profile, inventory, cluster_dir, warn_days, now)?;
-    if let Some(read) = deployed {
-        report.nodes = read(now);
-        report.ok &= report.nodes.iter().all(|n| n.ok());
-    }
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-    } else if report.nodes.is_empty() {
-        table_text(&report)
-    } else {
-        format!(
-            "{}\nDeployed on the nodes:\n{}",
-            table_text(&report),
-            crate::deployed_certs::table_text(&report.nodes)
-        )
-    };
-    // A closed stdout (`| head`) is not a certificate problem.
-    let _ = out.write_all(text.as_bytes());
-    let bad = report
-        .certificates
-        .iter()
-        .filter(|c| c.status != Status::Ok)
-        .count();
-    let nodes_bad: Vec<String> = report
-        .nodes
-        .iter()
-        .filter(|n| !n.ok())
-        .map(|n| {
-            if !n.reachable {
-                return format!("{} (unreachable)", n.node);
-            }
-            let bad: Vec<String> = n
-                .certificates
-                .iter()
-                .filter(|c| c.status != crate::deployed_certs::DeployedStatus::Ok)
-                .map(|c| format!("{} {}", c.path, c.status.as_str()))
-                .collect();
-            format!("{}: {}", n.node, bad.join(", "))
-        })
-        .collect();
-    if !nodes_bad.is_empty() {
-        eprintln!(
-            "k8sforge: deployed certificates need attention on {} node(s):\n  {}\n  drift: the node holds other certificates than the state directory (`k8sforge up` installs them; `k8sforge certs rotate` renews and restarts in a safe order)",
-            nodes_bad.len(),
-            nodes_bad.join("\n  ")
-        );
-    }
-    if bad == 0 && nodes_bad.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else if bad == 0 {
-        Ok(ExitCode::from(EXIT_ATTENTION))
-    } else {
-        eprintln!(
-            "k8sforge: {bad} certificate(s) missing, invalid, expired or expiring within {warn_days} days; `k8sforge certs rotate --within {warn_days}d` renews expiring ones (`k8sforge plan` issues missing or invalid ones)"
-        );
-        Ok(ExitCode::from(EXIT_ATTENTION))
-    }
 }
 
 /// Aligned text table, one certificate per line.

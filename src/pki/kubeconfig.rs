@@ -59,6 +59,9 @@ pub struct NamedContext {
 pub struct Context {
     pub cluster: String,
     pub user: String,
+    /// Default namespace of the context (team users' kubeconfigs set it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// The API server URL an identity's kubeconfig uses.
@@ -104,6 +107,7 @@ pub fn build(
             context: Context {
                 cluster: cluster.to_string(),
                 user,
+                namespace: None,
             },
         }],
         current_context: context,

@@ -110,7 +110,8 @@ pub enum Cn {
 pub enum KubeconfigServer {
     /// The cluster's API endpoint (`inventory.api.url()`).
     ApiEndpoint,
-    /// The apiserver on the same control-plane node, `https://127.0.0.1:<apiServer.port>`.
+    /// `https://127.0.0.1:<apiServer.port>`: on a control plane its own apiserver, on any other
+    /// node the node-local API endpoint to every apiserver (`render::api_proxy`).
     LocalApiServer,
 }
 
@@ -212,14 +213,14 @@ pub const TABLE: &[Row] = &[
         ekus: SERVER_CLIENT,
         sans: SanRule::NodeNameAndAddresses,
         scope: Scope::EveryNode,
-        kubeconfig: Some(KubeconfigServer::ApiEndpoint),
+        kubeconfig: Some(KubeconfigServer::LocalApiServer),
     },
     client(
         layout::KUBE_PROXY,
         CaId::Kubernetes,
         "system:kube-proxy",
         &["system:node-proxier"],
-        Some(KubeconfigServer::ApiEndpoint),
+        Some(KubeconfigServer::LocalApiServer),
     ),
     client(
         layout::CONTROLLER_MANAGER,

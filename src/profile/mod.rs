@@ -1,11 +1,14 @@
 //! Profiles: load (built-in or file), apply `--set` overrides, deserialize and validate, collecting
 //! every error of the file with its position.
 
+pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
+pub mod efa_layout;
 pub mod overrides;
 pub mod schema;
 pub mod source_map;
+pub mod training_floor;
 pub mod validate;
 
 use std::collections::BTreeSet;

@@ -9,6 +9,9 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+/// The profile's `artifacts` section lives with the artifact source that reads it.
+pub use crate::artifacts::spec::{ArtifactsSpec, Delivery, ImageOverrides, RegistryMirror};
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Profile {
@@ -34,6 +37,11 @@ pub struct Profile {
     pub artifacts: ArtifactsSpec,
     #[serde(default)]
     pub ssh: SshSpec,
+    /// The NVIDIA stack on nodes of groups with `gpusPerNode > 0` (see `render::gpu`).
+    #[serde(default)]
+    pub gpu: GpuSpec,
+    #[serde(default)]
+    pub training: TrainingSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +242,11 @@ pub struct AwsMachine {
     #[serde(default = "default_root_volume")]
     #[serde(rename = "rootVolumeGiB")]
     pub root_volume_gib: u32,
+    /// Launch with the type's EFA interfaces in the cluster placement group (EFA types only).
+    /// Such instances get no public address (EC2 assigns none with several interfaces): the
+    /// machine running k8sforge must reach the VPC's addresses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub efa: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,17 +371,6 @@ impl Default for ApiServerSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ArtifactsSpec {
-    /// Directory or URL laid out as `<mirror>/<host>/<upstream path>`. Default: upstream URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<String>,
-    /// Use the mirror's own checksum list instead of the pinned sums (explicit opt-in).
-    #[serde(default)]
-    pub trust_mirror_checksums: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct SshSpec {
@@ -377,6 +379,26 @@ pub struct SshSpec {
     /// Private key; default: the key k8sforge generates for the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// Which address of a machine k8sforge dials (without a bastion): its public one when it
+    /// has one (default), or its private one — for an operator's machine inside the network
+    /// (a VPN, Direct Connect, a host in the VPC).
+    #[serde(default, skip_serializing_if = "SshAddress::is_public")]
+    pub address: SshAddress,
+}
+
+/// `ssh.address`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SshAddress {
+    #[default]
+    Public,
+    Private,
+}
+
+impl SshAddress {
+    pub fn is_public(&self) -> bool {
+        *self == SshAddress::Public
+    }
 }
 
 impl Default for SshSpec {
@@ -385,6 +407,54 @@ impl Default for SshSpec {
             user: "root".to_string(),
             port: 22,
             private_key: None,
+            address: SshAddress::Public,
+        }
+    }
+}
+
+/// A training operator line (`training.operators`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingOperator {
+    /// Kubeflow training-operator v1: PyTorchJob, TFJob, MPIJob, …
+    V1,
+    /// Kubeflow Trainer v2: TrainJob and runtimes, on JobSet.
+    V2,
+}
+
+impl TrainingOperator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainingOperator::V1 => "v1",
+            TrainingOperator::V2 => "v2",
+        }
+    }
+}
+
+/// The training stack the `training` phase installs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TrainingSpec {
+    /// Install the training stack at all.
+    pub enabled: bool,
+    /// Operators to install; default by Kubernetes version (see `training::stack`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operators: Option<Vec<TrainingOperator>>,
+    /// Install Kueue; default: where the Kubernetes version supports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kueue: Option<bool>,
+    /// Wait for the controllers to become Available. Only a test whose controller images cannot
+    /// run should turn this off; CRDs are awaited either way.
+    pub wait_for_controllers: bool,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        TrainingSpec {
+            enabled: true,
+            operators: None,
+            kueue: None,
+            wait_for_controllers: true,
         }
     }
 }
@@ -410,4 +480,129 @@ impl Profile {
 /// First usable address of a range (network address + 1).
 pub fn first_host(net: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()).saturating_add(1))
+}
+
+/// Where a GPU node's NVIDIA driver comes from (`gpu.driver.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum DriverSource {
+    /// The OS vendor's precompiled, signed kernel modules for the node's running kernel plus the
+    /// matching userspace (Ubuntu: `linux-modules-nvidia-<branch>-server-open-<kernel>`,
+    /// `nvidia-utils-<branch>-server`), installed and held by k8sforge.
+    #[default]
+    OsPackages,
+    /// The image already carries the driver (e.g. a vendor deep-learning image): k8sforge only
+    /// verifies it is there and of the pinned branch, and holds its packages.
+    Preinstalled,
+}
+
+impl DriverSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriverSource::OsPackages => "osPackages",
+            DriverSource::Preinstalled => "preinstalled",
+        }
+    }
+}
+
+/// Fabric Manager on GPU nodes (`gpu.fabricManager`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum FabricManagerMode {
+    /// Installed and required where the node has NVSwitch devices (HGX 8-GPU boards).
+    #[default]
+    Auto,
+    /// Required on every GPU node: a node without NVSwitch fails the runtime step.
+    Required,
+    /// Never installed (PCIe GPUs without NVSwitch).
+    Disabled,
+}
+
+impl FabricManagerMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FabricManagerMode::Auto => "auto",
+            FabricManagerMode::Required => "required",
+            FabricManagerMode::Disabled => "disabled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GpuDriverSpec {
+    pub source: DriverSource,
+    /// Driver branch: all NVIDIA packages are of this branch (R580: the long-term branch).
+    /// Written `580` or `"580"`.
+    #[serde(deserialize_with = "string_or_number")]
+    pub branch: String,
+}
+
+/// A string field that YAML users naturally write as a number (`branch: 580`).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Num(u64),
+    }
+    Ok(match S::deserialize(d)? {
+        S::Str(s) => s,
+        S::Num(n) => n.to_string(),
+    })
+}
+
+impl Default for GpuDriverSpec {
+    fn default() -> Self {
+        GpuDriverSpec {
+            source: DriverSource::OsPackages,
+            branch: "580".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ContainerToolkitSpec {
+    /// NVIDIA container toolkit version (apt version `<version>-1`).
+    pub version: String,
+    /// Apt repository that serves the toolkit (a `deb` line's URI and suite, without options).
+    pub apt_repository: String,
+    /// Where the repository's signing key is fetched from (ASCII-armoured).
+    pub apt_key_url: String,
+}
+
+/// The pinned NVIDIA container toolkit release (apt version `<this>-1`).
+pub const TOOLKIT_VERSION: &str = "1.18.0";
+/// NVIDIA's production apt repository for the toolkit (a `deb` line without options).
+pub const TOOLKIT_APT_REPOSITORY: &str =
+    "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /";
+pub const TOOLKIT_APT_KEY_URL: &str = "https://nvidia.github.io/libnvidia-container/gpgkey";
+
+impl Default for ContainerToolkitSpec {
+    fn default() -> Self {
+        ContainerToolkitSpec {
+            version: TOOLKIT_VERSION.to_string(),
+            apt_repository: TOOLKIT_APT_REPOSITORY.to_string(),
+            apt_key_url: TOOLKIT_APT_KEY_URL.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GpuHealthSpec {
+    /// Command run on each GPU node (through SSH, as root) instead of k8sforge's own preflight
+    /// script: exit 0 passes; otherwise every line it prints is one failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight_command: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GpuSpec {
+    pub driver: GpuDriverSpec,
+    pub fabric_manager: FabricManagerMode,
+    pub container_toolkit: ContainerToolkitSpec,
+    pub health: GpuHealthSpec,
 }

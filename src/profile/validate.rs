@@ -5,10 +5,10 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::addressing::{pod_blocks, LOCAL_FIRST_HOST};
 use super::diagnostic::Reporter;
 use super::schema::*;
 use crate::artifacts;
-use crate::inventory::{self, pod_blocks};
 
 /// Name of the n-th control-plane node (1-based).
 pub fn control_plane_node_name(i: u32) -> String {
@@ -29,6 +29,60 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_pki(p, r);
     check_api_server(p, r);
     check_ssh(p, r);
+    check_artifacts(p, r);
+    check_gpu(p, r);
+    check_training(p, r);
+}
+
+/// A component the cluster's Kubernetes is too old for is refused here, offline, naming both
+/// versions; so is an empty or repeated operator list.
+fn check_training(p: &Profile, r: &mut Reporter) {
+    use super::training_floor::{KUEUE, TRAINER};
+    let t = &p.training;
+    if !t.enabled {
+        return;
+    }
+    let version = &p.kubernetes.version;
+    if let Some(ops) = &t.operators {
+        if ops.is_empty() {
+            r.error(
+                "training.operators",
+                "no training operator selected",
+                "[]",
+                "v1 and/or v2 (or training.enabled: false for no training stack)",
+            );
+        }
+        for (i, op) in ops.iter().enumerate() {
+            if ops[..i].contains(op) {
+                r.error(
+                    &format!("training.operators[{i}]"),
+                    "operator listed twice",
+                    op.as_str(),
+                    "each of v1, v2 at most once",
+                );
+            }
+            if *op == TrainingOperator::V2 {
+                if let Some(why) = TRAINER.refusal(version) {
+                    r.error(
+                        &format!("training.operators[{i}]"),
+                        why,
+                        format!("v2 with kubernetes.version {version}"),
+                        "v1 on this Kubernetes version, or a newer kubernetes.version",
+                    );
+                }
+            }
+        }
+    }
+    if t.kueue == Some(true) {
+        if let Some(why) = KUEUE.refusal(version) {
+            r.error(
+                "training.kueue",
+                why,
+                format!("true with kubernetes.version {version}"),
+                "false on this Kubernetes version, or a newer kubernetes.version",
+            );
+        }
+    }
 }
 
 /// RFC 1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric.
@@ -204,6 +258,21 @@ fn check_machines(p: &Profile, cloud: &str, r: &mut Reporter) {
     } else {
         "machineType, e.g. { machineType: n2-standard-4 }"
     };
+    for (i, g) in p.workers.iter().enumerate() {
+        if let Some(a) = g.aws.as_ref().filter(|a| a.efa) {
+            if crate::profile::efa_layout::layout(&a.instance_type).is_none() {
+                r.error(
+                    &format!("workers[{i}].aws.efa"),
+                    format!(
+                        "EFA launch is not known for {}: k8sforge launches EFA interfaces by the network-card layout AWS documents per type",
+                        a.instance_type
+                    ),
+                    &a.instance_type,
+                    "an EFA layout k8sforge knows: p5.48xlarge, p5e.48xlarge (or efa: false)",
+                );
+            }
+        }
+    }
     for (path, present) in places {
         if !present {
             r.error(
@@ -443,7 +512,7 @@ fn check_network(p: &Profile, r: &mut Reporter) {
 
     // The machines' own subnet must hold every node (local nodes start at .11).
     let offset = if p.provider.kind == ProviderKind::Local {
-        inventory::LOCAL_FIRST_HOST
+        LOCAL_FIRST_HOST
     } else {
         4
     };
@@ -593,5 +662,214 @@ fn check_ssh(p: &Profile, r: &mut Reporter) {
     }
     if p.ssh.port == 0 {
         r.error("ssh.port", "invalid SSH port", "0", "1 to 65535");
+    }
+}
+
+/// `artifacts`: delivery, seeds, registry mirrors and image overrides.
+fn check_artifacts(p: &Profile, r: &mut Reporter) {
+    let a = &p.artifacts;
+    if a.delivery == Some(Delivery::Seed) {
+        let total = total_nodes(p);
+        let seeds = u64::from(a.seeds.unwrap_or(3));
+        if seeds == 0 || seeds > total {
+            r.error(
+                "artifacts.seeds",
+                "invalid number of seed nodes",
+                seeds.to_string(),
+                format!("1 to {total} (the cluster's node count)"),
+            );
+        }
+    }
+    if a.seed_port == Some(0) {
+        r.error("artifacts.seedPort", "invalid port", "0", "1 to 65535");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, m) in a.registry_mirrors.iter().enumerate() {
+        let base = format!("artifacts.registryMirrors[{i}]");
+        if !is_registry_host(&m.registry) {
+            r.error(
+                &format!("{base}.registry"),
+                "invalid registry",
+                &m.registry,
+                "a registry host as images name it (registry.k8s.io, docker.io, nvcr.io, \
+                 host:port), or _default for every registry",
+            );
+        } else if !seen.insert(m.registry.as_str()) {
+            r.error(
+                &format!("{base}.registry"),
+                "registry listed twice",
+                &m.registry,
+                "one entry per registry (list several endpoints in it)",
+            );
+        }
+        if m.endpoints.is_empty() {
+            r.error(
+                &format!("{base}.endpoints"),
+                "no mirror endpoint",
+                "[]",
+                "one or more URLs such as https://mirror.example.com:5000",
+            );
+        }
+        for (j, e) in m.endpoints.iter().enumerate() {
+            if let Err(why) = check_endpoint(e) {
+                r.error(
+                    &format!("{base}.endpoints[{j}]"),
+                    format!("invalid mirror endpoint: {why}"),
+                    e,
+                    "http(s)://host[:port][/path], no credentials, query or fragment",
+                );
+            }
+        }
+        if m.username.is_some() != m.password_file.is_some() {
+            r.error(
+                &base,
+                "credentials need both username and passwordFile",
+                if m.username.is_some() {
+                    "username without passwordFile"
+                } else {
+                    "passwordFile without username"
+                },
+                "both username and passwordFile, or neither",
+            );
+        }
+        if let Some(u) = &m.username {
+            if u.is_empty() || u.contains(':') || u.contains(char::is_control) {
+                r.error(
+                    &format!("{base}.username"),
+                    "invalid user name",
+                    u,
+                    "a non-empty name without ':' or control characters",
+                );
+            }
+        }
+        for (field, f) in [("caFile", &m.ca_file), ("passwordFile", &m.password_file)] {
+            if let Some(f) = f {
+                if !std::path::Path::new(f).is_file() {
+                    r.error(
+                        &format!("{base}.{field}"),
+                        "file not found",
+                        f,
+                        "a readable file on this machine",
+                    );
+                }
+            }
+        }
+    }
+    for (field, image, o) in [
+        ("pause", artifacts::ClusterImage::Pause, &a.images.pause),
+        (
+            "coredns",
+            artifacts::ClusterImage::CoreDns,
+            &a.images.coredns,
+        ),
+        (
+            "nvidiaDevicePlugin",
+            artifacts::ClusterImage::NvidiaDevicePlugin,
+            &a.images.nvidia_device_plugin,
+        ),
+    ] {
+        if let Some(reference) = o {
+            if !artifacts::images::is_digest_pinned(reference) {
+                r.error(
+                    &format!("artifacts.images.{field}"),
+                    "image reference is not pinned by digest",
+                    reference,
+                    format!(
+                        "name[:tag]@sha256:<64 hex digits>, e.g. {}",
+                        artifacts::images::ImageRefs::defaults(
+                            artifacts::release(crate::artifacts::DEFAULT_KUBERNETES_VERSION)
+                                .unwrap_or(&artifacts::RELEASES[0])
+                        )
+                        .get(image)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A registry host as image references name it: `_default`, or a DNS name / IPv4 address with
+/// an optional port.
+fn is_registry_host(s: &str) -> bool {
+    if s == "_default" {
+        return true;
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    let host_ok = host.parse::<std::net::Ipv4Addr>().is_ok()
+        || (host.contains('.') || host == "localhost") && is_dns_name(host);
+    port_ok && host_ok
+}
+
+fn check_endpoint(e: &str) -> Result<(), &'static str> {
+    let rest = e
+        .strip_prefix("https://")
+        .or_else(|| e.strip_prefix("http://"))
+        .ok_or("the scheme must be http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() {
+        return Err("no host");
+    }
+    if host.contains('@') {
+        return Err("credentials in the URL (use username and passwordFile)");
+    }
+    if e.contains(['?', '#']) || e.contains(char::is_whitespace) || e.contains('"') {
+        return Err("query, fragment, quotes or spaces");
+    }
+    if !is_registry_host(host) {
+        return Err("not a host[:port]");
+    }
+    Ok(())
+}
+fn check_gpu(p: &Profile, r: &mut Reporter) {
+    let g = &p.gpu;
+    // A branch is a major driver number (e.g. 580): it names packages and is compared with the
+    // version nvidia-smi reports, so anything else would silently match nothing.
+    let b = &g.driver.branch;
+    if b.len() != 3 || !b.bytes().all(|c| c.is_ascii_digit()) {
+        r.error(
+            "gpu.driver.branch",
+            "invalid NVIDIA driver branch",
+            b,
+            "a three-digit driver branch such as 580 (the long-term R580 branch)",
+        );
+    }
+    let v = &g.container_toolkit.version;
+    let parts: Vec<&str> = v.split('.').collect();
+    if parts.len() != 3
+        || parts
+            .iter()
+            .any(|x| x.is_empty() || !x.bytes().all(|c| c.is_ascii_digit()))
+    {
+        r.error(
+            "gpu.containerToolkit.version",
+            "invalid NVIDIA container toolkit version",
+            v,
+            "a release version such as 1.18.0",
+        );
+    }
+    let repo = &g.container_toolkit.apt_repository;
+    if !(repo.starts_with("https://") || repo.starts_with("http://") || repo.starts_with("file:/"))
+        || repo.contains(['\n', '[', ']', '\'', '"'])
+    {
+        r.error(
+            "gpu.containerToolkit.aptRepository",
+            "invalid apt repository",
+            repo,
+            "an apt URI and suite, e.g. `https://host/path/deb/$(ARCH) /` (no options, no quotes)",
+        );
+    }
+    if let Some(cmd) = &g.health.preflight_command {
+        if cmd.trim().is_empty() || cmd.contains('\n') {
+            r.error(
+                "gpu.health.preflightCommand",
+                "invalid preflight command",
+                cmd,
+                "one non-empty shell command line (unset: k8sforge's own GPU preflight)",
+            );
+        }
     }
 }

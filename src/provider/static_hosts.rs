@@ -69,6 +69,8 @@ pub enum StaticError {
     Invalid(#[from] ProfileErrors),
     #[error(transparent)]
     PodCidrs(#[from] inventory::PodCidrExhausted),
+    #[error("provider.kind is static but provider.static.inventory (the hosts file) is missing")]
+    NoSpec,
 }
 
 /// Read and check the hosts file; every mistake is reported with file:line:column.
@@ -200,7 +202,10 @@ pub fn load(
         .hosts
         .into_iter()
         .map(|h| {
-            let ssh_host = h.external_address.unwrap_or(IpAddr::V4(h.address));
+            let ssh_host = match h.external_address {
+                Some(e) if profile.ssh.address.is_public() => e,
+                _ => IpAddr::V4(h.address),
+            };
             let mut roles = h.roles;
             if !roles.contains(&Role::ControlPlane) {
                 roles.insert(Role::Worker);
@@ -238,4 +243,80 @@ pub fn load(
         api,
         planned: false,
     })
+}
+
+/// The static provider: the hosts file is the inventory; nothing is created or deleted.
+pub struct StaticHosts {
+    path: std::path::PathBuf,
+    previous: BTreeMap<String, Ipv4Net>,
+}
+
+impl StaticHosts {
+    /// `provider.static.inventory`, relative to the profile's directory.
+    pub fn from_profile(
+        loaded: &crate::profile::LoadedProfile,
+        previous: BTreeMap<String, Ipv4Net>,
+    ) -> Result<StaticHosts, StaticError> {
+        let spec = loaded
+            .profile
+            .provider
+            .static_hosts
+            .as_ref()
+            .ok_or(StaticError::NoSpec)?;
+        Ok(StaticHosts {
+            path: loaded.base_dir.join(&spec.inventory),
+            previous,
+        })
+    }
+}
+
+impl super::Provider for StaticHosts {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    /// Each host's key comes from the hosts file (or the profile), not from k8sforge.
+    fn installs_cluster_key(&self) -> bool {
+        false
+    }
+
+    fn preflight<'a>(
+        &'a self,
+        ctx: &'a super::ProvisionContext<'a>,
+    ) -> super::ProviderFuture<'a, ()> {
+        Box::pin(async move {
+            load(&self.path, ctx.profile, &self.previous)?;
+            Ok(())
+        })
+    }
+
+    fn provision<'a>(
+        &'a self,
+        ctx: &'a super::ProvisionContext<'a>,
+    ) -> super::ProviderFuture<'a, super::Provisioned> {
+        Box::pin(async move {
+            let inventory = load(&self.path, ctx.profile, &self.previous)?;
+            Ok(super::Provisioned {
+                detail: format!(
+                    "{} hosts from {}",
+                    inventory.nodes.len(),
+                    self.path.display()
+                ),
+                inventory,
+                created: Vec::new(),
+                replaced: Vec::new(),
+            })
+        })
+    }
+
+    /// Removing what k8sforge installed on the hosts is a remote step, not a provider one.
+    fn teardown<'a>(
+        &'a self,
+        _ctx: &'a super::ProvisionContext<'a>,
+        _dry_run: bool,
+    ) -> super::ProviderFuture<'a, super::TeardownReport> {
+        Box::pin(async move {
+            Err(super::NotImplemented("`teardown` for the static provider".into()).into())
+        })
+    }
 }

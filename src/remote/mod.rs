@@ -18,8 +18,10 @@ use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
 pub mod fanout;
+pub mod fetch;
 pub mod known_hosts;
 pub mod session;
+pub mod shell;
 pub mod sync;
 
 pub use known_hosts::KnownHosts;
@@ -81,6 +83,8 @@ pub enum RemoteError {
     },
     #[error("node {node}: {reason}")]
     Config { node: String, reason: String },
+    #[error("node {node}: {reason}")]
+    Fetch { node: String, reason: String },
     #[error(transparent)]
     KnownHosts(#[from] known_hosts::KnownHostsError),
     #[error("{0}")]
@@ -114,6 +118,8 @@ pub struct ExecutorOptions {
     pub transfer_timeout: Duration,
     /// Bound of the systemd step (restarts can take a while).
     pub unit_timeout: Duration,
+    /// Bound of a node's own downloads of its artifacts (hundreds of MiB on a slow link).
+    pub fetch_timeout: Duration,
     /// Draw indicatif bars on stderr.
     pub progress: bool,
     /// Draw them under this MultiProgress (shared with the caller's status lines).
@@ -134,6 +140,7 @@ impl Default for ExecutorOptions {
             command_timeout: Duration::from_secs(120),
             transfer_timeout: Duration::from_secs(60),
             unit_timeout: Duration::from_secs(180),
+            fetch_timeout: Duration::from_secs(900),
             progress: true,
             multi_progress: None,
             digest_cache_dir: "/var/lib/k8sforge/digests".into(),
@@ -148,6 +155,10 @@ pub struct NodeReport {
     pub files: usize,
     pub files_changed: usize,
     pub bytes_uploaded: u64,
+    /// Every payload byte sent to the node over SSH in this phase (scripts and uploads).
+    pub bytes_sent: u64,
+    /// Bytes the node downloaded itself (from the artifact source or a seed node).
+    pub bytes_fetched: u64,
     pub changed_paths: Vec<String>,
     pub units_restarted: Vec<String>,
 }
@@ -374,17 +385,47 @@ impl Executor {
             .chain(fix_meta.iter())
             .map(|f| f.path.clone())
             .collect();
+        let mut changed = changed;
+        let mut fetched_restarts: Vec<String> = Vec::new();
+        if !plan.fetch.items.is_empty() {
+            let script = fetch::script(&plan.fetch);
+            let out = conn.exec_status(&script, self.opts.fetch_timeout)?;
+            if out.status != 0 {
+                return Err(RemoteError::Fetch {
+                    node: node.name.clone(),
+                    reason: out.stderr.trim().to_string(),
+                });
+            }
+            let outcome = fetch::parse(&out.stdout);
+            for i in &outcome.installed {
+                if let Some(item) = plan.fetch.items.get(*i) {
+                    changed.extend(item.paths());
+                    for u in &item.restarts {
+                        if !fetched_restarts.contains(u) {
+                            fetched_restarts.push(u.clone());
+                        }
+                    }
+                }
+            }
+            report.bytes_fetched = outcome.downloads.iter().map(|(b, _)| b).sum();
+        }
         report.files_changed = changed.len();
         report.changed_paths = changed.iter().cloned().collect();
         if !plan.commands.is_empty() {
             let script = format!("set -eu\n{}\n", plan.commands.join("\n"));
             conn.exec(&script, self.opts.command_timeout)?;
         }
-        let rp = sync::restart_plan(&plan.files, &changed, &plan.units);
+        let mut rp = sync::restart_plan(&plan.files, &changed, &plan.units);
+        for u in fetched_restarts {
+            if !rp.restart.contains(&u) {
+                rp.restart.push(u);
+            }
+        }
         if let Some(script) = sync::units_script(&rp, &plan.units) {
             conn.exec(&script, self.opts.unit_timeout)?;
         }
         report.units_restarted = rp.restart;
+        report.bytes_sent = conn.bytes_sent();
         Ok(report)
     }
 

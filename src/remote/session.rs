@@ -55,6 +55,9 @@ pub struct Conn {
     sftp: Option<ssh2::Sftp>,
     /// The session's socket, to wait on while non-blocking.
     fd: std::os::unix::io::RawFd,
+    /// Payload bytes sent to the node: command texts and uploaded file contents (the SSH
+    /// framing and handshake are not counted).
+    sent: std::cell::Cell<u64>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -213,6 +216,7 @@ fn connect_once(
         node,
         sftp: None,
         fd,
+        sent: std::cell::Cell::new(0),
     })
 }
 
@@ -221,6 +225,15 @@ fn is_timeout(e: &ssh2::Error) -> bool {
 }
 
 impl Conn {
+    /// Payload bytes sent to the node over this session so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.get()
+    }
+
+    fn count(&self, n: u64) {
+        self.sent.set(self.sent.get() + n);
+    }
+
     pub fn node(&self) -> &str {
         &self.node
     }
@@ -272,6 +285,7 @@ impl Conn {
             }
         };
         let mut ch = self.sess.channel_session().map_err(map)?;
+        self.count(wrapped.len() as u64);
         ch.exec(&wrapped).map_err(map)?;
         let deadline = started + timeout + LOCAL_SLACK;
         // Both streams are drained together (non-blocking, waiting on the socket in between), so
@@ -461,6 +475,7 @@ impl Conn {
         };
         remote.fsync().map_err(map)?;
         remote.close().map_err(map)?;
+        self.count(written);
         Ok(written)
     }
 }

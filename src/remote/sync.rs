@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::artifacts::InstalledFile;
 use crate::render::bundle::{BundleFile, NodeBundle};
 
 /// Where the bytes of a file come from: rendered content, or a local file (artifacts, streamed).
@@ -41,6 +42,18 @@ impl SyncFile {
             restarts: f.restarts.clone(),
         }
     }
+
+    /// An extracted artifact file (root-owned, streamed from the local cache).
+    pub fn from_installed(f: &InstalledFile, restarts: &[&str]) -> SyncFile {
+        SyncFile {
+            path: f.path.clone(),
+            mode: f.mode,
+            owner: "root:root".into(),
+            sha256: f.sha256.clone(),
+            source: FileSource::Local(f.local.clone()),
+            restarts: restarts.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 }
 
 /// Everything one node receives in a phase.
@@ -51,6 +64,8 @@ pub struct NodePlan {
     pub units: Vec<String>,
     /// Idempotent shell commands run after the files are in place, before units start.
     pub commands: Vec<String>,
+    /// Artifacts the node downloads itself (after the files, before the commands).
+    pub fetch: super::fetch::FetchPlan,
 }
 
 impl From<&NodeBundle> for NodePlan {
@@ -59,6 +74,7 @@ impl From<&NodeBundle> for NodePlan {
             files: nb.files.iter().map(SyncFile::from_bundle).collect(),
             units: nb.units.clone(),
             commands: nb.commands.clone(),
+            fetch: Default::default(),
         }
     }
 }
@@ -99,9 +115,7 @@ pub fn decide(want: &SyncFile, have: Option<&RemoteFile>) -> FileAction {
 }
 
 /// POSIX shell single-quoting.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use super::shell::shell_quote;
 
 /// Paths, owners and unit names go into shell scripts and the line-oriented state listing:
 /// allow only what real configs use.

@@ -18,6 +18,11 @@ pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
 /// Label carrying the node's worker group (or `controlPlane`), for add-on selectors.
 pub const GROUP_LABEL: &str = "k8sforge.io/node-group";
 
+/// Label that marks a GPU node: the device plugin DaemonSet (addons) selects exactly these
+/// nodes. Nodes of a worker group with `gpusPerNode > 0` carry it automatically.
+pub const GPU_LABEL_KEY: &str = "k8sforge.io/gpu";
+pub const GPU_LABEL_VALUE: &str = "true";
+
 /// Flags and fields that differ between supported versions.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Features {
@@ -170,8 +175,8 @@ impl NodeCtx {
         if node.gpus > 0 {
             // GPU nodes carry the label the device plugin selects on, unless the profile set it.
             labels
-                .entry(crate::addons::GPU_LABEL_KEY.to_string())
-                .or_insert_with(|| crate::addons::GPU_LABEL_VALUE.to_string());
+                .entry(GPU_LABEL_KEY.to_string())
+                .or_insert_with(|| GPU_LABEL_VALUE.to_string());
         }
         for (k, v) in &labels {
             check_label(&node.name, k, v)?;
@@ -182,6 +187,10 @@ impl NodeCtx {
             .collect::<Vec<_>>()
             .join(",");
         let mut taints: Vec<Taint> = node.taints.clone();
+        if node.gpus > 0 {
+            // Unschedulable until the GPU preflight passes (the addons phase lifts it).
+            taints.push(super::gpu::unverified_taint());
+        }
         if node.has(Role::ControlPlane) {
             taints.push(Taint {
                 key: CONTROL_PLANE_TAINT.to_string(),

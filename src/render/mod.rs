@@ -3,11 +3,14 @@
 //! Pure apart from reading the PKI files: the same inputs give a byte-identical bundle. Shared
 //! PKI files are read once; nodes render in parallel.
 
+pub mod api_proxy;
 pub mod bundle;
 pub mod context;
+pub mod gpu;
 pub mod node;
 pub mod paths;
 pub mod pki_files;
+pub mod registry_hosts;
 pub mod routes;
 pub mod templates;
 
@@ -76,7 +79,7 @@ pub fn render(
         inventory,
         cluster_dir,
         release,
-        &artifacts::ImageRefs::defaults(release),
+        &artifacts::ImageRefs::with_overrides(release, &profile.artifacts.images),
     )
 }
 
@@ -107,9 +110,18 @@ pub fn render_release(
         Some(PodRouting::RouteTable) | None => None,
     };
     let routes = mode.map(|m| routes::PodRoutes::new(inventory, m));
+    let registry_hosts = registry_hosts::files(&profile.artifacts.registry_mirrors)?;
+    let gpu = gpu::GpuCluster::new(profile);
+    let api_backends: Vec<String> = inventory
+        .with_role(crate::inventory::Role::ControlPlane)
+        .map(|n| n.internal_ip.to_string())
+        .collect();
     let shared = node::Shared {
+        registry_hosts: &registry_hosts,
         env,
+        gpu: &gpu,
         routes: routes.as_ref(),
+        api_backends: &api_backends,
         cluster_dir,
         release,
         cluster: &cluster,

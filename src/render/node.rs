@@ -6,6 +6,7 @@ use std::path::Path;
 use minijinja::value::Serde;
 use minijinja::{context, Environment, Value};
 
+use super::api_proxy;
 use super::bundle::{Binary, BundleFile, NodeBundle};
 use super::context::{ClusterCtx, NodeCtx};
 use super::paths::{self, PATHS};
@@ -33,12 +34,17 @@ pub struct Shared<'a> {
     pub env: &'a Environment<'static>,
     /// Pod routes (host-routes model only), formatted once for all nodes.
     pub routes: Option<&'a routes::PodRoutes>,
+    /// Every control plane's cluster address: the node-local API endpoint's backends.
+    pub api_backends: &'a [String],
     pub cluster_dir: &'a Path,
     pub release: &'a Release,
     pub cluster: &'a ClusterCtx,
     /// `cluster`, `features` and `paths` as template values, built once.
     pub base: Value,
     pub pki: &'a SharedPki,
+    /// containerd registry host files (`artifacts.registryMirrors`), the same on every node.
+    pub registry_hosts: &'a [BundleFile],
+    pub gpu: &'a super::gpu::GpuCluster,
 }
 
 struct Files {
@@ -145,6 +151,16 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         f.files.extend(routes.files(node));
         units.push(routes::ROUTES_UNIT);
     }
+    let proxy = api_proxy::files(
+        node,
+        shared.api_backends,
+        shared.cluster.api_port,
+        PATHS.ca_crt,
+    );
+    if !proxy.is_empty() {
+        f.files.extend(proxy);
+        units.push(api_proxy::API_PROXY_UNIT);
+    }
     if !local && runs_pods {
         // Applied by the commands below (modules-load restart, sysctl --system), not by restarts.
         f.public(PATHS.modules_load_conf, &tpl("modules-load.conf")?, &[]);
@@ -247,6 +263,9 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         ))?;
         let ca_users: &[&str] = if node.has(Role::ControlPlane) {
             &[APISERVER, CONTROLLER_MANAGER, KUBELET]
+        } else if api_proxy::wanted(node) {
+            // The node-local API endpoint probes every apiserver with the cluster CA.
+            &[KUBELET, api_proxy::API_PROXY_UNIT]
         } else {
             &[KUBELET]
         };
@@ -273,6 +292,7 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             &tpl("containerd-config.toml")?,
             &[CONTAINERD],
         );
+        f.files.extend(shared.registry_hosts.iter().cloned());
         // CNI configs are read at each pod sandbox creation: nothing to restart.
         f.public(PATHS.cni_bridge, &tpl("10-bridge.conf")?, &[]);
         f.public(PATHS.cni_loopback, &tpl("99-loopback.conf")?, &[]);
@@ -282,6 +302,15 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             tpl("import-images.sh")?,
             &[IMAGES_UNIT],
         );
+        // GPU nodes: the NVIDIA stack, started before containerd (see render::gpu).
+        let (gpu_files, gpu_units) =
+            super::gpu::render_node(shared.gpu, node, local, &ctx, |c, t| {
+                render(shared, c, name, t)
+            })?;
+        for g in gpu_files {
+            f.add(g.path, g.mode, g.content, g.restarts);
+        }
+        units.extend(gpu_units);
         for unit in [CONTAINERD, IMAGES_UNIT, KUBELET, KUBE_PROXY] {
             f.public(&paths::unit_path(unit), &tpl(unit)?, &[unit]);
             units.push(unit);

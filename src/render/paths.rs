@@ -27,6 +27,9 @@ pub const CNI_BIN_DIR: &str = "/opt/cni/bin";
 pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const CONTAINERD_SOCKET: &str = "unix:///run/containerd/containerd.sock";
 
+/// containerd's per-registry `hosts.toml` directory (`config_path`).
+pub const CONTAINERD_CERTS_D: &str = "/etc/containerd/certs.d";
+
 /// Every node-side path a template or the renderer refers to.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct NodePaths {
@@ -36,6 +39,8 @@ pub struct NodePaths {
     pub cni_conf_dir: &'static str,
     pub containerd_socket: &'static str,
     pub containerd_config: &'static str,
+    /// Drop-ins containerd merges over its config (`imports`).
+    pub containerd_imports: &'static str,
 
     pub etcd_ca: &'static str,
     pub etcd_server_crt: &'static str,
@@ -83,6 +88,8 @@ pub struct NodePaths {
     pub node_prep_script: &'static str,
     pub images_dir: &'static str,
     pub images_import_script: &'static str,
+    /// containerd `config_path`: one `<registry>/hosts.toml` per mirrored registry.
+    pub registry_hosts_dir: &'static str,
     pub sysctl_conf: &'static str,
     pub modules_load_conf: &'static str,
     pub systemd_manager_conf: &'static str,
@@ -95,6 +102,7 @@ pub const PATHS: NodePaths = NodePaths {
     cni_conf_dir: CNI_CONF_DIR,
     containerd_socket: CONTAINERD_SOCKET,
     containerd_config: "/etc/containerd/config.toml",
+    containerd_imports: "/etc/containerd/conf.d/*.toml",
 
     etcd_ca: "/etc/etcd/ca.crt",
     etcd_server_crt: "/etc/etcd/server.crt",
@@ -141,6 +149,7 @@ pub const PATHS: NodePaths = NodePaths {
     node_prep_script: "/usr/local/lib/k8sforge/node-prep.sh",
     images_dir: crate::artifacts::images::NODE_IMAGE_DIR,
     images_import_script: "/usr/local/lib/k8sforge/import-images.sh",
+    registry_hosts_dir: CONTAINERD_CERTS_D,
     sysctl_conf: "/etc/sysctl.d/90-k8sforge.conf",
     modules_load_conf: "/etc/modules-load.d/k8sforge.conf",
     systemd_manager_conf: "/etc/systemd/system.conf.d/90-k8sforge.conf",

@@ -90,6 +90,26 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../../units/k8sforge-node-prep.service.j2"),
     ),
     (
+        "gpu/runtime.sh",
+        include_str!("../../templates/gpu/runtime.sh.j2"),
+    ),
+    (
+        "gpu/preflight.sh",
+        include_str!("../../templates/gpu/preflight.sh.j2"),
+    ),
+    (
+        "gpu/unattended-upgrades.conf",
+        include_str!("../../templates/gpu/unattended-upgrades.conf.j2"),
+    ),
+    (
+        "gpu/toolkit.list",
+        include_str!("../../templates/gpu/toolkit.list.j2"),
+    ),
+    (
+        "k8sforge-gpu-runtime.service",
+        include_str!("../../units/k8sforge-gpu-runtime.service.j2"),
+    ),
+    (
         "addons/rbac-apiserver-kubelet.yaml",
         include_str!("../../templates/addons/rbac-apiserver-kubelet.yaml.j2"),
     ),

@@ -10,7 +10,6 @@
 //!
 //! `--dry-run` stops after 2 and deletes the staging copy: nothing changes anywhere.
 
-pub mod cli;
 pub mod plan;
 pub mod rollout;
 
@@ -37,6 +36,27 @@ pub struct RotationRecord {
     pub plan: RolloutPlan,
     /// Stages completed, from the start of `plan.stages`.
     pub stages_done: usize,
+}
+
+impl RotationRecord {
+    /// The rotation in progress recorded in `state`, if any.
+    pub fn of(state: &crate::state::State) -> anyhow::Result<Option<RotationRecord>> {
+        state
+            .rotation
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the state file's `rotation` record is unreadable ({e}); restore state.json from a backup or remove the record to start over"
+                )
+            })
+    }
+
+    fn store(&self, state: &mut crate::state::State) -> anyhow::Result<()> {
+        state.rotation = Some(serde_json::to_value(self)?);
+        Ok(())
+    }
 }
 
 pub struct RotateOptions {
@@ -100,7 +120,7 @@ pub fn run(
         elapsed_secs: 0.0,
     };
 
-    let record = match state.rotation.clone() {
+    let record = match RotationRecord::of(&state)? {
         Some(rec) => {
             report.resumed = true;
             report.stages_done_before = rec.stages_done;
@@ -138,7 +158,7 @@ pub fn run(
                 plan,
                 stages_done: 0,
             };
-            state.rotation = Some(rec.clone());
+            rec.store(&mut state)?;
             dir.save_state(&state)?;
             rec
         }
@@ -197,9 +217,9 @@ pub fn run(
                 }
             }
             done = i + 1;
-            if let Some(rec) = state.rotation.as_mut() {
-                rec.stages_done = done;
-            }
+            let mut rec = record.clone();
+            rec.stages_done = done;
+            rec.store(&mut state)?;
             dir.save_state(&state)?;
         } else {
             let failed: Vec<String> = result

@@ -160,6 +160,7 @@ impl Rollout<'_> {
             files,
             units: Vec::new(),
             commands: Vec::new(),
+            fetch: Default::default(),
         };
         let pushed = self
             .exec

@@ -668,6 +668,15 @@ fn delete(world: &World, hs: &mut HandlerState, resource: &str, rel: &str) -> An
         for m in hs.members().values_mut() {
             m.retain(|u| u != &url);
         }
+        // Disks marked autoDelete go with their instance.
+        let dcoll = coll.replace("/instances", "/disks");
+        for d in v["disks"].as_array().into_iter().flatten() {
+            if d["autoDelete"] == json!(true) {
+                if let Some(dn) = d["source"].as_str().and_then(|u| u.rsplit('/').next()) {
+                    hs.collection(&dcoll).remove(dn);
+                }
+            }
+        }
     }
     hs.collection(coll).remove(name);
     let scope = scope_of(coll);
@@ -1126,6 +1135,26 @@ fn bulk_insert(
                 "deviceName": format!("persistent-disk-{i}"), "index": i, "boot": d["boot"], "autoDelete": d["autoDelete"],
                 "diskSizeGb": d["initializeParams"]["diskSizeGb"].as_str().unwrap_or("10"), "interface": "SCSI"})
         }).collect();
+        // The boot and data disks as resources of their own, as Compute creates them: their
+        // type and source image are read back only from here (`disks.list`).
+        let dcoll = coll.replace("/instances", "/disks");
+        for (i, d) in props["disks"].as_array().into_iter().flatten().enumerate() {
+            let dn = if i == 0 {
+                n.clone()
+            } else {
+                format!("{n}-{i}")
+            };
+            let ip = &d["initializeParams"];
+            let dtype = ip["diskType"].as_str().unwrap_or("pd-standard");
+            let disk = json!({"kind": "compute#disk", "id": hs.next_id().to_string(), "name": dn,
+                "sizeGb": ip["diskSizeGb"].as_str().unwrap_or("10"),
+                "type": format!("{base}projects/{}/{zscope}/diskTypes/{}", world.project, dtype.rsplit('/').next().unwrap_or(dtype)),
+                "sourceImage": ip["sourceImage"], "labels": ip["labels"], "status": "READY",
+                "zone": format!("{base}projects/{}/{zscope}", world.project),
+                "users": [format!("{base}{coll}/{n}")], "autoDelete": d["autoDelete"],
+                "selfLink": format!("{base}projects/{}/{zscope}/disks/{dn}", world.project)});
+            hs.collection(&dcoll).insert(dn, disk);
+        }
         let sub_net = subnet["network"].clone();
         let inst = json!({
             "kind": "compute#instance", "id": id.to_string(), "name": n, "creationTimestamp": now(),

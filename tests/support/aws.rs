@@ -107,6 +107,10 @@ pub struct Fault {
 struct ProxyState {
     /// Every call in order: (account, action).
     log: Vec<(String, String)>,
+    /// Bodies of the RunInstances requests, in order: (account, form body).
+    launches: Vec<(String, String)>,
+    /// Placement groups per account: (name, id, strategy, tags).
+    placement_groups: BTreeMap<String, Vec<PlacementGroup>>,
     faults: Vec<Fault>,
     quotas: BTreeMap<(String, String), f64>,
     /// TerminateInstances held back per account: (request bytes, describes left before applying).
@@ -176,6 +180,23 @@ impl Proxy {
             .collect()
     }
 
+    /// The decoded form parameters of every RunInstances the account sent, in order.
+    pub fn launches(&self, account: &str) -> Vec<BTreeMap<String, String>> {
+        self.state
+            .lock()
+            .unwrap()
+            .launches
+            .iter()
+            .filter(|(a, _)| a == account)
+            .map(|(_, b)| {
+                b.split('&')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (url_decode(k), url_decode(v)))
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn counts(&self, account: &str) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         for a in self.log(account) {
@@ -192,6 +213,11 @@ impl Proxy {
             .in_flight
             .get(&(account.to_string(), action.to_string()))
             .map_or(0, |(_, max)| *max)
+    }
+
+    /// The endpoint URL for a client that is not built by these tests (the k8sforge binary).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn reset(&self, account: &str) {
@@ -243,6 +269,23 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     })
 }
 
+/// `Authorization: AWS4-HMAC-SHA256 Credential=<key id>/<date>/…`: the key id when it is a
+/// moto account number.
+fn account_from_access_key(req: &Request) -> Option<String> {
+    let auth = header(req, "authorization")?;
+    let id = auth.split("Credential=").nth(1)?.split('/').next()?;
+    (id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit())).then(|| id.to_string())
+}
+
+/// moto picks the account from this header; add it when the client did not.
+fn with_account_header(mut req: Request, account: &str) -> Request {
+    if !req.head.iter().any(|(k, _)| k == "x-moto-account-id") {
+        req.head
+            .push(("x-moto-account-id".to_string(), account.to_string()));
+    }
+    req
+}
+
 fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
     req.head
         .iter()
@@ -281,9 +324,13 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
     let mut w = conn.try_clone().expect("clone stream");
     let mut r = BufReader::new(conn);
     while let Some(req) = read_request(&mut r) {
+        // The account: the SDK interceptor's header (library tests), else — for the k8sforge
+        // binary, which knows nothing of moto — a 12-digit access key id is the account.
         let account = header(&req, "x-moto-account-id")
-            .unwrap_or("123456789012")
-            .to_string();
+            .map(str::to_string)
+            .or_else(|| account_from_access_key(&req))
+            .unwrap_or_else(|| "123456789012".to_string());
+        let req = with_account_header(req, &account);
         let body = String::from_utf8_lossy(&req.body).to_string();
         let target = header(&req, "x-amz-target").map(str::to_string);
         let action = match &target {
@@ -299,6 +346,9 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
         {
             let mut s = st.lock().unwrap();
             s.log.push((account.clone(), action.clone()));
+            if action == "RunInstances" {
+                s.launches.push((account.clone(), body.clone()));
+            }
             if let Some(f) = s.faults.iter_mut().find(|f| {
                 f.account == account
                     && f.action == action
@@ -354,6 +404,13 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
                 format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{}</Code><Message>injected by the test proxy</Message></Error></Errors><RequestID>0</RequestID></Response>", f.code)
             };
             respond(&mut w, f.status, "text/xml", &[], xml.as_bytes());
+            continue;
+        }
+        if matches!(
+            action.as_str(),
+            "CreatePlacementGroup" | "DescribePlacementGroups" | "DeletePlacementGroup"
+        ) {
+            placement_groups(&mut w, &st, &account, &action, &body);
             continue;
         }
         if let Some(t) = &target {
@@ -681,4 +738,145 @@ pub fn ssh_public_key() -> String {
         "ssh-ed25519 {} k8sforge-test",
         base64::engine::general_purpose::STANDARD.encode(blob)
     )
+}
+
+/// `application/x-www-form-urlencoded` decoding (the EC2 query protocol).
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Clone)]
+struct PlacementGroup {
+    name: String,
+    id: String,
+    strategy: String,
+    tags: Vec<(String, String)>,
+}
+
+/// moto (5.2) implements no placement-group action, so the proxy answers CreatePlacementGroup,
+/// DescribePlacementGroups (GroupName.N and tag:KEY filters) and DeletePlacementGroup itself,
+/// per account, in the EC2 API's response shapes (ec2 2016-11-15). RunInstances' Placement is
+/// passed to moto, which ignores the group; its request is recorded (`Proxy::launches`).
+fn placement_groups(
+    w: &mut TcpStream,
+    st: &Arc<Mutex<ProxyState>>,
+    account: &str,
+    action: &str,
+    body: &str,
+) {
+    let form: BTreeMap<String, String> = body
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
+        .collect();
+    let item = |g: &PlacementGroup| {
+        let tags: String = g
+            .tags
+            .iter()
+            .map(|(k, v)| format!("<item><key>{k}</key><value>{v}</value></item>"))
+            .collect();
+        format!(
+            "<groupName>{}</groupName><state>available</state><strategy>{}</strategy><groupId>{}</groupId><tagSet>{tags}</tagSet>",
+            g.name, g.strategy, g.id
+        )
+    };
+    let ns = "xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"";
+    let mut s = st.lock().unwrap();
+    let groups = s.placement_groups.entry(account.to_string()).or_default();
+    let error = |code: &str, msg: &str| {
+        format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Errors><Error><Code>{code}</Code><Message>{msg}</Message></Error></Errors><RequestID>0</RequestID></Response>")
+    };
+    let name = form.get("GroupName").cloned().unwrap_or_default();
+    match action {
+        "CreatePlacementGroup" => {
+            if groups.iter().any(|g| g.name == name) {
+                let x = error(
+                    "InvalidPlacementGroup.Duplicate",
+                    &format!("The placement group '{name}' already exists."),
+                );
+                return respond(w, 400, "text/xml", &[], x.as_bytes());
+            }
+            let mut tags = Vec::new();
+            for i in 1.. {
+                let Some(k) = form.get(&format!("TagSpecification.1.Tag.{i}.Key")) else {
+                    break;
+                };
+                let v = form
+                    .get(&format!("TagSpecification.1.Tag.{i}.Value"))
+                    .cloned()
+                    .unwrap_or_default();
+                tags.push((k.clone(), v));
+            }
+            let g = PlacementGroup {
+                id: format!("pg-{:017x}", groups.len() + 1),
+                name,
+                strategy: form.get("Strategy").cloned().unwrap_or_default(),
+                tags,
+            };
+            let x = format!("<CreatePlacementGroupResponse {ns}><requestId>0</requestId><placementGroup>{}</placementGroup></CreatePlacementGroupResponse>", item(&g));
+            groups.push(g);
+            respond(w, 200, "text/xml", &[], x.as_bytes())
+        }
+        "DeletePlacementGroup" => {
+            let before = groups.len();
+            groups.retain(|g| g.name != name);
+            if groups.len() == before {
+                let x = error(
+                    "InvalidPlacementGroup.Unknown",
+                    &format!("The Placement Group '{name}' is unknown."),
+                );
+                return respond(w, 400, "text/xml", &[], x.as_bytes());
+            }
+            let x = format!("<DeletePlacementGroupResponse {ns}><requestId>0</requestId><return>true</return></DeletePlacementGroupResponse>");
+            respond(w, 200, "text/xml", &[], x.as_bytes())
+        }
+        _ => {
+            let names: Vec<&String> = form
+                .iter()
+                .filter(|(k, _)| k.starts_with("GroupName."))
+                .map(|(_, v)| v)
+                .collect();
+            let mut tag_filters = Vec::new();
+            for i in 1.. {
+                let Some(n) = form.get(&format!("Filter.{i}.Name")) else {
+                    break;
+                };
+                let v = form
+                    .get(&format!("Filter.{i}.Value.1"))
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(k) = n.strip_prefix("tag:") {
+                    tag_filters.push((k.to_string(), v));
+                }
+            }
+            let items: String = groups
+                .iter()
+                .filter(|g| names.is_empty() || names.contains(&&g.name))
+                .filter(|g| tag_filters.iter().all(|t| g.tags.contains(t)))
+                .map(|g| format!("<item>{}</item>", item(g)))
+                .collect();
+            let x = format!("<DescribePlacementGroupsResponse {ns}><requestId>0</requestId><placementGroupSet>{items}</placementGroupSet></DescribePlacementGroupsResponse>");
+            respond(w, 200, "text/xml", &[], x.as_bytes())
+        }
+    }
 }

@@ -11,6 +11,10 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 
+/// Most instances one RunInstances call asks for. AWS accepts more per call for small types,
+/// but 500 keeps a capacity failure's blast radius and the response size reasonable.
+pub const MAX_BATCH: usize = 500;
+
 /// Environment variable pointing every AWS client at another endpoint (e.g. a local moto server).
 pub const ENDPOINT_ENV: &str = "K8SFORGE_AWS_ENDPOINT_URL";
 

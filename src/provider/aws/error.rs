@@ -23,6 +23,9 @@ pub enum AwsError {
     Quota(Box<QuotaShortfall>),
     #[error("capacity: {0}")]
     Capacity(String),
+    /// Adopted instances differ from the profile (see `drift`).
+    #[error("drift: {0}")]
+    Drift(String),
     /// Something exists under the cluster's names without the cluster's tag.
     #[error("refusing to touch {0}")]
     NotOwned(String),

@@ -49,12 +49,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, Filter, Instance,
-    InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, VolumeType,
+    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, Filter, Instance, InstanceType,
+    ResourceType, VolumeType,
 };
 use sha2::Digest;
 use tokio::task::JoinSet;
 
+use super::efa;
 use super::error::AwsError;
 use super::images::Ami;
 use super::network::Network;
@@ -67,6 +68,9 @@ use crate::profile::PodRouting;
 
 /// States of an instance that still exists (teardown and adoption both ignore terminated ones).
 pub const LIVE_STATES: &[&str] = &["pending", "running", "stopping", "stopped", "shutting-down"];
+/// States of an instance that can be adopted: one shutting down (e.g. replaced for drift) is
+/// gone for provisioning, though teardown still waits for it.
+pub const ADOPTABLE_STATES: &[&str] = &["pending", "running", "stopping", "stopped"];
 
 pub async fn describe(s: &Session, extra: Vec<Filter>) -> Result<Vec<Instance>, AwsError> {
     let mut req = s
@@ -119,18 +123,48 @@ pub fn map_nodes(
     (nodes, extra)
 }
 
-/// Launch what is missing, wait for it, and turn off source/destination checks. Returns every
-/// node's instance. Batches that failed (capacity, quota) are reported together at the end; the
-/// ones that succeeded stay, tagged, for the next run to adopt.
+/// Adopt what exists (after comparing it with the profile: see `drift`), launch what is missing,
+/// wait for it, and turn off source/destination checks. Returns every node's instance and the
+/// instances replaced for drift. Batches that failed (capacity, quota) are reported together at
+/// the end; the ones that succeeded stay, tagged, for the next run to adopt.
 pub async fn ensure(
     s: &Session,
     plan: &AwsPlan,
     net: &Network,
     ami: &Ami,
     key_name: &str,
-) -> Result<BTreeMap<String, Instance>, AwsError> {
-    let live = describe(s, vec![tags::filter("instance-state-name", LIVE_STATES)]).await?;
+    replace_drifted: bool,
+) -> Result<(BTreeMap<String, Instance>, Vec<(String, String)>), AwsError> {
+    let live = describe(
+        s,
+        vec![tags::filter("instance-state-name", ADOPTABLE_STATES)],
+    )
+    .await?;
     let (mut nodes, extra) = map_nodes(plan, live);
+    let drifts = super::drift::compare(s, plan, ami, &nodes).await?;
+    let mut replaced = Vec::new();
+    if !drifts.is_empty() {
+        if !replace_drifted || drifts.iter().any(|d| d.control_plane) {
+            return Err(AwsError::Drift(crate::provider::drift::refusal(
+                &drifts,
+                replace_drifted,
+            )));
+        }
+        let mut ids: Vec<String> = drifts.iter().map(|d| d.resource.clone()).collect();
+        ids.dedup();
+        for d in &drifts {
+            tracing::warn!("replacing {d}");
+        }
+        super::drift::terminate(s, &ids).await?;
+        for d in &drifts {
+            if nodes.remove(&d.node).is_some() {
+                replaced.push((
+                    "instance".to_string(),
+                    format!("{} ({})", d.resource, d.node),
+                ));
+            }
+        }
+    }
     for i in &extra {
         tracing::warn!(
             instance = i.instance_id().unwrap_or("?"),
@@ -151,6 +185,13 @@ pub async fn ensure(
         );
     }
     let nonce: u64 = rand::random();
+    // EFA instances train together: one cluster placement group keeps them close (their
+    // batches are all in the first zone, see plan.rs).
+    let placement = if plan.nodes.iter().any(|n| n.efa) {
+        Some(efa::ensure_placement_group(s).await?)
+    } else {
+        None
+    };
     let mut set = JoinSet::new();
     let shared = Arc::new(plan.clone());
     for b in batches.clone() {
@@ -162,6 +203,7 @@ pub async fn ensure(
             ami: ami.clone(),
             key: key_name.to_string(),
             nonce,
+            placement: placement.clone().filter(|_| b.efa),
         };
         set.spawn(async move {
             let r = launch(&s, &plan, &b, &spec).await;
@@ -196,13 +238,13 @@ pub async fn ensure(
     if !failed.is_empty() {
         return Err(AwsError::Capacity(format!(
             "{} of {} launch batches failed:\n  {}\n\
-             The instances that did launch are kept and tagged. Re-run `k8sforge up` to launch only the missing nodes, or `k8sforge teardown` to remove everything.",
+             The instances that did launch are kept and tagged. Re-run `k8sforge up` (or `k8sforge up --only provision`) to launch only the missing nodes, or `k8sforge teardown` to remove everything.",
             failed.len(),
             batches.len(),
             failed.join("\n  ")
         )));
     }
-    Ok(nodes)
+    Ok((nodes, replaced))
 }
 
 fn explain_launch_failure(plan: &AwsPlan, b: &Batch, e: &AwsError) -> String {
@@ -242,6 +284,8 @@ struct LaunchSpec {
     ami: Ami,
     key: String,
     nonce: u64,
+    /// The cluster placement group, for batches of EFA instance types.
+    placement: Option<String>,
 }
 
 /// Launch one batch. A RunInstances without an answer (connection lost, timeout, 5xx) may have
@@ -342,15 +386,16 @@ fn run_instances(
         .max_count(count)
         .key_name(&spec.key)
         .client_token(client_token(&s.cluster, b, spec.nonce))
-        .network_interfaces(
-            InstanceNetworkInterfaceSpecification::builder()
-                .device_index(0)
-                .subnet_id(&spec.subnet)
-                .groups(&spec.sg)
-                .associate_public_ip_address(true)
-                .delete_on_termination(true)
-                .build(),
-        )
+        .set_network_interfaces(Some(efa::interfaces(
+            b.efa.then_some(b.instance_type.as_str()),
+            &spec.subnet,
+            &spec.sg,
+        )))
+        .set_placement(spec.placement.as_ref().map(|g| {
+            aws_sdk_ec2::types::Placement::builder()
+                .group_name(g)
+                .build()
+        }))
         .block_device_mappings(
             BlockDeviceMapping::builder()
                 .device_name(&spec.ami.root_device)

@@ -48,6 +48,8 @@ pub fn build(
         let mut n = planned_node.clone();
         n.internal_ip = private;
         n.external_ip = public;
+        // `ssh.address: private`: dial the private address even where a public one exists.
+        let public = public.filter(|_| profile.ssh.address.is_public());
         match (&bastion, public) {
             (None, Some(p)) => {
                 n.ssh.host = p;

@@ -24,8 +24,9 @@ macro_rules! paginate_all {
     }};
 }
 
-pub mod cli;
 pub mod config;
+pub mod drift;
+pub mod efa;
 pub mod error;
 pub mod images;
 pub mod instances;
@@ -46,7 +47,7 @@ pub use session::Options;
 
 use crate::inventory::{Inventory, Role};
 use crate::profile::PodRouting;
-use crate::provider::{Provider, ProviderError, ProvisionContext, TeardownReport};
+use crate::provider::{Provider, ProviderFuture, ProvisionContext, Provisioned, TeardownReport};
 use plan::AwsPlan;
 use session::Session;
 
@@ -60,6 +61,8 @@ pub struct AwsProvider {
 pub struct ProvisionOutcome {
     pub inventory: Inventory,
     pub created: Vec<(String, String)>,
+    /// Instances replaced because they drifted from the profile (`--replace-drifted`).
+    pub replaced: Vec<(String, String)>,
 }
 
 impl AwsProvider {
@@ -108,6 +111,17 @@ impl AwsProvider {
         let s = self.session(ctx);
         let ami = images::find(&s, &plan.ami, &plan.region).await?;
         preflight::run(&s, &plan).await?;
+        self.create(ctx, &plan, &s, &ami).await
+    }
+
+    /// Everything after preflight: key pair, network, instances (adopt-and-compare), routes, LB.
+    async fn create(
+        &self,
+        ctx: &ProvisionContext<'_>,
+        plan: &AwsPlan,
+        s: &Session,
+        ami: &images::Ami,
+    ) -> Result<ProvisionOutcome, AwsError> {
         eprintln!(
             "provision {}: {} nodes in {} ({})",
             plan.cluster,
@@ -116,11 +130,12 @@ impl AwsProvider {
             ami.name
         );
         // The key pair first: a name taken by an untagged key stops the run before anything else.
-        let key = keypair::ensure(&s, &ctx.ssh_public_key).await?;
-        let net = network::ensure(&s, &plan).await?;
-        let nodes = instances::ensure(&s, &plan, &net, &ami, &key).await?;
+        let key = keypair::ensure(s, &ctx.ssh_public_key).await?;
+        let net = network::ensure(s, plan).await?;
+        let (nodes, replaced) =
+            instances::ensure(s, plan, &net, ami, &key, ctx.replace_drifted).await?;
         if plan.routing == PodRouting::RouteTable {
-            instances::ensure_routes(&s, &plan, &net.route_table_id, &nodes).await?;
+            instances::ensure_routes(s, plan, &net.route_table_id, &nodes).await?;
         }
         let control_planes: Vec<String> = plan
             .nodes
@@ -130,7 +145,7 @@ impl AwsProvider {
             .map(str::to_string)
             .collect();
         let lb = loadbalancer::ensure(
-            &s,
+            s,
             &net.vpc_id,
             &net.subnet_ids,
             plan.api_port,
@@ -145,7 +160,11 @@ impl AwsProvider {
             created.len(),
             inventory.api.url()
         );
-        Ok(ProvisionOutcome { inventory, created })
+        Ok(ProvisionOutcome {
+            inventory,
+            created,
+            replaced,
+        })
     }
 
     pub async fn teardown_report(
@@ -162,19 +181,26 @@ impl Provider for AwsProvider {
         "aws"
     }
 
-    async fn preflight(&self, ctx: &ProvisionContext<'_>) -> Result<(), ProviderError> {
-        Ok(self.preflight_checks(ctx).await?)
+    fn preflight<'a>(&'a self, ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, ()> {
+        Box::pin(async move { Ok(self.preflight_checks(ctx).await?) })
     }
 
-    async fn provision(&self, ctx: &ProvisionContext<'_>) -> Result<Inventory, ProviderError> {
-        Ok(self.provision_outcome(ctx).await?.inventory)
+    /// After `preflight` (the facade runs it first): only the image lookup is repeated.
+    fn provision<'a>(&'a self, ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, Provisioned> {
+        Box::pin(async move {
+            let plan = self.plan(ctx)?;
+            let s = self.session(ctx);
+            let ami = images::find(&s, &plan.ami, &plan.region).await?;
+            let out = self.create(ctx, &plan, &s, &ami).await?;
+            Ok(Provisioned::cloud(out.inventory, out.created, out.replaced))
+        })
     }
 
-    async fn teardown(
-        &self,
-        ctx: &ProvisionContext<'_>,
+    fn teardown<'a>(
+        &'a self,
+        ctx: &'a ProvisionContext<'a>,
         dry_run: bool,
-    ) -> Result<TeardownReport, ProviderError> {
-        Ok(self.teardown_report(ctx, dry_run).await?)
+    ) -> ProviderFuture<'a, TeardownReport> {
+        Box::pin(async move { Ok(self.teardown_report(ctx, dry_run).await?) })
     }
 }

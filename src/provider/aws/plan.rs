@@ -10,9 +10,7 @@ use super::error::AwsError;
 use crate::inventory::{Inventory, Role};
 use crate::profile::{AmiLookup, PodRouting, Profile};
 
-/// Most instances one RunInstances call asks for. AWS accepts more per call for small types,
-/// but 500 keeps a capacity failure's blast radius and the response size reasonable.
-pub const MAX_BATCH: usize = 500;
+pub use super::config::MAX_BATCH;
 /// Addresses AWS reserves in every subnet (network, router, DNS, future, broadcast).
 const SUBNET_RESERVED: u64 = 5;
 /// Free addresses an NLB needs in each subnet it is placed in.
@@ -71,6 +69,8 @@ pub struct NodePlan {
     pub root_gib: u32,
     pub zone: usize,
     pub pod_cidr: Ipv4Net,
+    /// Launched with EFA interfaces in the cluster placement group.
+    pub efa: bool,
 }
 
 /// One RunInstances call: contiguous nodes of one group, one instance type, one subnet.
@@ -84,6 +84,8 @@ pub struct Batch {
     pub root_gib: u32,
     pub zone: usize,
     pub nodes: Vec<String>,
+    /// EFA interfaces and the cluster placement group (see efa.rs).
+    pub efa: bool,
 }
 
 impl Batch {
@@ -194,6 +196,7 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
                 n.name, n.group
             ))
         })?;
+        let efa = machine.efa && super::efa::layout(&machine.instance_type).is_some();
         nodes.push(NodePlan {
             name: n.name.clone(),
             group: n.group.clone(),
@@ -201,9 +204,15 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
             role,
             instance_type: machine.instance_type.clone(),
             root_gib: machine.root_volume_gib,
-            // Contiguous blocks per zone keep each batch inside one subnet.
-            zone: pos * zones.len() / members.len().max(1),
+            // Contiguous blocks per zone keep each batch inside one subnet. EFA instances go
+            // into the cluster placement group, which lives in one zone: the first.
+            zone: if efa {
+                0
+            } else {
+                pos * zones.len() / members.len().max(1)
+            },
             pod_cidr: n.pod_cidr,
+            efa,
         });
     }
     for (i, s) in subnets.iter().enumerate() {
@@ -305,6 +314,7 @@ pub fn batches(missing: &[&NodePlan], max: usize) -> Vec<Batch> {
             root_gib: n.root_gib,
             zone: n.zone,
             nodes: vec![n.name.clone()],
+            efa: n.efa,
         });
     }
     out

@@ -30,7 +30,7 @@ impl Default for Options {
             wait_timeout: Duration::from_secs(20 * 60),
             dependency_timeout: Duration::from_secs(10 * 60),
             parallelism: 16,
-            max_batch: super::plan::MAX_BATCH,
+            max_batch: super::config::MAX_BATCH,
         }
     }
 }

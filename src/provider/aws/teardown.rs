@@ -1,10 +1,12 @@
 //! Removing everything the cluster owns, found only by its tag, in dependency order: load
-//! balancers, target groups, instances (and waiting until they are gone), route tables, the
+//! balancers, target groups, instances (and waiting until they are gone), the GPU placement group,
+//! route tables, the
 //! internet gateway, subnets, security groups, key pair, VPC. Deletes that AWS refuses with
 //! DependencyViolation (ENIs of a deleted NLB linger for a while) are retried until a deadline.
 
 use std::time::Instant;
 
+use super::efa;
 use super::error::AwsError;
 use super::instances::{self, LIVE_STATES};
 use super::loadbalancer::owned_arns;
@@ -98,6 +100,18 @@ pub async fn run(s: &Session, dry_run: bool) -> Result<TeardownReport, AwsError>
     }
     for id in &ids {
         note("instance", id);
+    }
+
+    // The GPU placement group: empty once its instances are terminated.
+    for g in efa::describe_placement_groups(s).await? {
+        let name = g.group_name().unwrap_or_default().to_string();
+        if !dry_run {
+            retry::send(&s.opts.retry, "DeletePlacementGroup", || {
+                s.ec2().delete_placement_group().group_name(&name).send()
+            })
+            .await?;
+        }
+        note("placement-group", &name);
     }
 
     // Route tables: disassociate, then delete (their routes go with them).

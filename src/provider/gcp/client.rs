@@ -125,6 +125,8 @@ pub struct Compute {
     auth: Arc<TokenSource>,
     retry: RetryPolicy,
     calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// `(kind, name)` of everything created through this client, in order.
+    created: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Compute {
@@ -152,12 +154,24 @@ impl Compute {
             auth: Arc::new(auth),
             retry,
             calls: Arc::new(Mutex::new(BTreeMap::new())),
+            created: Arc::default(),
         })
     }
 
     /// Calls made so far, by API method id (e.g. `compute.instances.bulkInsert`), retries included.
     pub fn call_counts(&self) -> BTreeMap<String, u64> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Record a resource this run created (for the provision summary).
+    pub fn note_created(&self, kind: &str, name: &str) {
+        if let Ok(mut v) = self.created.lock() {
+            v.push((kind.to_string(), name.to_string()));
+        }
+    }
+
+    pub fn created_list(&self) -> Vec<(String, String)> {
+        self.created.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     /// Relative path of a project-scoped resource: `projects/<project>/<rest>`.

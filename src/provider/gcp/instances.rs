@@ -99,7 +99,7 @@ fn instance_properties(
             initialize_params: Some(InitializeParams {
                 source_image: Some(image),
                 disk_size_gb: Some(i64::from(machine.boot_disk_gib)),
-                disk_type: Some("pd-balanced".into()),
+                disk_type: Some(super::drift::BOOT_DISK_TYPE.into()),
                 labels: names.labels(),
             }),
             disk_size_gb: None,
@@ -161,8 +161,30 @@ pub(super) async fn ensure_instances(
     ctx: &ProvisionContext<'_>,
     names: &Names,
     subnet: &str,
-) -> Result<Vec<Instance>, GcpError> {
-    let before = list_instances(p, names).await?;
+) -> Result<(Vec<Instance>, Vec<(String, String)>), GcpError> {
+    let mut before = list_instances(p, names).await?;
+    // Adopt-and-compare: drift is refused unless replacement was asked for (workers only).
+    let drifts = super::drift::compare(p, ctx, names, &before).await?;
+    let mut replaced = Vec::new();
+    if !drifts.is_empty() {
+        if !ctx.replace_drifted || drifts.iter().any(|d| d.control_plane) {
+            return Err(GcpError::Drift(crate::provider::drift::refusal(
+                &drifts,
+                ctx.replace_drifted,
+            )));
+        }
+        let mut gone: Vec<String> = drifts.iter().map(|d| d.resource.clone()).collect();
+        gone.dedup();
+        for d in &drifts {
+            tracing::warn!("replacing {d}");
+        }
+        super::drift::delete(p, &gone).await?;
+        before.retain(|i| !gone.contains(&i.name));
+        replaced = gone
+            .into_iter()
+            .map(|n| ("instance".to_string(), n))
+            .collect();
+    }
     let existing: BTreeSet<String> = before.iter().map(|i| i.name.clone()).collect();
     // Missing nodes by group, in inventory order.
     let mut groups: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
@@ -232,11 +254,14 @@ pub(super) async fn ensure_instances(
         }
     }
     if requested.is_empty() {
-        return Ok(before);
+        return Ok((before, replaced));
     }
     // Which of the requested instances exist now? Report each one that does not.
     let after = list_instances(p, names).await?;
     let now: BTreeSet<&str> = after.iter().map(|i| i.name.as_str()).collect();
+    for n in requested.iter().filter(|n| now.contains(n.as_str())) {
+        p.api.note_created("instance", n);
+    }
     let failed: Vec<(String, String)> = requested
         .iter()
         .filter(|n| !now.contains(n.as_str()))
@@ -262,7 +287,7 @@ pub(super) async fn ensure_instances(
         })
         .collect();
     if failed.is_empty() {
-        Ok(after)
+        Ok((after, replaced))
     } else {
         Err(GcpError::InstancesFailed {
             created: wanted - failed.len(),

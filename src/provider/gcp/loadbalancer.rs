@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 
 use reqwest::Method;
 
+use super::adopt::get_or_insert;
 use super::instances::label_value;
 use super::names::{last_segment, Names, GROUP_LABEL};
-use super::provision::get_or_insert;
 use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::provider::ProvisionContext;

@@ -8,9 +8,10 @@
 //! endpoint (a fake or emulator) and then uses no credentials at all, so that nothing ever
 //! reaches Google or the metadata server from a test.
 
+mod adopt;
 pub mod auth;
-pub mod cli;
 pub mod client;
+pub mod drift;
 pub mod instances;
 pub mod loadbalancer;
 pub mod names;
@@ -19,9 +20,8 @@ pub mod provision;
 pub mod teardown;
 pub mod types;
 
-use crate::inventory::Inventory;
 use crate::profile::{GcpProviderSpec, Profile};
-use crate::provider::{Provider, ProviderError, ProvisionContext, TeardownReport};
+use crate::provider::{Provider, ProviderFuture, ProvisionContext, Provisioned, TeardownReport};
 
 use auth::{Credentials, TokenSource};
 use client::{ApiError, Compute, RetryPolicy, DEFAULT_ENDPOINT};
@@ -54,6 +54,9 @@ pub enum GcpError {
         name: String,
         cluster: String,
     },
+    /// Adopted instances differ from the profile (see `drift`).
+    #[error("drift: {0}")]
+    Drift(String),
     #[error("{}", instances::describe_bulk_failure(.created, .failed))]
     InstancesFailed {
         created: usize,
@@ -176,21 +179,36 @@ impl Provider for GcpProvider {
         "gcp"
     }
 
-    async fn preflight(&self, ctx: &ProvisionContext<'_>) -> Result<(), ProviderError> {
-        preflight::run(self, ctx).await.map_err(Into::into)
+    fn preflight<'a>(&'a self, ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, ()> {
+        Box::pin(async move { preflight::run(self, ctx).await.map_err(Into::into) })
     }
 
-    async fn provision(&self, ctx: &ProvisionContext<'_>) -> Result<Inventory, ProviderError> {
-        provision::run(self, ctx).await.map_err(Into::into)
+    fn provision<'a>(&'a self, ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, Provisioned> {
+        Box::pin(async move {
+            let out = provision::run(self, ctx).await?;
+            let calls = self.api.call_counts();
+            tracing::debug!(
+                "{} API calls: {}",
+                calls.values().sum::<u64>(),
+                calls
+                    .iter()
+                    .map(|(k, v)| format!("{}={v}", k.trim_start_matches("compute.")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            Ok(out)
+        })
     }
 
-    async fn teardown(
-        &self,
-        ctx: &ProvisionContext<'_>,
+    fn teardown<'a>(
+        &'a self,
+        ctx: &'a ProvisionContext<'a>,
         dry_run: bool,
-    ) -> Result<TeardownReport, ProviderError> {
-        teardown::run(self, &Names::new(&ctx.profile.name), dry_run)
-            .await
-            .map_err(Into::into)
+    ) -> ProviderFuture<'a, TeardownReport> {
+        Box::pin(async move {
+            teardown::run(self, &Names::new(&ctx.profile.name), dry_run)
+                .await
+                .map_err(Into::into)
+        })
     }
 }

@@ -8,80 +8,27 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use reqwest::Method;
-use serde::Serialize;
 
+use super::adopt::get_or_insert;
 use super::instances::ensure_instances;
 use super::loadbalancer::ensure_load_balancer;
 use super::names::{Names, CONTROL_PLANE_TAG, HEALTH_CHECK_RANGES, POD_RANGE_NAME};
 use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::inventory::{ApiEndpoint, Inventory};
-use crate::provider::ProvisionContext;
+use crate::provider::{ProvisionContext, Provisioned};
 
-pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Inventory, GcpError> {
+pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Provisioned, GcpError> {
     let names = Names::new(&ctx.profile.name);
+    let created_before = p.api.created_list().len();
     let net = ensure_network(p, &names).await?;
     let subnet = ensure_subnetwork(p, ctx, &names, &net).await?;
     ensure_firewalls(p, ctx, &names, &net).await?;
-    let instances = ensure_instances(p, ctx, &names, &subnet).await?;
+    let (instances, replaced) = ensure_instances(p, ctx, &names, &subnet).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
-    build_inventory(ctx, &names, &instances, lb_ip)
-}
-
-/// Get a global/regional resource by name; insert it (and wait) when missing. Unlabelled kinds
-/// must carry our ownership marker to be adopted.
-pub(super) async fn get_or_insert<T: Serialize>(
-    p: &GcpProvider,
-    names: &Names,
-    kind: &'static str,
-    collection: &str,
-    api: &str,
-    body: &T,
-    name: &str,
-) -> Result<String, GcpError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Existing {
-        #[serde(default)]
-        description: Option<String>,
-        #[serde(default)]
-        labels: Labels,
-        #[serde(default)]
-        self_link: String,
-    }
-    let rest = format!("{collection}/{name}");
-    if let Some(e) = p
-        .api
-        .get_opt::<Existing>(&format!("compute.{api}.get"), &rest)
-        .await?
-    {
-        let labelled = e.labels.get(crate::provider::CLUSTER_LABEL_GCP) == Some(&names.cluster);
-        if !labelled && !names.owns(name, e.description.as_deref()) {
-            return Err(GcpError::NotOwned {
-                kind,
-                name: name.to_string(),
-                cluster: names.cluster.clone(),
-            });
-        }
-        tracing::debug!("adopting {kind} {name}");
-        return Ok(if e.self_link.is_empty() {
-            p.api.url(&rest)
-        } else {
-            e.self_link
-        });
-    }
-    tracing::debug!("creating {kind} {name}");
-    let op = p
-        .api
-        .mutate(
-            &format!("compute.{api}.insert"),
-            Method::POST,
-            collection,
-            Some(body),
-        )
-        .await?;
-    p.api.wait(op).await?;
-    Ok(p.api.url(&rest))
+    let inventory = build_inventory(ctx, &names, &instances, lb_ip)?;
+    let created = p.api.created_list().split_off(created_before);
+    Ok(Provisioned::cloud(inventory, created, replaced))
 }
 
 async fn ensure_network(p: &GcpProvider, names: &Names) -> Result<String, GcpError> {
@@ -314,7 +261,10 @@ fn build_inventory(
         node.internal_ip = internal;
         node.external_ip = external;
         node.pod_cidr = pod_cidr;
-        node.ssh.host = external.unwrap_or(IpAddr::V4(internal));
+        node.ssh.host = match external {
+            Some(e) if ctx.profile.ssh.address.is_public() => e,
+            _ => IpAddr::V4(internal),
+        };
         nodes.push(node);
     }
     let port = ctx.profile.api_server.port;

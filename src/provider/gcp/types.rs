@@ -247,6 +247,46 @@ pub struct Instance {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(default)]
     pub guest_accelerators: Vec<AcceleratorConfig>,
+    #[serde(default)]
+    pub disks: Vec<InstanceDisk>,
+}
+
+/// An instance's attached disk as `instances.list` reports it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceDisk {
+    #[serde(default)]
+    pub boot: Option<bool>,
+    /// URL of the disk resource.
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(with = "int64_string", default)]
+    pub disk_size_gb: Option<i64>,
+}
+
+/// A disk resource (`disks.list`): its type and the image it was created from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub name: String,
+    #[serde(default)]
+    pub self_link: String,
+    #[serde(with = "int64_string", default)]
+    pub size_gb: Option<i64>,
+    /// URL ending in `diskTypes/<type>`.
+    #[serde(default, rename = "type")]
+    pub disk_type: String,
+    #[serde(default)]
+    pub source_image: Option<String>,
+}
+
+/// An image resource (`images.get`): only the family matters here.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Image {
+    pub name: String,
+    #[serde(default)]
+    pub family: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

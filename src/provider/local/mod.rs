@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{Provider, ProviderError, ProvisionContext, TeardownReport};
+use super::{Provider, ProviderFuture, ProvisionContext, Provisioned, TeardownReport};
 use crate::inventory::Inventory;
 use crate::profile::Profile;
 use crate::sshkeys::{self, PinnedKey};
@@ -664,50 +664,45 @@ impl Provider for LocalProvider {
         "local"
     }
 
-    async fn preflight(&self, _ctx: &ProvisionContext<'_>) -> Result<(), ProviderError> {
-        Ok(self.check("up")?)
+    fn preflight<'a>(&'a self, _ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, ()> {
+        Box::pin(async move { Ok(self.check("up")?) })
     }
 
-    async fn provision(&self, ctx: &ProvisionContext<'_>) -> Result<Inventory, ProviderError> {
-        let (inv, report) = self.provision_nodes(ctx)?;
-        tracing::info!(
-            "local nodes: {} booted, {} kept, {} replaced, {} removed in {:.1}s",
-            report.booted.len(),
-            report.kept.len(),
-            report.replaced.len(),
-            report.removed.len(),
-            report.seconds
-        );
-        Ok(inv)
+    fn provision<'a>(&'a self, ctx: &'a ProvisionContext<'a>) -> ProviderFuture<'a, Provisioned> {
+        Box::pin(async move {
+            let (inv, report) = self.provision_nodes(ctx)?;
+            tracing::info!(
+                "local nodes: {} booted, {} kept, {} replaced, {} removed in {:.1}s",
+                report.booted.len(),
+                report.kept.len(),
+                report.replaced.len(),
+                report.removed.len(),
+                report.seconds
+            );
+            let created = report
+                .booted
+                .iter()
+                .map(|n| ("node".to_string(), n.clone()))
+                .collect();
+            let replaced = report
+                .replaced
+                .iter()
+                .map(|n| ("node".to_string(), n.clone()))
+                .collect();
+            Ok(Provisioned {
+                detail: report.detail(inv.nodes.len()),
+                inventory: inv,
+                created,
+                replaced,
+            })
+        })
     }
 
-    async fn teardown(
-        &self,
-        _ctx: &ProvisionContext<'_>,
+    fn teardown<'a>(
+        &'a self,
+        _ctx: &'a ProvisionContext<'a>,
         dry_run: bool,
-    ) -> Result<TeardownReport, ProviderError> {
-        Ok(self.teardown_all(dry_run)?)
-    }
-}
-
-/// Drive a future to completion on this thread (the provider trait is async; the local
-/// provider's work is blocking, so this needs no runtime).
-pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => return v,
-            Poll::Pending => std::thread::park(),
-        }
+    ) -> ProviderFuture<'a, TeardownReport> {
+        Box::pin(async move { Ok(self.teardown_all(dry_run)?) })
     }
 }

@@ -17,9 +17,9 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::artifacts::images::MirrorImage;
-use crate::artifacts::source::{MirrorEntry, MirrorManifest, MIRROR_MANIFEST};
-use crate::artifacts::Component;
+use k8sforge::artifacts::images::MirrorImage;
+use k8sforge::artifacts::source::{MirrorEntry, MirrorManifest, MIRROR_MANIFEST};
+use k8sforge::artifacts::Component;
 
 /// Debian packages the mirror is made of.
 pub const DEB_PACKAGES: &[&str] = &[
@@ -202,9 +202,9 @@ pub(crate) fn write_tgz(out: &Path, entries: &[(String, PathBuf)]) -> Result<(),
     f.sync_all().map_err(|e| format!("{}: {e}", out.display()))
 }
 
-/// Compile `src/testkit/images/pause.rs` into a static binary at `out` with the rustc on PATH.
+/// Compile `testkit/src/images/pause.rs` into a static binary at `out` with the rustc on PATH.
 fn build_pause(out: &Path) -> Result<(), String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testkit/images/pause.rs");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/images/pause.rs");
     run(
         Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
             .args([
@@ -303,7 +303,7 @@ pub fn build(cache_dir: &Path) -> Result<TestMirror, String> {
 
     // etcd-v3.4.23-linux-amd64.tar.gz: etcd-v3.4.23-linux-amd64/{etcd,etcdctl}
     let v = format!("v{}", version["etcd-server"]);
-    let dir = format!("etcd-{v}-linux-{}", crate::artifacts::ARCH);
+    let dir = format!("etcd-{v}-linux-{}", k8sforge::artifacts::ARCH);
     let out = place(Component::Etcd, &v)?;
     write_tgz(
         &out,
@@ -363,7 +363,7 @@ pub fn build(cache_dir: &Path) -> Result<TestMirror, String> {
     let images_dir = tmp_root.join("images");
     std::fs::create_dir_all(&images_dir).map_err(|e| format!("{}: {e}", images_dir.display()))?;
     let pause_tar = images_dir.join("pause.tar");
-    crate::testkit::oci::build_archive(&pause_bin, &[], &["/bin/pause"], PAUSE_IMAGE, &pause_tar)?;
+    crate::oci::build_archive(&pause_bin, &[], &["/bin/pause"], PAUSE_IMAGE, &pause_tar)?;
     let images = vec![MirrorImage {
         name: "pause".into(),
         reference: PAUSE_IMAGE.into(),

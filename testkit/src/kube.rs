@@ -13,11 +13,11 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use super::mirror::{run, sha256_of, write_tgz, TestMirror};
-use super::oci;
-use crate::artifacts::images::MirrorImage;
-use crate::artifacts::source::{MirrorEntry, MIRROR_MANIFEST};
-use crate::artifacts::Component;
+use crate::mirror::{run, sha256_of, write_tgz, TestMirror};
+use crate::oci;
+use k8sforge::artifacts::images::MirrorImage;
+use k8sforge::artifacts::source::{MirrorEntry, MIRROR_MANIFEST};
+use k8sforge::artifacts::Component;
 
 pub const KUBE_BIN_ENV: &str = "K8SFORGE_TEST_KUBE_BIN";
 

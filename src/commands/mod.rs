@@ -1,0 +1,111 @@
+//! Carrying out the parsed command line: one module per verb. Human progress goes to stderr,
+//! machine output to stdout. This file only dispatches.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{CertsCommand, Cli, Command, ProfilesCommand};
+use crate::phases::PhaseName;
+use crate::state;
+
+mod certs;
+mod completion;
+mod exit;
+mod hidden;
+mod inputs;
+mod kubeconfig;
+mod mirror;
+mod plan;
+mod profiles;
+mod ssh;
+mod status;
+pub mod team;
+mod teardown;
+mod up;
+
+pub use inputs::{inventory_for, load_profile};
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let home = cli.home.clone().unwrap_or_else(state::default_home);
+    match cli.command {
+        Command::Plan {
+            profile,
+            out,
+            output,
+        } => plan::run(&home, &profile, out.as_deref(), output),
+        Command::Up {
+            profile,
+            only,
+            from,
+            mirror,
+            force,
+            trust_mirror_checksums,
+            replace_drifted,
+            output,
+        } => up::run(
+            &home,
+            &profile,
+            PhaseName::selection(only, from),
+            mirror,
+            trust_mirror_checksums,
+            force,
+            replace_drifted,
+            output,
+        ),
+        Command::Mirror {
+            profile,
+            out,
+            from,
+            trust_mirror_checksums,
+            output,
+        } => mirror::run(
+            &profile,
+            &out,
+            from.as_deref(),
+            trust_mirror_checksums,
+            output,
+        ),
+        Command::Certs(CertsCommand::Check {
+            profile,
+            warn_days,
+            offline,
+            output,
+        }) => certs::check(&home, &profile, warn_days, offline, output),
+        Command::Certs(CertsCommand::Rotate {
+            profile,
+            only,
+            within,
+            ca,
+            dry_run,
+            batch,
+            output,
+        }) => certs::rotate(
+            &home,
+            &certs::RotateArgs {
+                profile: &profile,
+                only: &only,
+                within: within.as_deref(),
+                ca,
+                dry_run,
+                batch,
+                output,
+            },
+        ),
+        Command::Teardown { profile, dry_run } => teardown::run(&home, &profile, dry_run),
+        Command::Status { profile, output } => status::run(&home, &profile, output),
+        Command::Kubeconfig { profile, out } => kubeconfig::run(&home, &profile, out),
+        Command::Ssh {
+            profile,
+            node,
+            command,
+        } => ssh::run(&home, &profile, &node, &command),
+        Command::LocalApiProxy { listen, backends } => hidden::local_api_proxy(listen, backends),
+        Command::LocalNodeLauncher { node_dir } => hidden::local_node_launcher(&node_dir),
+        Command::Profiles(ProfilesCommand::List) => profiles::list(),
+        Command::Profiles(ProfilesCommand::Show { name, sets }) => profiles::show(&name, &sets),
+        Command::Team(cmd) => team::team_command(&home, cmd),
+        Command::User(cmd) => team::user_command(&home, cmd),
+        Command::Completion { shell } => completion::run(shell),
+    }
+}
