@@ -88,6 +88,73 @@ fn corrupted_state_file_is_refused_with_its_path_and_nothing_is_written() {
     }
 }
 
+/// A rotation that stopped half-way (its record in the state file, as `certs rotate` leaves it
+/// when killed after stage 1 of 2): `up` refuses before touching anything, names the next stage
+/// and tells how to finish; nothing in the state directory changes. (The same refusal after a
+/// real SIGKILLed rotation on real nodes: tests/rotate_local.rs.)
+#[test]
+fn up_refuses_while_a_rotation_is_half_done_and_says_how_to_finish() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .env("K8SFORGE_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["plan", "--profile", "local-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = home.path().join("local-3");
+    let state_path = dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["rotation"] = serde_json::json!({
+        "startedAt": "2026-12-01T10:00:00Z",
+        "certificates": [
+            {"name": "etcd/server-controlplane-1", "oldSerial": "01", "newSerial": "02"},
+            {"name": "apiserver", "oldSerial": "03", "newSerial": "04"}
+        ],
+        "plan": {"stages": [
+            {"kind": "etcd", "nodes": [{"node": "controlplane-1", "units": ["etcd.service"],
+                "files": ["/etc/etcd/server.crt", "/etc/etcd/server.key"]}]},
+            {"kind": "api-server", "nodes": [{"node": "controlplane-1",
+                "units": ["kube-apiserver.service"],
+                "files": ["/var/lib/kubernetes/apiserver.crt"]}]}
+        ]},
+        "stagesDone": 1
+    });
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let before = files(&dir);
+    for args in [
+        vec!["up", "--profile", "local-3"],
+        vec!["up", "--profile", "local-3", "--only", "pki"],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{args:?} ran during a half-done rotation: {err}"
+        );
+        for want in [
+            "cluster local-3 has a certificate rotation in progress",
+            "1 of 2 stages done; next: stage 2/2, kube-apiserver on controlplane-1",
+            "`k8sforge certs rotate --profile local-3` resumes where it stopped",
+        ] {
+            assert!(err.contains(want), "{args:?}: {want:?} not in: {err}");
+        }
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        let mut after = files(&dir);
+        after.remove(".lock");
+        let mut want = before.clone();
+        want.remove(".lock");
+        assert_eq!(after, want, "{args:?} changed the state directory");
+    }
+}
+
 /// Damage a valid profile in ways a user might (truncation, a deleted line, a changed value, a
 /// wrong type, a stray character) and check the loader answers with an error naming the file —
 /// or accepts it — but never panics.

@@ -514,6 +514,20 @@ fn etcd_certificates_rotate_member_by_member_with_zero_failed_requests() {
         .iter()
         .map(|c| c["newSerial"].as_str().unwrap().to_string())
         .collect();
+    // `up` refuses while the rotation is half-done, says how to finish it, changes nothing.
+    let state_before = fs::read(c.dir().join("state.json")).unwrap();
+    let out = c.cmd(&["up", "--only", "etcd"]).output().unwrap();
+    let err = text(&out);
+    assert!(
+        !out.status.success(),
+        "up ran during a half-done rotation: {err}"
+    );
+    assert!(
+        err.contains("certificate rotation in progress")
+            && err.contains("`k8sforge certs rotate --profile local-ha` resumes where it stopped"),
+        "{err}"
+    );
+    assert_eq!(fs::read(c.dir().join("state.json")).unwrap(), state_before);
     let out = c.certs("rotate", &["-o", "json"]);
     let (_, failed) = lp.finish();
     assert!(out.status.success(), "{}", text(&out));

@@ -53,6 +53,30 @@ impl RotationRecord {
             })
     }
 
+    /// Why `verb` refuses to run now and how to finish the rotation (the certificates are
+    /// already new in the state directory: `verb` would push them to every node at once).
+    pub fn refusal(&self, cluster: &str, verb: &str, profile_arg: &str) -> String {
+        let total = self.plan.stages.len();
+        let next = self
+            .plan
+            .stages
+            .get(self.stages_done)
+            .map(|s| {
+                let nodes: Vec<&str> = s.nodes.iter().map(|n| n.node.as_str()).collect();
+                format!(
+                    "; next: stage {}/{total}, {} on {}",
+                    self.stages_done + 1,
+                    s.kind.title(),
+                    nodes.join(", ")
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "cluster {cluster} has a certificate rotation in progress (started {}, {} of {total} stages done{next}).\n  `{verb}` would install the renewed certificates on every node at once and restart etcd and the apiservers together. Finish the rotation first: `k8sforge certs rotate --profile {profile_arg}` resumes where it stopped (`--dry-run` shows the remaining plan); then run `{verb}` again.",
+            self.started_at, self.stages_done
+        )
+    }
+
     fn store(&self, state: &mut crate::state::State) -> anyhow::Result<()> {
         state.rotation = Some(serde_json::to_value(self)?);
         Ok(())
