@@ -6,4 +6,5 @@ pub mod sshd;
 
 pub use placeholder_pki::*;
 pub mod aws;
+pub mod local_cluster;
 pub mod subnet;
