@@ -24,8 +24,8 @@ use crate::profile::{Profile, ProviderKind};
 
 /// ConfigMap of NCCL / libfabric environment defaults for training pods.
 pub const FABRIC_ENV_CONFIGMAP: &str = "k8sforge-fabric-env";
-/// Where the addons phase publishes it: the namespace jobs without a team run in. `team add`
-/// copies it into each team's namespace (a pod can only read ConfigMaps of its own namespace).
+/// Where the addons phase publishes it: the namespace jobs without a team run in. A pod reads
+/// ConfigMaps of its own namespace only: a team namespace needs a copy (README, "GPU nodes").
 pub const FABRIC_ENV_NAMESPACE: &str = "default";
 /// The extended resource the EFA device plugin advertises.
 pub const EFA_RESOURCE: &str = "vpc.amazonaws.com/efa";
