@@ -729,6 +729,43 @@ async fn fake_rejects_what_the_api_rejects() {
     let page = get(format!("{base}projects/k8sforge-test/global/networks?maxResults=2&filter=description%20%3D%20%22even%22")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert!(page["nextPageToken"].is_string());
+    // The multi-NIC rules of Compute: an MTU out of range, a placement policy that is not
+    // compact, two NICs of one instance on the same network. (Refused by the handlers, not the
+    // schema: they are not contract violations.)
+    let (code, _) = post(
+        "global/networks",
+        json!({"name": "big", "autoCreateSubnetworks": false, "mtu": 9000}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = post(
+        "regions/us-central1/resourcePolicies",
+        json!({"name": "spread", "groupPlacementPolicy": {"collocation": "UNSPECIFIED_COLLOCATION"}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = post(
+        "regions/us-central1/subnetworks",
+        json!({"name": "s1", "network": "global/networks/n2", "ipCidrRange": "198.18.200.0/24"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, v) = post(
+        "zones/us-central1-a/instances/bulkInsert",
+        json!({"count": "1", "perInstanceProperties": {"i1": {}},
+            "instanceProperties": {"machineType": "n2-standard-16", "networkInterfaces": [
+                {"subnetwork": "regions/us-central1/subnetworks/s1", "nicType": "GVNIC"},
+                {"subnetwork": "regions/us-central1/subnetworks/s1", "nicType": "GVNIC"}]}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be on a different VPC network"),
+        "{v}"
+    );
     let v = fake.violations();
     assert_eq!(v.len(), 4, "each bad request is recorded: {v:?}");
 }
