@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod inventory;
 pub mod kube;
 pub mod kubeconfig_merge;
+pub mod monitoring;
 pub mod phases;
 pub mod pki;
 pub mod profile;

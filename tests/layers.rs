@@ -42,6 +42,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "kubeconfig_merge",
         ],
     ),
+    ("the monitoring add-on set: scrape configuration, alert rules", &["monitoring"]),
     ("the training stack: operators, queues, teams, users", &["training"]),
     ("the phases of `up`", &["phases"]),
     ("command-line definitions", &["cli"]),
