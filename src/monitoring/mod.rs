@@ -9,6 +9,7 @@
 //! top. That part (the upstream files and their overlay) is not built yet.
 
 pub mod certs_metric;
+pub mod metrics;
 pub mod rules;
 pub mod scrape;
 
