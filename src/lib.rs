@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod kube;
 pub mod kubeconfig_merge;
 pub mod monitoring;
+pub mod netprobe;
 pub mod phases;
 pub mod pki;
 pub mod profile;

@@ -16,7 +16,7 @@ use std::path::Path;
 /// The declared layer order, lowest first: (what the layer is, its top-level modules).
 /// A module may import only from layers listed before its own.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("atomic file writes", &["fsutil"]),
+    ("atomic file writes; the network probe (a program of its own)", &["fsutil", "netprobe"]),
     ("pinned versions, artifact source and cache", &["artifacts"]),
     ("the profile: schema, built-ins, validation", &["profile"]),
     ("nodes, roles, addresses, pod CIDRs", &["inventory"]),
@@ -47,6 +47,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the phases of `up`", &["phases"]),
     ("command-line definitions", &["cli"]),
     ("one module per verb", &["commands"]),
+    ("programs beside k8sforge (the network probe's main)", &["bin"]),
 ];
 
 #[test]

@@ -64,9 +64,10 @@ pub const PROMETHEUS: &[&str] = &["up", "scrape_duration_seconds", "scrape_sampl
 pub const K8SFORGE: &[&str] = &[
     super::certs_metric::EXPIRY_METRIC,
     super::certs_metric::VALID_METRIC,
-    "k8sforge_netprobe_throughput_bits_per_second",
-    "k8sforge_netprobe_expected_bits_per_second",
-    "k8sforge_netprobe_rtt_seconds",
+    crate::netprobe::THROUGHPUT_METRIC,
+    crate::netprobe::EXPECTED_METRIC,
+    crate::netprobe::RTT_METRIC,
+    crate::netprobe::ERRORS_METRIC,
     "k8sforge_nccl_busbw_bytes_per_second",
 ];
 
