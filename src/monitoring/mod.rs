@@ -38,7 +38,19 @@ struct MonitoringCtx<'a> {
     scrape_secret: &'a str,
     scrape_key: &'a str,
     scrape_configs: String,
+    /// Some worker group has GPUs: the DCGM exporter is deployed.
+    gpu: bool,
+    dcgm_image: String,
+    dcgm_port: u16,
+    gpu_label_key: &'static str,
+    gpu_label_value: &'static str,
+    gpu_unverified_taint: &'static str,
+    nvidia_runtime: &'static str,
 }
+
+/// NVIDIA dcgm-exporter, pinned by tag (its chart's `image.tag` at release 4.5.3-4.8.2; no
+/// digest fact is available here). `monitoring.dcgmExporterImage` replaces it (e.g. a mirror).
+pub const DCGM_EXPORTER_IMAGE: &str = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.3-4.8.2-distroless";
 
 /// k8sforge's own monitoring objects for `profile` (none when monitoring is off). They carry no
 /// key material, so `plan` may write them; the certificates Secret is [`tls_secret`].
@@ -54,6 +66,17 @@ pub fn render(profile: &Profile, inv: &Inventory) -> Result<Vec<Manifest>, Rende
         scrape_secret: SCRAPE_SECRET,
         scrape_key: SCRAPE_KEY,
         scrape_configs: scrape::scrape_configs_yaml(&configs),
+        gpu: inv.nodes.iter().any(|n| n.gpus > 0),
+        dcgm_image: profile
+            .monitoring
+            .dcgm_exporter_image
+            .clone()
+            .unwrap_or_else(|| DCGM_EXPORTER_IMAGE.to_string()),
+        dcgm_port: scrape::DCGM_EXPORTER_PORT,
+        gpu_label_key: crate::addons::GPU_LABEL_KEY,
+        gpu_label_value: crate::addons::GPU_LABEL_VALUE,
+        gpu_unverified_taint: crate::render::gpu::UNVERIFIED_TAINT,
+        nvidia_runtime: crate::render::gpu::RUNTIME_HANDLER,
     };
     let template = "addons/monitoring.yaml";
     let yaml = env
@@ -138,6 +161,16 @@ mod tests {
         assert_eq!(render(&p, &inv).unwrap().len(), 1);
         let (p, _) = load("gpu-dev", &["monitoring.enabled=false".into()]);
         assert!(!p.monitoring_enabled());
+        // A bad duration is refused at load, naming the field.
+        let Err(e) = crate::profile::load("gpu-dev", &["monitoring.retention=15 days".into()])
+        else {
+            panic!("a bad retention was accepted");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("monitoring.retention") && e.contains("15 days"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -178,5 +211,42 @@ mod tests {
             "every job, in order"
         );
         assert!(text.contains("/etc/prometheus/secrets/k8sforge-scrape-tls/etcd-prometheus.key"));
+        // DCGM exporter on GPU nodes, pod-resources socket mounted, scraped on each GPU node.
+        let ds: k8s_openapi::api::apps::v1::DaemonSet =
+            serde_json::from_value(get("DaemonSet")).unwrap();
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap(),
+            BTreeMap::from([("k8sforge.io/gpu".to_string(), "true".to_string())])
+        );
+        assert_eq!(pod.host_network, Some(true));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some(DCGM_EXPORTER_IMAGE));
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(m.mount_path, "/var/lib/kubelet/pod-resources");
+        assert_eq!(
+            pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
+            "/var/lib/kubelet/pod-resources"
+        );
+        let dcgm = v
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|j| j["job_name"] == "dcgm-exporter")
+            .unwrap();
+        let gpu_nodes: Vec<String> = inv
+            .nodes
+            .iter()
+            .filter(|n| n.gpus > 0)
+            .map(|n| format!("{}:9400", n.internal_ip))
+            .collect();
+        let got: Vec<String> = dcgm["static_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s["targets"][0].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, gpu_nodes);
+        assert!(!gpu_nodes.is_empty());
     }
 }

@@ -24,6 +24,8 @@ pub const SCHEDULER_PORT: u16 = 10259;
 pub const KUBELET_PORT: u16 = 10250;
 pub const KUBE_PROXY_METRICS_PORT: u16 = 10249;
 pub const NODE_EXPORTER_PORT: u16 = 9100;
+/// dcgm-exporter's default listen port (its chart's `service.port`).
+pub const DCGM_EXPORTER_PORT: u16 = 9400;
 
 /// A scrape job: the `job` label every series of it carries. The names are those the
 /// kubernetes-mixin and etcd-mixin dashboards and alerts select on.
@@ -37,10 +39,12 @@ pub enum Job {
     Cadvisor,
     KubeProxy,
     NodeExporter,
+    /// GPU nodes only.
+    DcgmExporter,
 }
 
 impl Job {
-    pub const ALL: [Job; 8] = [
+    pub const ALL: [Job; 9] = [
         Job::Etcd,
         Job::Apiserver,
         Job::ControllerManager,
@@ -49,6 +53,7 @@ impl Job {
         Job::Cadvisor,
         Job::KubeProxy,
         Job::NodeExporter,
+        Job::DcgmExporter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +66,7 @@ impl Job {
             Job::Cadvisor => "cadvisor",
             Job::KubeProxy => "kube-proxy",
             Job::NodeExporter => "node-exporter",
+            Job::DcgmExporter => "dcgm-exporter",
         }
     }
 
@@ -87,7 +93,7 @@ impl Job {
             | Job::Scheduler
             | Job::Kubelet
             | Job::Cadvisor => Some(Identity::Kubernetes),
-            Job::KubeProxy | Job::NodeExporter => None,
+            Job::KubeProxy | Job::NodeExporter | Job::DcgmExporter => None,
         }
     }
 
@@ -110,6 +116,10 @@ impl Job {
             Job::Kubelet | Job::Cadvisor => (inv.nodes.iter().collect(), KUBELET_PORT),
             Job::KubeProxy => (inv.nodes.iter().collect(), KUBE_PROXY_METRICS_PORT),
             Job::NodeExporter => (inv.nodes.iter().collect(), NODE_EXPORTER_PORT),
+            Job::DcgmExporter => (
+                inv.nodes.iter().filter(|n| n.gpus > 0).collect(),
+                DCGM_EXPORTER_PORT,
+            ),
         }
     }
 }

@@ -142,6 +142,9 @@ pub struct MonitoringSpec {
     pub storage_class: Option<String>,
     /// Scrape interval (Prometheus duration).
     pub scrape_interval: String,
+    /// Image of NVIDIA's DCGM exporter; unset = the pinned upstream one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcgm_exporter_image: Option<String>,
 }
 
 impl Default for MonitoringSpec {
@@ -152,6 +155,7 @@ impl Default for MonitoringSpec {
             storage_size: None,
             storage_class: None,
             scrape_interval: "30s".into(),
+            dcgm_exporter_image: None,
         }
     }
 }
