@@ -494,4 +494,27 @@ async fn prometheus_scrapes_every_control_plane_target() {
     let certs = pki::table::expand(&p, &inv).len();
     let r = query(&prom, &format!("count({})", certs_metric::EXPIRY_METRIC));
     assert_eq!(r[0]["value"][1].as_str(), Some(certs.to_string().as_str()));
+
+    // Figures for BENCHMARKS.md (printed, not asserted): samples per scrape of each job, and
+    // the Prometheus process's memory for the series it holds.
+    for r in query(&prom, "scrape_samples_scraped") {
+        println!(
+            "figure: samples per scrape job={} {}",
+            r["metric"]["job"].as_str().unwrap_or_default(),
+            r["value"][1].as_str().unwrap_or_default()
+        );
+    }
+    let own = ureq::get(&format!("{prom}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    for line in own.lines() {
+        if line.starts_with("prometheus_tsdb_head_series ")
+            || line.starts_with("process_resident_memory_bytes ")
+        {
+            println!("figure: prometheus {line}");
+        }
+    }
 }

@@ -171,6 +171,7 @@ fn a_slowed_link_shows_in_the_metric_and_fires_the_alert() {
     )
     .unwrap();
     let mut procs = Kill(Vec::new());
+    let started = Instant::now();
     // Expected 200 Mbit/s: an unshaped veth carries far more, the shaped one 20 Mbit/s.
     for (i, n) in nodes.iter().enumerate() {
         let log = std::fs::File::create(tmp.path().join(format!("probe-{n}.log"))).unwrap();
@@ -297,6 +298,25 @@ fn a_slowed_link_shows_in_the_metric_and_fires_the_alert() {
         (names(&f) == slow_from_b).then_some(f)
     });
     assert_eq!(names(&firing), slow_from_b);
+    // Figures for BENCHMARKS.md (printed, not asserted): CPU seconds each probe used so far.
+    let ticks = 100.0; // USER_HZ
+    for (n, c) in nodes.iter().zip(&procs.0) {
+        // `ip netns exec` execs the probe in place: the child's pid is the probe's.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", c.id())) {
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let cpu =
+                (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / ticks;
+            println!(
+                "figure: probe {n} cpu_seconds={cpu:.2} over {:.1} s (2 peers x 4 MiB per 1 s round)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
     let after = pairs(&ns("a"), &prom, netprobe::THROUGHPUT_METRIC);
     for (s, t, v) in &after {
         if s == "b" {
