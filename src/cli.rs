@@ -202,7 +202,7 @@ pub enum Command {
 pub enum CertsCommand {
     /// Table of every certificate: subject, SANs, issuer, expiry; non-zero exit when expiring
     #[command(
-        after_help = "Examples:\n  k8sforge certs check\n  k8sforge certs check --warn-days 30 --output json"
+        after_help = "Examples:\n  k8sforge certs check\n  k8sforge certs check --warn-days 30 --output json\n  k8sforge certs check --textfile-dir /var/lib/prometheus/node-exporter"
     )]
     Check {
         #[command(flatten)]
@@ -216,6 +216,10 @@ pub enum CertsCommand {
         offline: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
+        /// Also write the result as metrics for node-exporter's textfile collector (a
+        /// directory: writes k8sforge_certificates.prom in it, atomically)
+        #[arg(long, value_name = "DIR")]
+        textfile_dir: Option<std::path::PathBuf>,
     },
     /// Re-issue leaf certificates and roll them out node by node without downtime
     #[command(

@@ -15,6 +15,8 @@ pub mod fsutil;
 pub mod inventory;
 pub mod kube;
 pub mod kubeconfig_merge;
+pub mod monitoring;
+pub mod netprobe;
 pub mod phases;
 pub mod pki;
 pub mod profile;

@@ -16,7 +16,7 @@ use std::path::Path;
 /// The declared layer order, lowest first: (what the layer is, its top-level modules).
 /// A module may import only from layers listed before its own.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("atomic file writes", &["fsutil"]),
+    ("atomic file writes; the network probe (a program of its own)", &["fsutil", "netprobe"]),
     ("the per-cluster lock and its holder record", &["cluster_lock"]),
     ("pinned versions, artifact source and cache", &["artifacts"]),
     ("the profile: schema, built-ins, validation", &["profile"]),
@@ -44,6 +44,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "kubeconfig_merge",
         ],
     ),
+    ("the monitoring add-on set: scrape configuration, alert rules", &["monitoring"]),
     ("the training stack: operators, queues, teams, users", &["training"]),
     ("the phases of `up`", &["phases"]),
     (
@@ -52,6 +53,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("command-line definitions", &["cli"]),
     ("one module per verb", &["commands"]),
+    ("programs beside k8sforge (the network probe's main)", &["bin"]),
 ];
 
 #[test]

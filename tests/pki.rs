@@ -497,6 +497,7 @@ fn rerun_reuses_everything_and_reissues_only_what_changed() {
         "etcd/ca",
         "apiserver-etcd-client",
         "etcd/healthcheck-client",
+        "etcd/prometheus-client",
     ]
     .map(String::from)
     .into();

@@ -883,3 +883,30 @@ fn vxlan_mode_renders_the_tunnel_unit_and_the_bridge_mtu() {
         assert_eq!(bridge["bridge"], "cni0");
     }
 }
+
+/// With monitoring on, the scheduler and controller manager serve on the node address and
+/// kube-proxy's metrics listen on it (what `monitoring::scrape` targets); off, they stay on
+/// loopback as before.
+#[test]
+fn monitoring_moves_metrics_endpoints_to_the_node_address() {
+    for (enabled, sets) in [(false, vec![]), (true, vec!["monitoring.enabled=true"])] {
+        let fx = fixture("local-3", &sets);
+        let cp = fx
+            .inventory
+            .with_role(inventory::Role::ControlPlane)
+            .next()
+            .unwrap();
+        let nb = node(&fx.bundle, &cp.name);
+        let ip = cp.internal_ip.to_string();
+        let want = if enabled { ip.as_str() } else { "127.0.0.1" };
+        for unit in ["kube-scheduler.service", "kube-controller-manager.service"] {
+            assert_eq!(flags(&unit_text(nb, unit))["bind-address"], want, "{unit}");
+        }
+        let kp = yaml(nb, "/etc/kubernetes/kube-proxy-config.yaml");
+        if enabled {
+            assert_eq!(kp["metricsBindAddress"], format!("{ip}:10249").as_str());
+        } else {
+            assert!(kp.get("metricsBindAddress").is_none());
+        }
+    }
+}

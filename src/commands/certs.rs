@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -36,6 +36,7 @@ pub fn check(
     warn_days: u32,
     offline: bool,
     output: OutputFormat,
+    textfile_dir: Option<&Path>,
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
     let root = ClusterDir::existing(home, &loaded.profile.name)?;
@@ -43,6 +44,16 @@ pub fn check(
     let inv = inventory_for(&loaded, &st)?;
     let now = OffsetDateTime::now_utc();
     let report = crate::pki::check::inspect(&loaded.profile, &inv, &root, warn_days, now)?;
+    if let Some(dir) = textfile_dir {
+        // The same inspection, as metrics for node-exporter (see monitoring::certs_metric).
+        let path = dir.join(crate::monitoring::certs_metric::TEXTFILE_NAME);
+        crate::fsutil::write_if_changed(
+            &path,
+            crate::monitoring::certs_metric::textfile(&report).as_bytes(),
+            0o644,
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
     // Only machines a `provision` phase made hold certificates (`plan` alone plans addresses).
     let provisioned = st
         .phases

@@ -71,7 +71,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             warn_days,
             offline,
             output,
-        }) => certs::check(&home, &profile, warn_days, offline, output),
+            textfile_dir,
+        }) => certs::check(
+            &home,
+            &profile,
+            warn_days,
+            offline,
+            output,
+            textfile_dir.as_deref(),
+        ),
         Command::Certs(CertsCommand::Rotate {
             profile,
             only,

@@ -3,6 +3,9 @@
 //! them against the typed API, server-side apply them through the admin kubeconfig on this
 //! host, and wait for CoreDNS and the device plugin to roll out.
 //!
+//! With `monitoring` enabled it also applies the monitoring add-on's own objects
+//! (`monitoring::render`, `monitoring::tls_secret`).
+//!
 //! No fingerprint: applying unchanged manifests is a cheap no-op on the API server, and running
 //! every time also repairs objects someone edited or deleted.
 
@@ -66,8 +69,9 @@ impl Phase for Addons {
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
         let images = images(ctx)?;
-        let manifests = addons::render(&ctx.loaded.profile, &images)
+        let mut manifests = addons::render(&ctx.loaded.profile, &images)
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
+        manifests.extend(monitoring_manifests(ctx)?);
         let objects = kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
@@ -142,6 +146,25 @@ impl Phase for Addons {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// The monitoring add-on's own objects (scrape RBAC, scrape configuration, the certificates
+/// Secret) when the profile enables monitoring; nothing otherwise.
+fn monitoring_manifests(ctx: &Context) -> Result<Vec<addons::Manifest>, PhaseError> {
+    let p = &ctx.loaded.profile;
+    let Some(inv) = ctx.inventory.as_ref() else {
+        return Ok(Vec::new());
+    };
+    if !p.monitoring_enabled() {
+        return Ok(Vec::new());
+    }
+    let mut out =
+        crate::monitoring::render(p, inv).map_err(|e| PhaseError::Failed(e.to_string()))?;
+    out.push(
+        crate::monitoring::tls_secret(&layout::pki_dir(&ctx.dir.root))
+            .map_err(|e| PhaseError::Failed(e.to_string()))?,
+    );
+    Ok(out)
 }
 
 /// What the GPU health gate did.

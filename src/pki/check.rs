@@ -31,7 +31,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
             Status::Expiring => "expiring",
@@ -52,6 +52,9 @@ pub struct CertStatus {
     /// RFC 3339.
     pub not_after: String,
     pub days_left: i64,
+    /// `not_after` as Unix seconds (0 when missing or unreadable), for the expiry metric.
+    #[serde(skip)]
+    pub not_after_unix: i64,
     pub status: Status,
     /// How the file differs from its table row (key, CA, subject, SANs, usages), if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,6 +155,7 @@ fn read_cert(name: &str, pki: &Path, warn_days: u32, now: OffsetDateTime) -> Cer
         issuer: String::new(),
         not_after: String::new(),
         days_left: 0,
+        not_after_unix: 0,
         status: Status::Missing,
         problem: None,
     };
@@ -167,6 +171,7 @@ fn read_cert(name: &str, pki: &Path, warn_days: u32, now: OffsetDateTime) -> Cer
         let not_after = x.validity().not_after.to_datetime();
         st.not_after = not_after.format(&Rfc3339).unwrap_or_default();
         st.days_left = (not_after - now).whole_days();
+        st.not_after_unix = not_after.unix_timestamp();
         st.status = if not_after <= now {
             Status::Expired
         } else if (not_after - now) < time::Duration::days(i64::from(warn_days)) {

@@ -18,6 +18,11 @@ pub const APISERVER_ETCD_CLIENT: &str = "apiserver-etcd-client";
 pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 /// Client certificate for etcdctl health checks and operators.
 pub const ETCD_CLIENT: &str = "etcd/healthcheck-client";
+/// Client certificate Prometheus scrapes the control plane and kubelets with (Kubernetes CA;
+/// its user is granted `/metrics` and `nodes/metrics` by the monitoring add-on's RBAC).
+pub const PROMETHEUS_CLIENT: &str = "prometheus-client";
+/// Client certificate Prometheus scrapes etcd's `/metrics` with over TLS (etcd CA).
+pub const ETCD_PROMETHEUS_CLIENT: &str = "etcd/prometheus-client";
 /// Service-account signing key pair: `sa.key` (private) and `sa.pub` (public, PEM).
 pub const SERVICE_ACCOUNT: &str = "sa";
 

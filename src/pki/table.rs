@@ -184,6 +184,9 @@ const fn client(
     }
 }
 
+/// The user Prometheus scrapes as (CN of `prometheus-client`; bound by the monitoring RBAC).
+pub const PROMETHEUS_USER: &str = "k8sforge:prometheus";
+
 /// Every certificate of a cluster. CAs come first; a CA row precedes every row it signs.
 ///
 /// apiserver-kubelet-client carries O=system:masters (not kubeadm's kubeadm:cluster-admins):
@@ -293,6 +296,22 @@ pub const TABLE: &[Row] = &[
         layout::ETCD_CLIENT,
         CaId::Etcd,
         "kube-etcd-healthcheck-client",
+        &[],
+        None,
+    ),
+    // Prometheus (monitoring add-on): one identity for the control plane and kubelets, one for
+    // etcd (whose client port trusts only the etcd CA).
+    client(
+        layout::PROMETHEUS_CLIENT,
+        CaId::Kubernetes,
+        PROMETHEUS_USER,
+        &[],
+        None,
+    ),
+    client(
+        layout::ETCD_PROMETHEUS_CLIENT,
+        CaId::Etcd,
+        "k8sforge-prometheus-etcd-client",
         &[],
         None,
     ),
@@ -466,9 +485,9 @@ mod tests {
         let p = crate::profile::load("gpu-1000", &[]).unwrap().profile;
         let inv = crate::inventory::planned(&p, &Default::default()).unwrap();
         let certs = expand(&p, &inv);
-        // 3 CAs, 1003 kubelets, 3 etcd members x (server + peer), 9 cluster-wide leaves.
+        // 3 CAs, 1003 kubelets, 3 etcd members x (server + peer), 11 cluster-wide leaves.
         assert_eq!(inv.nodes.len(), 1003);
-        assert_eq!(certs.len(), 3 + 1003 + 6 + 9);
+        assert_eq!(certs.len(), 3 + 1003 + 6 + 11);
         let names: BTreeSet<&str> = certs.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names.len(), certs.len(), "names are unique");
         assert!(certs[..3].iter().all(|c| c.is_ca.is_some()));
@@ -477,7 +496,7 @@ mod tests {
             .all(|c| c.is_ca.is_none() && c.ca.is_some()));
         assert_eq!(kubeconfig_identities(&certs).count(), 4 + 1003);
         let etcd = certs.iter().filter(|c| c.ca == Some(CaId::Etcd)).count();
-        assert_eq!(etcd, 6 + 2);
+        assert_eq!(etcd, 6 + 3);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Profile {
     pub gpu: GpuSpec,
     #[serde(default)]
     pub training: TrainingSpec,
+    /// Prometheus, exporters, alerts and dashboards (see `monitoring`).
+    #[serde(default)]
+    pub monitoring: MonitoringSpec,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +130,49 @@ impl PodRouting {
     }
 }
 
+/// The monitoring add-on set (`monitoring` module).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MonitoringSpec {
+    /// Install it; default: on when some worker group has GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long Prometheus keeps samples (Prometheus duration, e.g. `15d`).
+    pub retention: String,
+    /// Persistent volume size for Prometheus (e.g. `100Gi`); unset = emptyDir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_size: Option<String>,
+    /// StorageClass of that volume; unset = the cluster default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Scrape interval (Prometheus duration).
+    pub scrape_interval: String,
+    /// Image of NVIDIA's DCGM exporter; unset = the pinned upstream one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dcgm_exporter_image: Option<String>,
+}
+
+impl Default for MonitoringSpec {
+    fn default() -> Self {
+        MonitoringSpec {
+            enabled: None,
+            retention: "15d".into(),
+            storage_size: None,
+            storage_class: None,
+            scrape_interval: "30s".into(),
+            dcgm_exporter_image: None,
+        }
+    }
+}
+
 impl Profile {
+    /// Whether the monitoring add-on set is installed: as set, else on GPU clusters.
+    pub fn monitoring_enabled(&self) -> bool {
+        self.monitoring
+            .enabled
+            .unwrap_or_else(|| self.workers.iter().any(|g| g.gpus_per_node > 0))
+    }
+
     /// The pod routing in effect: `network.podRouting`, else the provider's default (host routes
     /// for local and static nodes, VXLAN on AWS). `None` on GCP: alias IP ranges route pod CIDRs
     /// in the cloud network.

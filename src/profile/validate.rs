@@ -32,6 +32,47 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_artifacts(p, r);
     check_gpu(p, r);
     check_training(p, r);
+    check_monitoring(p, r);
+}
+
+/// Prometheus durations: a number and a unit (`30s`, `15d`, `1h30m`), as Prometheus parses them.
+fn is_prometheus_duration(s: &str) -> bool {
+    let mut rest = s;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &rest[digits..];
+        let Some(unit) = ["ms", "s", "m", "h", "d", "w", "y"]
+            .iter()
+            .find(|u| rest.starts_with(**u))
+        else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+    }
+    true
+}
+
+fn check_monitoring(p: &Profile, r: &mut Reporter) {
+    let m = &p.monitoring;
+    for (field, v) in [
+        ("monitoring.retention", &m.retention),
+        ("monitoring.scrapeInterval", &m.scrape_interval),
+    ] {
+        if !is_prometheus_duration(v) {
+            r.error(
+                field,
+                "not a Prometheus duration",
+                v,
+                "a number and a unit: ms, s, m, h, d, w, y (e.g. 30s, 15d)",
+            );
+        }
+    }
 }
 
 /// A component the cluster's Kubernetes is too old for is refused here, offline, naming both

@@ -83,6 +83,9 @@ pub struct ClusterCtx {
     pub sandbox_image: String,
     pub resolv_conf: &'static str,
     pub protect_kernel_defaults: bool,
+    /// Monitoring is on: the scheduler, controller manager and kube-proxy serve metrics on the
+    /// node address for Prometheus (`monitoring::scrape`), not on loopback only.
+    pub metrics_on_node_address: bool,
 }
 
 impl ClusterCtx {
@@ -137,6 +140,7 @@ impl ClusterCtx {
             // Real machines get the kernel settings from a sysctl.d file, so kubelet may insist on
             // them; container nodes get them from bind mounts (node-prep), kubelet must not write.
             protect_kernel_defaults: !local,
+            metrics_on_node_address: profile.monitoring_enabled(),
         }
     }
 }

@@ -125,6 +125,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "addons/fast-network.yaml",
         include_str!("../../templates/addons/fast-network.yaml.j2"),
     ),
+    (
+        "addons/monitoring.yaml",
+        include_str!("../../templates/addons/monitoring.yaml.j2"),
+    ),
 ];
 
 /// `value|json`: the value as a JSON literal, which is also a valid YAML and TOML basic string,

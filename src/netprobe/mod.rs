@@ -1,0 +1,18 @@
+//! The network probe (issue 16, "network speeds"): a small program of k8sforge's own
+//! (`src/bin/k8sforge-netprobe.rs`) that runs on every node, measures TCP throughput and
+//! round-trip time to a few peers per round and exports them as Prometheus metrics. Peers are
+//! sampled by ring offset (`sample`), so at 1000 nodes each node probes `k` peers per round
+//! rather than 999, and every pair is still covered every ⌈999/k⌉ rounds.
+
+pub mod exposition;
+pub mod measure;
+pub mod sample;
+
+/// Throughput of the last measurement, bits per second, labels `source`, `target`.
+pub const THROUGHPUT_METRIC: &str = "k8sforge_netprobe_throughput_bits_per_second";
+/// The speed the link is expected to carry (from the probe's configuration).
+pub const EXPECTED_METRIC: &str = "k8sforge_netprobe_expected_bits_per_second";
+/// TCP round-trip time of the last measurement (median of the pings), seconds.
+pub const RTT_METRIC: &str = "k8sforge_netprobe_rtt_seconds";
+/// Failed measurements, by target.
+pub const ERRORS_METRIC: &str = "k8sforge_netprobe_errors_total";
