@@ -342,6 +342,9 @@ pub fn remove(home: &Path, args: &NodeArgs, names: &[String]) -> Result<ExitCode
         let prefix = format!("{name}/");
         state.applied_digests.retain(|k, _| !k.starts_with(&prefix));
         state.bundle_digests.retain(|k, _| !k.starts_with(&prefix));
+        for a in state.installed_artifacts.values_mut() {
+            a.nodes.remove(name);
+        }
     }
     dir.save_state(&state)?;
     let mut phases = vec![PhaseName::Provision];

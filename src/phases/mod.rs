@@ -8,6 +8,7 @@ pub mod gpu_health;
 pub mod image_pull;
 pub mod network;
 pub mod node_fetch;
+pub mod node_prep;
 pub mod pki;
 pub mod provision;
 pub mod remote_step;
@@ -52,6 +53,11 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Whether a remote phase other than `network` works on `node` in this run (`node add`).
+    pub fn in_scope(&self, node: &str) -> bool {
+        self.limit_nodes.as_ref().is_none_or(|l| l.contains(node))
+    }
+
     /// Render the bundle on first use.
     pub fn bundle(&mut self) -> Result<&crate::render::Bundle, PhaseError> {
         if self.bundle.is_none() {
