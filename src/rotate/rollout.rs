@@ -169,6 +169,14 @@ impl Rollout<'_> {
         r.files_changed = pushed.files_changed;
         let conn = self.exec.connect(node).map_err(|e| e.to_string())?;
         for u in &running {
+            if u == ETCD {
+                // In-flight requests to a stopped leader time out until a new one is elected
+                // (seconds on a loaded machine): hand leadership over first, as etcd's own
+                // operators do. A member that is not the leader restarts without notice.
+                if let Err(e) = hand_over_etcd_leadership(&conn) {
+                    tracing::warn!(node = %node.name, "etcd leadership not handed over before restart: {e}");
+                }
+            }
             conn.exec(&format!("systemctl restart {u}"), Duration::from_secs(180))
                 .map_err(|e| format!("restarting {u}: {e}"))?;
             r.restarted.push(u.clone());
@@ -263,6 +271,54 @@ impl Rollout<'_> {
             )
         })
     }
+}
+
+/// etcdctl against the node's own member, with the health-check client certificate.
+const LOCAL_ETCDCTL: &str = "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 \
+     --cacert=/etc/etcd/ca.crt --cert=/etc/etcd/healthcheck-client.crt \
+     --key=/etc/etcd/healthcheck-client.key --command-timeout=5s";
+
+/// When the node's etcd member leads, move leadership to another started member.
+fn hand_over_etcd_leadership(conn: &Conn) -> Result<(), String> {
+    let run = |args: &str| -> Result<serde_json::Value, String> {
+        let o = conn
+            .exec_status(&format!("{LOCAL_ETCDCTL} {args}"), Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        if o.status != 0 {
+            return Err(format!("etcdctl {args}: {}", o.stderr.trim()));
+        }
+        serde_json::from_str(&o.stdout).map_err(|e| format!("etcdctl {args}: {e}"))
+    };
+    let status = run("endpoint status -w json")?;
+    let own = status[0]["Status"]["header"]["member_id"].as_u64();
+    let leader = status[0]["Status"]["leader"].as_u64();
+    let (Some(own), Some(leader)) = (own, leader) else {
+        return Err(format!("unexpected endpoint status: {status}"));
+    };
+    if own != leader {
+        return Ok(());
+    }
+    let members = run("member list -w json")?;
+    let next = members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        // Started members have a name; learners cannot lead.
+        .filter(|m| m["name"].as_str().is_some_and(|n| !n.is_empty()))
+        .filter(|m| !m["isLearner"].as_bool().unwrap_or(false))
+        .filter_map(|m| m["ID"].as_u64())
+        .find(|id| *id != own)
+        .ok_or("no other started member to lead")?;
+    let o = conn
+        .exec_status(
+            &format!("{LOCAL_ETCDCTL} move-leader {next:x}"),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| e.to_string())?;
+    if o.status != 0 {
+        return Err(format!("etcdctl move-leader: {}", o.stderr.trim()));
+    }
+    Ok(())
 }
 
 fn is_active(conn: &Conn, unit: &str) -> Result<bool, String> {
