@@ -126,6 +126,10 @@ pub enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
 
+    /// Add or remove worker nodes, touching only them and their route peers
+    #[command(subcommand)]
+    Node(NodeCommand),
+
     /// Delete every resource the cluster owns (found by its cluster tag), and nothing else
     Teardown {
         #[command(flatten)]
@@ -195,6 +199,47 @@ pub enum Command {
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Provision N more nodes in a worker group and join them (the other nodes only learn
+    /// their routes)
+    #[command(after_help = "Examples:\n  k8sforge node add --group worker --count 1")]
+    Add {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Worker group (`workers[].name` in the profile)
+        #[arg(long, value_name = "NAME")]
+        group: String,
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        count: u32,
+        /// Artifact source as for `up` (directory or URL), overriding the profile's
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        /// Verify artifacts against the mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Drain, stop and deprovision worker nodes and remove their routes from every other node
+    #[command(after_help = "Examples:\n  k8sforge node remove worker-3")]
+    Remove {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Node names (the last nodes of their group: local nodes are addressed by position)
+        #[arg(required = true, num_args = 1.., value_name = "NODE")]
+        nodes: Vec<String>,
+        /// Artifact source as for `up` (directory or URL), overriding the profile's
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        /// Verify artifacts against the mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
     },
 }
 

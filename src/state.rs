@@ -68,6 +68,9 @@ pub struct State {
     /// the nodes hold, for `plan` to say what would change.
     #[serde(default)]
     pub applied_digests: BTreeMap<String, String>,
+    /// Worker group sizes set by `node add`/`node remove`: they win over the profile's counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_counts: BTreeMap<String, u32>,
     /// A `certs rotate` in progress: its plan and how far it got (resumed by the next run).
     /// Kept as JSON: its shape is `rotate::RotationRecord`'s, a layer above the state file.
     #[serde(default, skip_serializing_if = "Option::is_none")]

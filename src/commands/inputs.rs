@@ -12,6 +12,22 @@ pub fn load_profile(args: &ProfileArgs) -> Result<LoadedProfile> {
     Ok(profile::load(&args.profile, &args.sets)?)
 }
 
+/// Worker group sizes `node add`/`node remove` recorded in the state win over the profile's;
+/// a line says so when they differ, so the operator knows where the count comes from.
+pub fn apply_worker_counts(loaded: &mut LoadedProfile, st: &state::State) {
+    for g in loaded.profile.workers.iter_mut() {
+        if let Some(&n) = st.worker_counts.get(&g.name) {
+            if n != g.count {
+                eprintln!(
+                    "note: worker group {} has {n} node(s), set by `k8sforge node add/remove` (the profile says {})",
+                    g.name, g.count
+                );
+                g.count = n;
+            }
+        }
+    }
+}
+
 /// The inventory for offline work: the provider's recorded one if provisioned, else planned.
 pub fn inventory_for(loaded: &LoadedProfile, st: &state::State) -> Result<Inventory> {
     if let Some(inv) = &st.inventory {

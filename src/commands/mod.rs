@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{CertsCommand, Cli, Command, ProfilesCommand};
+use crate::cli::{CertsCommand, Cli, Command, NodeCommand, ProfilesCommand};
 use crate::phases::PhaseName;
 use crate::state;
 
@@ -16,6 +16,7 @@ mod hidden;
 mod inputs;
 mod kubeconfig;
 mod mirror;
+mod node;
 mod plan;
 mod profiles;
 mod ssh;
@@ -99,6 +100,40 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 batch,
                 output,
             },
+        ),
+        Command::Node(NodeCommand::Add {
+            profile,
+            group,
+            count,
+            mirror,
+            trust_mirror_checksums,
+            output,
+        }) => node::add(
+            &home,
+            &node::NodeArgs {
+                profile: &profile,
+                mirror: mirror.as_deref(),
+                trust_mirror_checksums,
+                output,
+            },
+            &group,
+            count,
+        ),
+        Command::Node(NodeCommand::Remove {
+            profile,
+            nodes,
+            mirror,
+            trust_mirror_checksums,
+            output,
+        }) => node::remove(
+            &home,
+            &node::NodeArgs {
+                profile: &profile,
+                mirror: mirror.as_deref(),
+                trust_mirror_checksums,
+                output,
+            },
+            &nodes,
         ),
         Command::Teardown { profile, dry_run } => teardown::run(&home, &profile, dry_run),
         Command::Status { profile, output } => status::run(&home, &profile, output),

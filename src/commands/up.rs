@@ -22,12 +22,14 @@ pub fn run(
     replace_drifted: bool,
     output: OutputFormat,
 ) -> Result<ExitCode> {
-    let loaded = load_profile(args)?;
+    let mut loaded = load_profile(args)?;
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
+    let st = dir.load_state()?;
     // A half-done `certs rotate` owns the rollout order until it finishes.
-    if let Some(rec) = crate::rotate::RotationRecord::of(&dir.load_state()?)? {
+    if let Some(rec) = crate::rotate::RotationRecord::of(&st)? {
         anyhow::bail!(rec.refusal(&loaded.profile.name, "up", &loaded.cli_arg()));
     }
+    super::inputs::apply_worker_counts(&mut loaded, &st);
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",
         loaded.profile.name,
@@ -43,6 +45,7 @@ pub fn run(
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             force,
             replace_drifted,
+            limit_nodes: None,
         },
     )?;
     if output == OutputFormat::Json {

@@ -136,6 +136,7 @@ impl Phase for Addons {
             files_changed: created + changed,
             units_restarted: 0,
             failed_nodes: gpu.failed,
+            nodes_changed: Default::default(),
             warnings: Vec::new(),
             detail: format!(
                 "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready{gpu_detail}",

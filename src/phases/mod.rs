@@ -45,11 +45,19 @@ pub struct Context<'a> {
     pub progress: bool,
     /// `up --replace-drifted`: provision replaces adopted machines that differ from the profile.
     pub replace_drifted: bool,
+    /// `node add`: remote phases touch only these nodes (the network phase still reaches
+    /// every node, so peers learn the new routes). None: every node.
+    pub limit_nodes: Option<std::collections::BTreeSet<String>>,
     /// The rendered bundle, computed once per run (after pki) for every remote phase.
     pub bundle: Option<crate::render::Bundle>,
 }
 
 impl Context<'_> {
+    /// Whether a remote phase other than `network` works on `node` in this run (`node add`).
+    pub fn in_scope(&self, node: &str) -> bool {
+        self.limit_nodes.as_ref().is_none_or(|l| l.contains(node))
+    }
+
     /// Render the bundle on first use.
     pub fn bundle(&mut self) -> Result<&crate::render::Bundle, PhaseError> {
         if self.bundle.is_none() {
@@ -117,6 +125,9 @@ pub struct PhaseSummary {
     pub units_restarted: usize,
     /// `(node, error)` for every node the phase failed on.
     pub failed_nodes: Vec<(String, String)>,
+    /// node → files changed there, for the nodes where something changed (remote phases).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub nodes_changed: std::collections::BTreeMap<String, usize>,
     /// Things the operator must act on although the phase succeeded (printed under its line).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

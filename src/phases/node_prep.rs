@@ -250,13 +250,15 @@ pub fn run(ctx: &mut Context, exec: &Executor) -> Result<KernelReport, PhaseErro
     let inv = ctx.inventory.clone().ok_or(PhaseError::NoInventory {
         phase: super::PhaseName::Runtime,
     })?;
+    let scope: Vec<bool> = inv.nodes.iter().map(|n| ctx.in_scope(&n.name)).collect();
     let bundle = ctx.bundle()?;
     let mut plans: BTreeMap<String, NodePlan> = BTreeMap::new();
     let mut settings: BTreeMap<String, KernelSettings> = BTreeMap::new();
-    for node in inv
+    for (node, _) in inv
         .nodes
         .iter()
-        .filter(|n| n.has(Role::Worker) || n.has(Role::ControlPlane))
+        .zip(scope)
+        .filter(|(n, s)| *s && (n.has(Role::Worker) || n.has(Role::ControlPlane)))
     {
         let Some(nb) = bundle.nodes.get(&node.name) else {
             continue;
@@ -347,9 +349,10 @@ pub fn summary(report: &KernelReport, started: std::time::Instant) -> super::Pha
             report.nodes.len() + report.failed.len()
         ),
         failed_nodes: failed,
+        nodes_changed: Default::default(),
+        warnings: Vec::new(),
         bytes_sent: report.bytes_sent.clone(),
         bytes_fetched: 0,
-        warnings: Vec::new(),
         elapsed: started.elapsed(),
     }
 }

@@ -32,6 +32,7 @@ impl Phase for Pki {
             files_changed: report.issued.len() + report.written.len(),
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            nodes_changed: Default::default(),
             warnings: report
                 .due_warning(&ctx.loaded.cli_arg())
                 .into_iter()

@@ -118,9 +118,18 @@ pub fn plans(
         .inventory
         .clone()
         .ok_or(PhaseError::NoInventory { phase: step.phase })?;
+    // Peers must learn a new node's routes: the network phase is never limited.
+    let limit = ctx
+        .limit_nodes
+        .clone()
+        .filter(|_| step.phase != PhaseName::Network);
     let bundle = ctx.bundle()?;
     let mut plans = BTreeMap::new();
-    for node in inv.nodes.iter().filter(|n| (step.nodes)(n)) {
+    for node in inv
+        .nodes
+        .iter()
+        .filter(|n| (step.nodes)(n) && limit.as_ref().is_none_or(|l| l.contains(&n.name)))
+    {
         let Some(nb) = bundle.nodes.get(&node.name) else {
             continue;
         };
@@ -249,6 +258,12 @@ pub fn summary(
         files_changed: report.files_changed,
         units_restarted: report.units_restarted,
         failed_nodes: report.failed_pairs(),
+        nodes_changed: report
+            .nodes
+            .iter()
+            .filter(|n| n.files_changed > 0)
+            .map(|n| (n.node.clone(), n.files_changed))
+            .collect(),
         warnings: Vec::new(),
         detail: if report.ok() {
             detail

@@ -21,6 +21,8 @@ pub struct UpOptions {
     pub force: bool,
     /// Replace adopted machines that drifted from the profile instead of refusing.
     pub replace_drifted: bool,
+    /// Remote phases touch only these nodes, the network phase excepted (`node add`).
+    pub limit_nodes: Option<std::collections::BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +82,7 @@ pub fn run_up(
         trust_mirror_checksums: opts.trust_mirror_checksums,
         progress: opts.progress,
         replace_drifted: opts.replace_drifted,
+        limit_nodes: opts.limit_nodes.clone(),
         bundle: None,
     };
     let mut report = UpReport {
@@ -94,6 +97,7 @@ pub fn run_up(
             files_changed: 0,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            nodes_changed: Default::default(),
             warnings: Vec::new(),
             detail,
             bytes_sent: Default::default(),
