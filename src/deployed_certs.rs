@@ -299,6 +299,9 @@ pub fn reader(
             progress: false,
             retries: 1,
             connect_timeout: Duration::from_secs(5),
+            // A check (status, certs check): never writes known_hosts, an unpinned host is an
+            // error for that node.
+            pin_unknown_hosts: false,
             ..Default::default()
         },
     )?;

@@ -1,7 +1,10 @@
 //! AWS end to end on local nodes standing in for the instances: moto answers the API (support/
 //! aws.rs), and the harness boots one systemd-nspawn node (real systemd, sshd) for every instance
 //! moto reports, at the instance's private address in the test profile's VPC (inside
-//! 198.18.0.0/15), authorizing the launch's key pair for root; a TCP stand-in for the load
+//! 198.18.0.0/15), in the cloud-image flavour of tests/support/cloud_nodes.rs: the launch's key
+//! pair authorized for `ubuntu` (the Ubuntu image's login user, k8sforge's AWS default) with
+//! passwordless sudo, root login refused by sshd. So every remote phase runs as `ubuntu` and
+//! elevates with `sudo -n`. A TCP stand-in for the load
 //! balancer listens at the address the profile gives the API (`apiServer.endpoint`, the host's
 //! bridge address) and forwards to the control plane. `k8sforge up` then provisions (adopting
 //! what the harness saw), issues the PKI, forms etcd over TLS and installs the runtime on those
@@ -29,6 +32,7 @@ use k8sforge::provider::local::{LocalConfig, LocalProvider};
 use k8sforge::provider::ProvisionContext;
 use k8sforge_testkit::mirror;
 use support::aws as peer;
+use support::cloud_nodes::{self, LOGIN_USER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
@@ -40,6 +44,7 @@ fn write_profile(dir: &Path, name: &str, account: &str, cidr: &str, api: &str) -
             r#"name: {name}
 provider:
   kind: aws
+  kernelExceptions: [{exceptions}]
   aws:
     region: {region}
     zones: [{region}a]
@@ -56,7 +61,6 @@ network:
 apiServer:
   endpoint: "{api}"
 ssh:
-  user: root
   port: 22
   address: private
 controlPlane:
@@ -67,7 +71,9 @@ workers:
     count: 2
     aws: {{ instanceType: m6i.large }}
 "#,
-            region = peer::REGION
+            region = peer::REGION,
+            // The stand-ins are containers on this machine's kernel (see cloud_nodes.rs).
+            exceptions = cloud_nodes::CONTAINER_KERNEL_EXCEPTIONS.join(", ")
         ),
     )
     .unwrap();
@@ -150,6 +156,29 @@ impl Run {
         }
         out
     }
+}
+
+/// OpenSSH as `user` with the cluster key (the harness's own access; k8sforge is not involved).
+fn openssh(key: &Path, user: &str, ip: Ipv4Addr, script: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .arg(format!("{user}@{ip}"))
+        .arg(script)
+        .output()
+        .expect("ssh (openssh-client)")
 }
 
 fn rand_suffix() -> u64 {
@@ -273,6 +302,38 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         .expect("boot the stand-in instances");
     let _stop = Stop(&hosts);
 
+    // The cloud-image flavour: the launch's key pair authorized for `ubuntu` only (passwordless
+    // sudo), the kernel values kubelet checks as a cloud kernel has them, root login refused.
+    let cluster_key = run.home.join(&name).join("ssh/id_ed25519");
+    for n in &inv.nodes {
+        for script in [
+            cloud_nodes::cloudify_script(LOGIN_USER, &key, true),
+            cloud_nodes::KERNEL_STAND_IN.to_string(),
+            cloud_nodes::REVOKE_ROOT.to_string(),
+        ] {
+            let out = openssh(&cluster_key, "root", n.internal_ip, &script);
+            assert!(
+                out.status.success(),
+                "{} as root: {script}\n{}",
+                n.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let root = openssh(&cluster_key, "root", n.internal_ip, "true");
+        assert!(
+            !root.status.success(),
+            "{}: root login must be refused",
+            n.name
+        );
+        let user = openssh(&cluster_key, LOGIN_USER, n.internal_ip, "sudo -n true");
+        assert!(
+            user.status.success(),
+            "{}: {LOGIN_USER} with passwordless sudo: {}",
+            n.name,
+            String::from_utf8_lossy(&user.stderr)
+        );
+    }
+
     // The load balancer's stand-in: a TCP balancer at the API endpoint, to the control plane.
     let cp = inv
         .nodes
@@ -318,6 +379,31 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
             .contains("kubernetes-server-linux-amd64.tar.gz"),
         "{full:#}"
     );
+    // The runtime phase's kernel step read every setting back on every node (the container's
+    // exceptions listed in the profile).
+    assert!(
+        phases[3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kernel settings read back on 3 nodes"),
+        "{full:#}"
+    );
+    // Everything ran as `ubuntu` under sudo: k8sforge's staging directory is that user's.
+    for n in &inv.nodes {
+        let out = openssh(
+            &cluster_key,
+            LOGIN_USER,
+            n.internal_ip,
+            "stat -c '%U %a' ~/.k8sforge-staging && sudo -n test -f /etc/etcd/ca.crt -o -f /etc/containerd/config.toml && echo installed",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("{LOGIN_USER} 700")) && text.contains("installed"),
+            "{}: {text} {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let apiserver = std::fs::read(run.home.join(&name).join("pki/apiserver.crt")).unwrap();
     assert!(!apiserver.is_empty());
 

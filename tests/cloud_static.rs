@@ -12,7 +12,7 @@
 //!   be written (`net.ipv4.ip_forward` is, and is checked); the values kubelet's
 //!   protectKernelDefaults checks are bound read-only by the test kit as a cloud kernel would
 //!   have them, and `br_netfilter` (+ its sysctls) cannot exist in a container: the profile
-//!   lists them in `provider.static.kernelExceptions`.
+//!   lists them in `provider.kernelExceptions`.
 //! - a second `up` changes nothing; `status` is read-only (no known_hosts written, an unpinned
 //!   host is an error); `k8sforge ssh` reaches a node through the bastion.
 //! - a node whose sudo needs a password gets one clear error naming node and user.
@@ -147,7 +147,7 @@ fn write_static(dir: &Path, name: &str, cidr: &str, key: &Path, hosts: &[Host], 
     let exceptions = cloud_nodes::CONTAINER_KERNEL_EXCEPTIONS.join(", ");
     let profile = format!(
         "name: {name}\n\
-         provider:\n  kind: static\n  static:\n    inventory: hosts.yaml\n    kernelExceptions: [{exceptions}]\n\
+         provider:\n  kind: static\n  kernelExceptions: [{exceptions}]\n  static:\n    inventory: hosts.yaml\n\
          kubernetes:\n  version: v1.34.2\n\
          network:\n  nodeCIDR: {cidr}\n  podCIDR: 10.200.0.0/16\n  podPrefixPerNode: 24\n  serviceCIDR: 10.32.0.0/24\n  dnsServiceIP: 10.32.0.10\n\
          controlPlane:\n  count: 1\n\

@@ -56,6 +56,8 @@ fn add_certs_and_api(
             progress: false,
             retries: 1,
             connect_timeout: Duration::from_secs(5),
+            // status is read-only: never writes known_hosts.
+            pin_unknown_hosts: false,
             ..ExecutorOptions::default()
         },
     )?;

@@ -9,7 +9,8 @@
 //! Exceptions are explicit: on the local provider the nodes are containers whose kernel is the
 //! host's (read-only `/proc/sys`, no module loading; the local node-prep unit binds the values
 //! kubelet checks), so refusals there are listed, not failures; static hosts that are containers
-//! name theirs in `provider.static.kernelExceptions`.
+//! name theirs in `provider.kernelExceptions` (any provider kind: the test stand-ins for cloud
+//! instances are containers too).
 
 use std::collections::BTreeMap;
 
@@ -227,7 +228,7 @@ pub fn parse(node: &str, s: &KernelSettings, out: &str) -> Result<NodeKernel, St
 }
 
 /// Which refusals a provider accepts: every one on local nodes (containers on this machine's
-/// kernel), the listed ones on static hosts.
+/// kernel), the listed ones (`provider.kernelExceptions`) elsewhere.
 fn excepted(kind: ProviderKind, exceptions: &[String], r: &Refused) -> bool {
     match kind {
         ProviderKind::Local => true,
@@ -241,12 +242,7 @@ fn excepted(kind: ProviderKind, exceptions: &[String], r: &Refused) -> bool {
 pub fn run(ctx: &mut Context, exec: &Executor) -> Result<KernelReport, PhaseError> {
     let profile = &ctx.loaded.profile;
     let kind = profile.provider.kind;
-    let exceptions: Vec<String> = profile
-        .provider
-        .static_hosts
-        .as_ref()
-        .map(|s| s.kernel_exceptions.clone())
-        .unwrap_or_default();
+    let exceptions: Vec<String> = profile.provider.kernel_exceptions.clone();
     let inv = ctx.inventory.clone().ok_or(PhaseError::NoInventory {
         phase: super::PhaseName::Runtime,
     })?;

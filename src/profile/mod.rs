@@ -404,9 +404,9 @@ fn allowed_fields(parent: &str) -> String {
             "artifacts",
             "ssh",
         ],
-        "provider" => &["kind", "local", "static", "aws", "gcp"],
+        "provider" => &["kind", "local", "static", "aws", "gcp", "kernelExceptions"],
         "provider.local" => &["bridge", "root"],
-        "provider.static" => &["inventory", "kernelExceptions"],
+        "provider.static" => &["inventory"],
         "provider.aws" => &[
             "region",
             "zones",

@@ -55,7 +55,7 @@ pub const KERNEL_STAND_IN: &str = "set -eu\nstate=/run/cloud-kernel\nmkdir -p $s
     fix kernel/keys/root_maxkeys 1000000\nfix kernel/keys/root_maxbytes 25000000\n\
     [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg\n";
 
-/// Settings a container cannot have, for the static profile's `provider.static.kernelExceptions`:
+/// Settings a container cannot have, for the test profiles' `provider.kernelExceptions`:
 /// it cannot load modules, and the swap it sees is its host's (it cannot turn that off).
 pub const CONTAINER_KERNEL_EXCEPTIONS: &[&str] = &[
     "swap",

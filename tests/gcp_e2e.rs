@@ -1,0 +1,448 @@
+//! GCP end to end on local nodes standing in for the instances, as tests/aws_e2e.rs does for AWS:
+//! the project's schema-checked Compute fake (tests/gcp/fake.rs; no Compute Engine or emulator
+//! is reachable here) answers the API, and the harness boots one systemd-nspawn node (real
+//! systemd, sshd) for every instance the fake reports, at the instance's `networkIP` in the test
+//! profile's subnet (inside 198.18.0.0/15), in the cloud-image flavour of
+//! tests/support/cloud_nodes.rs: the key of the instance's `ssh-keys` metadata authorized for the
+//! user that metadata names (`ubuntu`, k8sforge's GCP default) with passwordless sudo, root login
+//! refused. `k8sforge up` then provisions (adopting what exists), issues the PKI, forms etcd over
+//! TLS and installs the runtime (kernel step read back) as `ubuntu` under `sudo -n`, by private
+//! address (`ssh.address: private`); a second `up` sends no mutating call and changes nothing;
+//! `teardown` removes every labelled resource.
+//!
+//! Every `k8sforge` run goes under `strace -f -e connect`, and the test asserts that no address
+//! outside loopback and 198.18.0.0/15 was dialled (the fake hands out 100.64/10 "external"
+//! addresses and a load-balancer address there; they must never be reached).
+//!
+//! As in aws_e2e, the run stops at the control plane naming the Kubernetes archive the test
+//! mirror lacks; nodes Ready on these stand-ins is not shown. The fake's alias IP ranges are
+//! bookkeeping only (no VPC routes pod traffic between stand-ins).
+
+#[path = "gcp/batch.rs"]
+#[allow(dead_code)]
+mod batch;
+#[path = "gcp/fake.rs"]
+#[allow(dead_code)]
+mod fake;
+#[path = "gcp/handlers.rs"]
+#[allow(dead_code)]
+mod handlers;
+#[path = "gcp/schema.rs"]
+#[allow(dead_code)]
+mod schema;
+mod support;
+#[path = "gcp/token.rs"]
+#[allow(dead_code)]
+mod token;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ipnet::Ipv4Net;
+use k8sforge::inventory::Inventory;
+use k8sforge::provider::local::{LocalConfig, LocalProvider};
+use k8sforge::provider::ProvisionContext;
+use k8sforge_testkit::mirror;
+use serde_json::Value;
+use support::cloud_nodes::{self, LOGIN_USER};
+
+use fake::{Fake, World};
+
+const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+
+fn write_profile(dir: &Path, name: &str, cidr: &str, api: &str) -> String {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"name: {name}
+provider:
+  kind: gcp
+  kernelExceptions: [{exceptions}]
+  gcp:
+    project: k8sforge-test
+    region: us-central1
+    zone: us-central1-a
+    adminCIDRs: [198.18.0.0/15]
+    image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64
+kubernetes:
+  version: v1.34.2
+network:
+  nodeCIDR: {cidr}
+  podCIDR: 10.200.0.0/16
+  podPrefixPerNode: 24
+  serviceCIDR: 10.32.0.0/24
+  dnsServiceIP: 10.32.0.10
+apiServer:
+  endpoint: "{api}"
+ssh:
+  port: 22
+  address: private
+controlPlane:
+  count: 1
+  gcp: {{ machineType: n2-standard-16 }}
+etcd:
+  members: 1
+workers:
+  - name: worker
+    count: 2
+    gcp: {{ machineType: n2-standard-16 }}
+"#,
+            // The stand-ins are containers on this machine's kernel (see cloud_nodes.rs).
+            exceptions = cloud_nodes::CONTAINER_KERNEL_EXCEPTIONS.join(", ")
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+struct Run {
+    home: std::path::PathBuf,
+    profile: String,
+    mirror: String,
+    endpoint: String,
+    trace: std::path::PathBuf,
+}
+
+impl Run {
+    /// `k8sforge <args>` under strace, every connect(2) of every thread appended to the trace.
+    fn k8sforge(&self, args: &[&str]) -> Output {
+        Command::new("strace")
+            .args(["-f", "-qq", "-e", "trace=connect", "-o"])
+            .arg(self.trace.with_extension(format!("{}", rand_suffix())))
+            .arg(BIN)
+            .args(args)
+            .args(["--profile", &self.profile])
+            .env("K8SFORGE_HOME", &self.home)
+            .env("K8SFORGE_GCP_ENDPOINT", &self.endpoint)
+            .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+            .output()
+            .expect("strace (apt-get install strace)")
+    }
+
+    fn up(&self, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "up",
+            "--mirror",
+            &self.mirror,
+            "--trust-mirror-checksums",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.k8sforge(&args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "up {extra:?}: no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Every IPv4/IPv6 address any traced run dialled.
+    fn dialled(&self) -> Vec<IpAddr> {
+        let dir = self.trace.parent().unwrap();
+        let stem = self
+            .trace
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&stem) {
+                continue;
+            }
+            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+                for key in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
+                    if let Some(rest) = line.split(key).nth(1) {
+                        if let Some(a) = rest.split('"').next().and_then(|a| a.parse().ok()) {
+                            out.push(a);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn labelled(v: &Value, cluster: &str) -> bool {
+    v["labels"][k8sforge::provider::CLUSTER_LABEL_GCP] == cluster
+}
+
+/// Resources of the cluster the fake holds (by label, or by the description marker of the kinds
+/// that have no labels).
+fn owned(fake: &Fake, cluster: &str) -> Vec<String> {
+    let marker = format!("k8sforge.io/cluster={cluster}");
+    [
+        "networks",
+        "subnetworks",
+        "firewalls",
+        "instances",
+        "instanceGroups",
+        "healthChecks",
+        "backendServices",
+        "addresses",
+        "forwardingRules",
+    ]
+    .iter()
+    .flat_map(|k| fake.all(k).into_iter().map(move |v| (k, v)))
+    .filter(|(_, v)| labelled(v, cluster) || v["description"] == marker.as_str())
+    .map(|(k, v)| format!("{k}/{}", v["name"].as_str().unwrap_or("?")))
+    .collect()
+}
+
+/// OpenSSH as `user` with the cluster key (the harness's own access; k8sforge is not involved).
+fn openssh(key: &Path, user: &str, ip: Ipv4Addr, script: &str) -> Output {
+    Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .arg(format!("{user}@{ip}"))
+        .arg(script)
+        .output()
+        .expect("ssh (openssh-client)")
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn allowed(a: &IpAddr) -> bool {
+    let test: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+    match a {
+        IpAddr::V4(v) => v.is_loopback() || test.contains(v) || v.is_unspecified(),
+        IpAddr::V6(v) => v.is_loopback() || v.is_unspecified(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test boots systemd-nspawn nodes: run as root"
+    );
+    let (x, _lock) = support::subnet::reserve_subnet();
+    let cidr: Ipv4Net = format!("198.19.{x}.0/24").parse().unwrap();
+    let host = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+    let name = format!("gcp-e2e-{x}");
+    let fake = Fake::start(World::default()).await;
+    let work = tempfile::tempdir().unwrap();
+    let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
+    let run = Run {
+        home: work.path().join("home"),
+        profile: write_profile(work.path(), &name, &cidr.to_string(), &host.to_string()),
+        mirror: m.root.display().to_string(),
+        endpoint: fake.endpoint(),
+        trace: work.path().join("connects"),
+    };
+
+    // 1. Provision through `up` (the fake on loopback).
+    let r = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
+    assert_eq!(r["phases"][0]["outcome"], "done", "{r:#}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(run.home.join(&name).join("state.json")).unwrap())
+            .unwrap();
+    let inv: Inventory = serde_json::from_value(state["inventory"].clone()).unwrap();
+    assert_eq!(inv.nodes.len(), 3);
+    for n in &inv.nodes {
+        assert!(cidr.contains(&n.internal_ip), "{n:?}");
+        assert_eq!(
+            n.ssh.host,
+            IpAddr::V4(n.internal_ip),
+            "k8sforge must dial the private address"
+        );
+        assert_eq!(n.ssh.user, LOGIN_USER, "GCP's default login user: {n:?}");
+    }
+
+    // 2. The harness: one local node per instance the fake reports, at its networkIP, with the
+    //    key its `ssh-keys` metadata names authorized for that user.
+    let instances = fake.all("instances");
+    assert_eq!(instances.len(), 3, "{instances:#?}");
+    let mut meta_key = None;
+    for i in &instances {
+        let ip = i["networkInterfaces"][0]["networkIP"]
+            .as_str()
+            .unwrap_or("");
+        assert!(
+            inv.nodes.iter().any(|n| n.internal_ip.to_string() == ip),
+            "{ip} not in the inventory"
+        );
+        let items = i["metadata"]["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let keys = items
+            .iter()
+            .find(|it| it["key"] == "ssh-keys")
+            .and_then(|it| it["value"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let (user, key) = keys.split_once(':').unwrap_or_default();
+        assert_eq!(user, LOGIN_USER, "ssh-keys metadata: {keys}");
+        meta_key = Some(key.trim().to_string());
+    }
+    let key = meta_key.unwrap();
+    let hosts_name = format!("{name}-hosts");
+    let local_profile = k8sforge::profile::load(
+        "local-3",
+        &[
+            format!("name={hosts_name}"),
+            format!("network.nodeCIDR={cidr}"),
+        ],
+    )
+    .unwrap()
+    .profile;
+    let mut cfg = LocalConfig::from_profile(&local_profile).unwrap();
+    cfg.launcher_exe = BIN.into();
+    let hosts = LocalProvider::new(cfg);
+    let mut planned = inv.clone();
+    planned.cluster = hosts_name.clone();
+    let hosts_dir = work.path().join("hosts");
+    std::fs::create_dir_all(&hosts_dir).unwrap();
+    struct Stop<'a>(&'a LocalProvider);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.teardown_all(false);
+        }
+    }
+    let _ = hosts.teardown_all(false);
+    let ctx = ProvisionContext::new(&local_profile, &planned, hosts_dir, key.clone());
+    tokio::task::block_in_place(|| hosts.provision_nodes(&ctx))
+        .expect("boot the stand-in instances");
+    let _stop = Stop(&hosts);
+
+    // The cloud-image flavour (root is only the harness's way in, revoked last).
+    let cluster_key = run.home.join(&name).join("ssh/id_ed25519");
+    for n in &inv.nodes {
+        for script in [
+            cloud_nodes::cloudify_script(LOGIN_USER, &key, true),
+            cloud_nodes::KERNEL_STAND_IN.to_string(),
+            cloud_nodes::REVOKE_ROOT.to_string(),
+        ] {
+            let out = openssh(&cluster_key, "root", n.internal_ip, &script);
+            assert!(
+                out.status.success(),
+                "{} as root: {script}\n{}",
+                n.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let root = openssh(&cluster_key, "root", n.internal_ip, "true");
+        assert!(
+            !root.status.success(),
+            "{}: root login must be refused",
+            n.name
+        );
+    }
+
+    // 3. A whole `up`: provision inside it, then PKI, etcd over TLS and the runtime.
+    let full = tokio::task::block_in_place(|| run.up(&[]));
+    let phases = full["phases"].as_array().unwrap();
+    for (i, want) in ["provision", "pki", "etcd", "runtime"].iter().enumerate() {
+        assert_eq!(phases[i]["phase"], *want, "{full:#}");
+        assert_eq!(phases[i]["outcome"], "done", "{want}: {full:#}");
+    }
+    assert!(
+        phases[3]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kernel settings read back on 3 nodes"),
+        "{full:#}"
+    );
+    assert_eq!(phases[4]["phase"], "control-plane", "{full:#}");
+    assert_eq!(phases[4]["outcome"], "failed", "{full:#}");
+    assert!(
+        phases[4]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("kubernetes-server-linux-amd64.tar.gz"),
+        "{full:#}"
+    );
+    for n in &inv.nodes {
+        let out = openssh(
+            &cluster_key,
+            LOGIN_USER,
+            n.internal_ip,
+            "stat -c '%U %a' ~/.k8sforge-staging && sudo -n test -f /etc/containerd/config.toml && echo installed",
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&format!("{LOGIN_USER} 700")) && text.contains("installed"),
+            "{}: {text} {}",
+            n.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // 4. A second run sends no mutating call and changes nothing on the nodes.
+    fake.clear_calls();
+    let again = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
+    assert!(
+        again["phases"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("0 resources created"),
+        "{again:#}"
+    );
+    let mutating: Vec<String> = fake
+        .calls()
+        .into_iter()
+        // Read-only methods by name: `listInstances` is a POST in Compute v1.
+        .filter(|c| {
+            let verb = c.method_id.rsplit('.').next().unwrap_or("");
+            !(verb.starts_with("get") || verb.starts_with("list") || verb == "aggregatedList")
+        })
+        .map(|c| format!("{} {}", c.method_id, c.path))
+        .collect();
+    assert_eq!(mutating, Vec::<String>::new());
+    let etcd = tokio::task::block_in_place(|| run.up(&["--only", "etcd"]));
+    assert_eq!(etcd["phases"][0]["files_changed"], 0, "{etcd:#}");
+    assert_eq!(etcd["phases"][0]["units_restarted"], 0, "{etcd:#}");
+
+    // 5. teardown: nothing labelled is left.
+    let out = tokio::task::block_in_place(|| run.k8sforge(&["teardown"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(owned(&fake, &name), Vec::<String>::new());
+    assert_eq!(fake.violations(), Vec::<String>::new());
+
+    // 6. Nobody dialled an address the fake invented.
+    let cp = inv
+        .nodes
+        .iter()
+        .find(|n| n.name == "controlplane-1")
+        .unwrap();
+    let dialled = run.dialled();
+    assert!(
+        dialled.contains(&IpAddr::V4(cp.internal_ip)),
+        "the trace saw no connection to the nodes at all: {dialled:?}"
+    );
+    let bad: Vec<&IpAddr> = dialled.iter().filter(|a| !allowed(a)).collect();
+    assert!(
+        bad.is_empty(),
+        "k8sforge dialled outside loopback and 198.18.0.0/15: {bad:?}"
+    );
+}
