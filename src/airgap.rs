@@ -211,7 +211,9 @@ pub fn build(
             summary.reused += 1;
         } else {
             let loc = source.mirror.location(&art.upstream_url);
-            let fetched = staging.fetch_from(&loc, &art.digest, art.file_name())?;
+            let fetched = staging
+                .fetch_from(&loc, &art.digest, art.file_name())
+                .map_err(|e| unstage(out, e))?;
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             }
@@ -244,7 +246,9 @@ pub fn build(
             summary.reused += 1;
         } else {
             let loc = source.mirror.location(&f.url);
-            let fetched = staging.fetch_from(&loc, &f.digest, name)?;
+            let fetched = staging
+                .fetch_from(&loc, &f.digest, name)
+                .map_err(|e| unstage(out, e))?;
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             }
@@ -327,6 +331,12 @@ pub fn build(
     bar.finish_and_clear();
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A failed download leaves no staging directory behind (the temp file is already gone).
+fn unstage(out: &Path, e: ArtifactError) -> MirrorError {
+    let _ = std::fs::remove_dir_all(out.join(".partial"));
+    e.into()
 }
 
 /// `scheme://host[:port]` of a URL (the summary names sources, not every path).
