@@ -9,16 +9,18 @@
 //! answer, a file whose bytes do not match, a file the source lacks, and a registry that wants
 //! credentials (401 from a real htpasswd-protected docker-registry; then given them).
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Command, Output};
 
-use k8sforge::artifacts::source::{MirrorEntry, MirrorManifest};
-use k8sforge::artifacts::Component;
+use k8sforge::artifacts::source::MirrorManifest;
 use k8sforge_testkit::http::FileServer;
 use k8sforge_testkit::mirror;
 use k8sforge_testkit::registry::Registry;
 use sha2::Digest as _;
+use support::mirror_source::{source_tree, upstream_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
@@ -28,65 +30,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The training stack's upstream files (test data beside the repository, as in
-/// tests/training_apply.rs).
-fn upstream_dir() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("K8SFORGE_TEST_UPSTREAM")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/upstream"));
-    dir.join("raw.githubusercontent.com")
-        .is_dir()
-        .then_some(dir)
-}
-
-/// The source: the test mirror (hard links) plus stand-ins for the Kubernetes downloads,
-/// listed with their sums, and the training stack's upstream files (symbolic links).
-fn source_tree(m: &mirror::TestMirror, kube: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    assert!(Command::new("cp")
-        .arg("-al")
-        .arg(format!("{}/.", m.root.display()))
-        .arg(dir.path())
-        .status()
-        .unwrap()
-        .success());
-    let mut list = m.manifest.clone();
-    list.images.clear();
-    let crictl = k8sforge::artifacts::release(kube).unwrap().crictl;
-    for (c, version) in [
-        (Component::KubernetesServer, kube),
-        (Component::Kubelet, kube),
-        (Component::Kubectl, kube),
-        (Component::Crictl, crictl),
-    ] {
-        let url = c.url(version);
-        let rel = url.trim_start_matches("https://");
-        let p = dir.path().join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        let bytes = format!("stand-in for {c} {version}\n").repeat(1000);
-        std::fs::write(&p, &bytes).unwrap();
-        list.artifacts.push(MirrorEntry {
-            name: c.name().into(),
-            version: version.into(),
-            url,
-            sha256: hex::encode(sha2::Sha256::digest(bytes.as_bytes())),
-        });
-    }
-    let lp = dir.path().join(k8sforge::artifacts::MIRROR_MANIFEST_NAME);
-    std::fs::remove_file(&lp).unwrap();
-    std::fs::write(&lp, serde_json::to_vec_pretty(&list).unwrap()).unwrap();
-    if let Some(up) = upstream_dir() {
-        assert!(Command::new("cp")
-            .arg("-rs")
-            .arg(up.join("raw.githubusercontent.com"))
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success());
-    }
-    dir
 }
 
 /// Replace `rel` under `root` by other bytes (a new inode: the cached test mirror stays intact);
@@ -164,7 +107,7 @@ fn mirror_pulls_binaries_and_images_and_resumes() {
     }
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
     let kube = "v1.28.7";
-    let src = source_tree(&m, kube);
+    let src = source_tree(&m, kube, true);
     let http = FileServer::start("127.0.0.1:0".parse().unwrap(), src.path()).unwrap();
     let registry = Registry::start(SocketAddr::from(([127, 0, 0, 1], free_port()))).unwrap();
     let pause = m.root.join("images/pause.tar");

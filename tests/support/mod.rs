@@ -6,4 +6,5 @@ pub mod sshd;
 
 pub use placeholder_pki::*;
 pub mod aws;
+pub mod mirror_source;
 pub mod subnet;
