@@ -27,9 +27,8 @@ use k8sforge::artifacts::source::MirrorManifest;
 use k8sforge_testkit::http::FileServer;
 use k8sforge_testkit::registry::Registry;
 use k8sforge_testkit::{kube, mirror};
+use support::local_cluster::{phase, LocalCluster, BIN};
 use support::mirror_source::source_tree;
-
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -37,55 +36,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-struct Cluster {
-    home: tempfile::TempDir,
-    name: String,
-    cidr: String,
-    version: String,
-    _subnet_lock: std::fs::File,
-}
-
-impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            .arg(args[0])
-            .args(["--profile", "local-3"])
-            .args(["--set", &format!("name={}", self.name)])
-            .args(["--set", &format!("network.nodeCIDR={}", self.cidr)])
-            .args(["--set", &format!("kubernetes.version={}", self.version)])
-            .args(["--set", "workers[0].count=1"])
-            .args(["--set", "training.enabled=false"])
-            .args(&args[1..]);
-        c
-    }
-
-    fn ssh(&self, node: &str, script: &str) -> String {
-        let out = self.cmd(&["ssh", node, "--", script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::env::var_os("K8SFORGE_TEST_KEEP").is_none() {
-            let _ = self.cmd(&["teardown"]).output();
-        }
-    }
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
 }
 
 fn stderr(o: &Output) -> String {
@@ -171,30 +121,14 @@ fn up_from_a_directory_written_by_k8sforge_mirror() {
     assert_eq!(pause_entry.reference, pause_ref);
 
     // 2. up --mirror of that directory, nothing else.
-    let (x, lock) = support::subnet::reserve_subnet();
-    let c = Cluster {
-        home: tempfile::tempdir().unwrap(),
-        name: format!("mirror-up-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        version: version.clone(),
-        _subnet_lock: lock,
-    };
+    let c = LocalCluster::reserved("mirror-up", "local-3")
+        .with_mirror(out.path())
+        .with_set(format!("kubernetes.version={version}"))
+        .with_set("workers[0].count=1")
+        .with_set("training.enabled=false");
     let _ = c.cmd(&["teardown"]).output();
     http.clear_log();
-    let mirror_dir = out.path().display().to_string();
-    let o = c
-        .cmd(&[
-            "up",
-            "--mirror",
-            &mirror_dir,
-            "--trust-mirror-checksums",
-            "-o",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value =
-        serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    let (o, report) = c.up(&[]);
     let err = stderr(&o);
     for p in ["provision", "pki", "etcd", "runtime"] {
         assert_eq!(
@@ -209,18 +143,18 @@ fn up_from_a_directory_written_by_k8sforge_mirror() {
         http.requests()
     );
     for node in ["controlplane-1", "worker-1"] {
-        let images = c.ssh(node, "ctr -n k8s.io images ls");
+        let images = c.ssh_ok(node, "ctr -n k8s.io images ls");
         let line = images
             .lines()
             .find(|l| l.starts_with(&format!("{pause_ref} ")))
             .unwrap_or_else(|| panic!("{node}: no {pause_ref}:\n{images}"));
         assert!(line.contains(&pause_digest), "{node}: {line}");
-        let config = c.ssh(node, "cat /etc/containerd/config.toml");
+        let config = c.ssh_ok(node, "cat /etc/containerd/config.toml");
         assert!(
             config.contains(&format!("\"{pause_ref}\"")),
             "{node}: {config}"
         );
-        let sum = c.ssh(node, "sha256sum /var/lib/k8sforge/images/pause.tar");
+        let sum = c.ssh_ok(node, "sha256sum /var/lib/k8sforge/images/pause.tar");
         assert!(sum.starts_with(&pause_entry.sha256), "{node}: {sum}");
     }
     match &kube {
@@ -241,7 +175,7 @@ fn up_from_a_directory_written_by_k8sforge_mirror() {
                     "{p}: {err}\n{report:#}"
                 );
             }
-            let images = c.ssh("worker-1", "ctr -n k8s.io images ls -q");
+            let images = c.ssh_ok("worker-1", "ctr -n k8s.io images ls -q");
             assert!(images.contains(&coredns_ref), "{images}");
         }
     }
