@@ -247,13 +247,23 @@ pub fn planned(
         );
     }
     for g in &profile.workers {
+        let mut labels = g.labels.clone();
+        if profile.provider.kind == crate::profile::ProviderKind::Aws
+            && g.aws.as_ref().is_some_and(|a| a.efa)
+        {
+            // Launched with EFA interfaces: the EFA device plugin runs here (and only here).
+            use crate::profile::efa_layout::{EFA_LABEL_KEY, EFA_LABEL_VALUE};
+            labels
+                .entry(EFA_LABEL_KEY.to_string())
+                .or_insert_with(|| EFA_LABEL_VALUE.to_string());
+        }
         for i in 1..=g.count {
             push(
                 worker_node_name(&g.name, i),
                 BTreeSet::from([Role::Worker]),
                 &g.name,
                 g.gpus_per_node,
-                g.labels.clone(),
+                labels.clone(),
                 g.taints.clone(),
             );
         }

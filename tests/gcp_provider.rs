@@ -121,6 +121,7 @@ fn owned(fake: &Fake, cluster: &str) -> usize {
         "backendServices",
         "addresses",
         "forwardingRules",
+        "resourcePolicies",
     ]
     .iter()
     .flat_map(|k| fake.all(k))
@@ -215,7 +216,12 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         .find(|n| n["name"] == "gpu-1000-net")
         .expect("network");
     assert_eq!(net["autoCreateSubnetworks"], false);
-    let subnet = &fake.all("subnetworks")[0];
+    let subnets: BTreeMap<String, Value> = fake
+        .all("subnetworks")
+        .into_iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s))
+        .collect();
+    let subnet = &subnets["gpu-1000-nodes"];
     assert_eq!(subnet["ipCidrRange"], "10.0.0.0/20");
     assert_eq!(
         subnet["secondaryIpRanges"],
@@ -228,7 +234,7 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         .into_iter()
         .map(|f| (f["name"].as_str().unwrap().to_string(), f))
         .collect();
-    assert_eq!(fws.len(), 3);
+    assert_eq!(fws.len(), 3 + 4, "{:?}", fws.keys());
     assert_eq!(
         fws["gpu-1000-allow-admin"]["sourceRanges"],
         json!(["203.0.113.0/24"])
@@ -276,7 +282,51 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         .unwrap()
         .iter()
         .any(|i| i["key"] == "ssh-keys" && i["value"].as_str().unwrap().contains(SSH_KEY)));
+    // A3 High's GPU network: 4 extra gVNICs, each on its own VPC network (MTU 8244) and
+    // subnetwork (the blocks of the node CIDR's size after it), an all-internal rule on each,
+    // and the compact placement policy on every GPU instance. The fake checks the shapes
+    // against the Compute v1 schema and the multi-NIC rules (distinct networks, one nicType);
+    // that TCPX then moves NCCL traffic over them only a real a3-highgpu-8g shows.
+    let nics = w["networkInterfaces"].as_array().unwrap();
+    assert_eq!(nics.len(), 5, "{nics:?}");
+    assert!(nics.iter().all(|n| n["nicType"] == "GVNIC"), "{nics:?}");
+    for (i, nic) in nics.iter().enumerate().skip(1) {
+        let name = format!("gpu-1000-gpunet-{i}");
+        assert!(
+            nic["subnetwork"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/subnetworks/{name}")),
+            "{nic:?}"
+        );
+        assert!(
+            nic.get("accessConfigs").is_none(),
+            "no external address on GPU NICs"
+        );
+        let net = nets
+            .iter()
+            .find(|n| n["name"] == name.as_str())
+            .expect("gpu network");
+        assert_eq!(net["mtu"], 8244);
+        assert_eq!(net["autoCreateSubnetworks"], false);
+        let cidr = format!("10.0.{}.0/20", 16 * i);
+        assert_eq!(subnets[&name]["ipCidrRange"], cidr.as_str());
+        assert_eq!(fws[&name]["sourceRanges"], json!([cidr]));
+    }
+    let policies = fake.all("resourcePolicies");
+    assert_eq!(policies.len(), 1);
+    assert_eq!(policies[0]["name"], "gpu-1000-compact");
+    assert_eq!(
+        policies[0]["groupPlacementPolicy"]["collocation"],
+        "COLLOCATED"
+    );
+    assert_eq!(w["resourcePolicies"], json!([policies[0]["selfLink"]]));
     let cp = by_name["gpu-1000-controlplane-1"];
+    assert_eq!(cp["networkInterfaces"].as_array().unwrap().len(), 1);
+    assert!(cp["networkInterfaces"][0]
+        .get("nicType")
+        .is_none_or(Value::is_null));
+    assert_eq!(cp["resourcePolicies"], json!([]));
     assert_eq!(cp["tags"]["items"], json!(["k8sforge-controlplane"]));
     assert_eq!(cp["disks"][0]["diskSizeGb"], "200");
 
@@ -358,7 +408,17 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
         .iter()
         .filter_map(|n| n["name"].as_str())
         .collect();
-    assert_eq!(names, BTreeSet::from(["gpu-1000-net", "someone-elses-net"]));
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "gpu-1000-gpunet-1",
+            "gpu-1000-gpunet-2",
+            "gpu-1000-gpunet-3",
+            "gpu-1000-gpunet-4",
+            "gpu-1000-net",
+            "someone-elses-net"
+        ])
+    );
     let gcloud_calls = fake.call_counts();
     eprintln!(
         "gcloud used: {gcloud_calls:?}, {} batch request(s)",
@@ -399,6 +459,7 @@ async fn gpu_1000_provision_rerun_gcloud_and_teardown() {
             "healthCheck",
             "instanceGroup",
             "instance",
+            "resourcePolicy",
             "firewall",
             "subnetwork",
             "network"
@@ -476,14 +537,16 @@ async fn rate_limits_and_server_errors_are_retried() {
         .expect("provision despite rate limits");
     assert_eq!(got.nodes.len(), 4);
     let counts = fake.call_counts();
+    // The node network: two rate-limited answers, then success; then A3's 4 GPU networks.
     assert_eq!(
-        counts["compute.networks.insert"], 3,
+        counts["compute.networks.insert"],
+        3 + 4,
         "two rate-limited answers, then success"
     );
-    // Retried mutations reuse their requestId: still exactly one network and 4 instances.
-    assert_eq!(fake.all("networks").len(), 1);
+    // Retried mutations reuse their requestId: still exactly 1 + 4 networks and 4 instances.
+    assert_eq!(fake.all("networks").len(), 1 + 4);
     assert_eq!(fake.all("instances").len(), 4);
-    assert_eq!(gcp.api.call_counts()["compute.networks.insert"], 3);
+    assert_eq!(gcp.api.call_counts()["compute.networks.insert"], 3 + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,6 +729,43 @@ async fn fake_rejects_what_the_api_rejects() {
     let page = get(format!("{base}projects/k8sforge-test/global/networks?maxResults=2&filter=description%20%3D%20%22even%22")).await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert!(page["nextPageToken"].is_string());
+    // The multi-NIC rules of Compute: an MTU out of range, a placement policy that is not
+    // compact, two NICs of one instance on the same network. (Refused by the handlers, not the
+    // schema: they are not contract violations.)
+    let (code, _) = post(
+        "global/networks",
+        json!({"name": "big", "autoCreateSubnetworks": false, "mtu": 9000}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = post(
+        "regions/us-central1/resourcePolicies",
+        json!({"name": "spread", "groupPlacementPolicy": {"collocation": "UNSPECIFIED_COLLOCATION"}}),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = post(
+        "regions/us-central1/subnetworks",
+        json!({"name": "s1", "network": "global/networks/n2", "ipCidrRange": "198.18.200.0/24"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, v) = post(
+        "zones/us-central1-a/instances/bulkInsert",
+        json!({"count": "1", "perInstanceProperties": {"i1": {}},
+            "instanceProperties": {"machineType": "n2-standard-16", "networkInterfaces": [
+                {"subnetwork": "regions/us-central1/subnetworks/s1", "nicType": "GVNIC"},
+                {"subnetwork": "regions/us-central1/subnetworks/s1", "nicType": "GVNIC"}]}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be on a different VPC network"),
+        "{v}"
+    );
     let v = fake.violations();
     assert_eq!(v.len(), 4, "each bad request is recorded: {v:?}");
 }

@@ -264,6 +264,16 @@ fn gpu_settings_are_validated_with_field_and_allowed_values() {
     assert!(e.contains("gpu.fabricManager"), "{e}");
     let e = err(&["gpu.containerToolkit.version=latest"]);
     assert!(e.contains("gpu.containerToolkit.version"), "{e}");
+    let e = err(&["workers[1].aws.capacityReservation.id=reservation-1"]);
+    assert!(
+        e.contains("workers[1].aws.capacityReservation.id") && e.contains("cr-0123456789abcdef0"),
+        "{e}"
+    );
+    let ok = profile::load(
+        "gpu-dev",
+        &["workers[1].aws.capacityReservation.id=cr-0123456789abcdef0".to_string()],
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
 }
 
 /// Stand-ins for nvidia-smi, lspci and systemctl answering in their documented formats
@@ -326,17 +336,35 @@ fn run_preflight(
 
 #[test]
 fn preflight_checks_count_persistence_fabric_and_network_devices() {
-    let (_d, b) = bundle("gpu-dev", &[]);
+    let (_d, b) = bundle(
+        "gpu-dev",
+        &[
+            "workers[1].aws.instanceType=p5.48xlarge",
+            "workers[1].aws.efa=true",
+        ],
+    );
     let s = text(&b.nodes["gpu-1"], gpu::PREFLIGHT_SCRIPT);
     assert!(s.contains("EXPECTED_GPUS=8"), "{s}");
-    // p4d.24xlarge documents 4 EFA devices; this machine has none, which the check names.
-    assert!(s.contains("EXPECTED_EFA=4"), "{s}");
+    // A p5 launched with its EFA interfaces has 32 EFA devices; this machine has none, which
+    // the check names.
+    assert!(s.contains("EXPECTED_EFA=32"), "{s}");
     let (rc, out) = run_preflight(&s, 8, None, true, "Completed");
     assert_eq!(rc, 1, "{out}");
     assert_eq!(
         out.trim(),
-        "EFA devices: 0 present, 4 expected for this instance type"
+        "EFA devices: 0 present, 32 expected for this instance type"
     );
+    // The same type launched without EFA interfaces (efa: false), or a p4d (k8sforge launches
+    // it without EFA): no EFA device is expected.
+    for sets in [&["workers[1].aws.instanceType=p5.48xlarge"][..], &[][..]] {
+        let (_d, b) = bundle("gpu-dev", sets);
+        let s = text(&b.nodes["gpu-1"], gpu::PREFLIGHT_SCRIPT);
+        assert!(s.contains("EXPECTED_EFA=0"), "{sets:?}: {s}");
+        assert_eq!(
+            run_preflight(&s, 8, None, true, "Completed"),
+            (0, String::new())
+        );
+    }
 
     // Without fast-network expectations (a type k8sforge has no documented layout for).
     let (_d, b) = bundle("gpu-dev", &["workers[1].aws.instanceType=g6.48xlarge"]);
@@ -365,8 +393,6 @@ fn preflight_checks_count_persistence_fabric_and_network_devices() {
     assert_eq!(run_preflight(&s, 8, None, false, "In Progress").0, 0);
 
     // The documented fast-network layouts of the training machine types.
-    let (_d, b) = bundle("gpu-dev", &["workers[1].aws.instanceType=p5.48xlarge"]);
-    assert!(text(&b.nodes["gpu-1"], gpu::PREFLIGHT_SCRIPT).contains("EXPECTED_EFA=32"));
     let (_d, b) = bundle(
         "gpu-dev",
         &[
@@ -375,4 +401,70 @@ fn preflight_checks_count_persistence_fabric_and_network_devices() {
         ],
     );
     assert!(text(&b.nodes["gpu-1"], gpu::PREFLIGHT_SCRIPT).contains("EXPECTED_GVNIC=5"));
+}
+
+/// p5 nodes launched with EFA interfaces get the EFA installer's host part in their GPU runtime
+/// step: pinned version, fetched through the artifact source (an HTTP mirror when the profile
+/// names one), its SHA-256 checked before it runs, the packages held; and the node label the
+/// EFA device plugin selects on. Only a real p5 shows that the installer builds the efa module
+/// for the node's kernel and that 32 EFA devices appear.
+#[test]
+fn efa_nodes_get_the_pinned_efa_host_software_and_label() {
+    use k8sforge::profile::efa_layout::{
+        efa_installer_url, EFA_INSTALLER_SHA256, EFA_INSTALLER_VERSION, EFA_LABEL_KEY,
+    };
+    let efa = [
+        "workers[1].aws.instanceType=p5.48xlarge",
+        "workers[1].aws.efa=true",
+    ];
+    let (_d, b) = bundle("gpu-dev", &efa);
+    let g = &b.nodes["gpu-1"];
+    let s = text(g, gpu::RUNTIME_SCRIPT);
+    let upstream = efa_installer_url(EFA_INSTALLER_VERSION);
+    for needle in [
+        format!("EFA_VERSION=\"{EFA_INSTALLER_VERSION}\""),
+        format!("EFA_URL=\"{upstream}\""),
+        format!("EFA_SHA256=\"{EFA_INSTALLER_SHA256}\""),
+        "./efa_installer.sh -y --minimal".to_string(),
+        "[ \"$got\" = \"$EFA_SHA256\" ] || fail".to_string(),
+        "modprobe efa".to_string(),
+        "${efa_pkgs:-}".to_string(),
+    ] {
+        assert!(s.contains(&needle), "runtime.sh lacks {needle}");
+    }
+    // The checksum is verified before the installer runs.
+    assert!(s.find("$EFA_SHA256\" ] || fail").unwrap() < s.find("./efa_installer.sh").unwrap());
+    let out = Command::new("bash")
+        .args(["-n", "-c", &s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubelet = text(g, "/etc/systemd/system/kubelet.service");
+    assert!(
+        kubelet.contains(&format!("{EFA_LABEL_KEY}=true")),
+        "{kubelet}"
+    );
+    // CPU nodes and GPU nodes without EFA: neither the installer nor the label.
+    for n in ["cpu-1", "controlplane-1"] {
+        let nb = &b.nodes[n];
+        assert!(!text(nb, "/etc/systemd/system/kubelet.service").contains(EFA_LABEL_KEY));
+    }
+    let (_d, b) = bundle("gpu-dev", &efa[..1]);
+    let g = &b.nodes["gpu-1"];
+    assert!(!text(g, gpu::RUNTIME_SCRIPT).contains("efa_installer.sh"));
+    assert!(!text(g, "/etc/systemd/system/kubelet.service").contains(EFA_LABEL_KEY));
+
+    // Through an HTTP artifact mirror: `<mirror>/<host>/<upstream path>`.
+    let mut sets = efa.to_vec();
+    sets.push("artifacts.mirror=http://198.18.0.1:8080/mirror");
+    let (_d, b) = bundle("gpu-dev", &sets);
+    let s = text(&b.nodes["gpu-1"], gpu::RUNTIME_SCRIPT);
+    assert!(
+        s.contains("EFA_URL=\"http://198.18.0.1:8080/mirror/efa-installer.amazonaws.com/aws-efa-installer-1.41.0.tar.gz\""),
+        "{s}"
+    );
 }

@@ -3,6 +3,7 @@
 //! release + images → manifests), so `plan` writes them for offline review and unit tests
 //! validate them against the typed Kubernetes API; the `addons` phase applies them.
 
+pub mod fabric;
 pub mod images;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub const ADDONS: &[(&str, &str)] = &[
         "nvidia-device-plugin.yaml",
         "addons/nvidia-device-plugin.yaml",
     ),
+    ("fast-network.yaml", "addons/fast-network.yaml"),
 ];
 
 /// One rendered add-on: a multi-document YAML file.
@@ -61,6 +63,7 @@ struct AddonsCtx<'a> {
     /// and CoreDNS refuses to start forwarding to an empty list.
     forward_upstream: bool,
     images: &'a AddonImages,
+    fabric: fabric::FabricCtx,
 }
 
 /// CN of the apiserver's kubelet client certificate, from the certificate table (one source).
@@ -95,6 +98,7 @@ pub fn render(profile: &Profile, images: &AddonImages) -> Result<Vec<Manifest>, 
         apiserver_kubelet_client_user: apiserver_kubelet_client_user()?,
         forward_upstream: profile.provider.kind != crate::profile::ProviderKind::Local,
         images,
+        fabric: fabric::FabricCtx::new(profile),
     };
     let base = context! { addons => Value::from(Serde(&ctx)) };
     ADDONS
@@ -448,5 +452,73 @@ mod tests {
             "{}",
             ctx.labels
         );
+    }
+
+    /// EFA groups (`aws.efa` on p5): the EFA device plugin DaemonSet on the EFA-labelled nodes
+    /// only, in the shape of AWS's chart, and the NCCL/libfabric environment ConfigMap; a
+    /// cluster without EFA gets neither (the file renders empty).
+    #[test]
+    fn efa_groups_get_the_efa_device_plugin_and_fabric_env() {
+        use crate::profile::efa_layout::{EFA_LABEL_KEY, EFA_LABEL_VALUE};
+        let p = crate::profile::load(
+            "gpu-dev",
+            &[
+                "workers[1].aws.instanceType=p5.48xlarge".to_string(),
+                "workers[1].aws.efa=true".to_string(),
+            ],
+        )
+        .unwrap()
+        .profile;
+        let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
+        let m = render_for_release(&p, release).unwrap();
+        let objs = crate::kube::validate_all(m.iter().map(|m| (m.name, m.yaml.as_str()))).unwrap();
+        let ds: DaemonSet = typed(&objs, "DaemonSet", "aws-efa-k8s-device-plugin-daemonset");
+        assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
+        let pod = ds.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.node_selector.unwrap(),
+            BTreeMap::from([(EFA_LABEL_KEY.to_string(), EFA_LABEL_VALUE.to_string())])
+        );
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some(fabric::EFA_DEVICE_PLUGIN_IMAGE));
+        let mounts: Vec<&str> = c
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.mount_path.as_str())
+            .collect();
+        assert_eq!(
+            mounts,
+            ["/var/lib/kubelet/device-plugins", "/dev/infiniband"]
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let cm: ConfigMap = typed(&objs, "ConfigMap", fabric::FABRIC_ENV_CONFIGMAP);
+        assert_eq!(
+            cm.metadata.namespace.as_deref(),
+            Some(fabric::FABRIC_ENV_NAMESPACE)
+        );
+        assert_eq!(
+            cm.data.unwrap(),
+            BTreeMap::from([
+                ("FI_EFA_USE_DEVICE_RDMA".to_string(), "1".to_string()),
+                ("FI_PROVIDER".to_string(), "efa".to_string()),
+                ("RDMAV_FORK_SAFE".to_string(), "1".to_string()),
+            ])
+        );
+        // Without EFA (and on every built-in profile): nothing of it.
+        let (_, objs) = objects("gpu-dev");
+        assert!(!objs.iter().any(|o| o
+            .object
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("aws-efa") || n == fabric::FABRIC_ENV_CONFIGMAP)));
     }
 }

@@ -252,6 +252,21 @@ pub struct AwsMachine {
     /// machine running k8sforge must reach the VPC's addresses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub efa: bool,
+    /// Launch into this capacity reservation or Capacity Block (RunInstances
+    /// `CapacityReservationSpecification`); its zone must be the group's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_reservation: Option<CapacityReservation>,
+}
+
+/// `aws.capacityReservation` of a machine group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityReservation {
+    /// `cr-…`: an On-Demand Capacity Reservation, or the reservation of a Capacity Block.
+    pub id: String,
+    /// The reservation is a Capacity Block for ML (launched with market type `capacity-block`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub capacity_block: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

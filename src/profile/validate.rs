@@ -259,6 +259,16 @@ fn check_machines(p: &Profile, cloud: &str, r: &mut Reporter) {
         "machineType, e.g. { machineType: n2-standard-4 }"
     };
     for (i, g) in p.workers.iter().enumerate() {
+        if let Some(c) = g.aws.as_ref().and_then(|a| a.capacity_reservation.as_ref()) {
+            if !is_capacity_reservation_id(&c.id) {
+                r.error(
+                    &format!("workers[{i}].aws.capacityReservation.id"),
+                    "not a capacity reservation ID".to_string(),
+                    &c.id,
+                    "cr- followed by 8 or 17 lowercase hex digits, e.g. cr-0123456789abcdef0 (aws ec2 describe-capacity-reservations)",
+                );
+            }
+        }
         if let Some(a) = g.aws.as_ref().filter(|a| a.efa) {
             if crate::profile::efa_layout::layout(&a.instance_type).is_none() {
                 r.error(
@@ -860,4 +870,13 @@ fn check_gpu(p: &Profile, r: &mut Reporter) {
             );
         }
     }
+}
+
+/// `cr-` and 8 or 17 lowercase hex digits (EC2 resource ID formats).
+fn is_capacity_reservation_id(id: &str) -> bool {
+    id.strip_prefix("cr-").is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17)
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }

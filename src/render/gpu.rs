@@ -32,7 +32,11 @@ use minijinja::value::Serde;
 use minijinja::{context, Value};
 use serde::Serialize;
 
+use crate::artifacts::source::{Location, Mirror};
 use crate::inventory::Node;
+use crate::profile::efa_layout::{
+    efa_installer_url, layout, EFA_INSTALLER_SHA256, EFA_INSTALLER_VERSION,
+};
 use crate::profile::{Profile, ProviderKind};
 
 pub use crate::profile::schema::{TOOLKIT_APT_KEY_URL, TOOLKIT_APT_REPOSITORY, TOOLKIT_VERSION};
@@ -63,18 +67,40 @@ pub const CDI_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 /// Paths of GPU files that restart nothing: the runtime phase owns them by prefix.
 pub const PATH_PREFIXES: [&str; 2] = [SCRIPT_DIR, APT_DIR];
 
-/// Fast-network devices a GPU machine type is documented to have: (EFA devices, gVNIC
-/// interfaces including the primary). Unknown types expect none (nothing is checked).
-/// - p5.48xlarge: 32 network cards, each with an EFA (AWS EC2 User Guide, "Maximize network
-///   bandwidth on accelerated instances"); p4d.24xlarge: 4 EFA.
-/// - a3-highgpu-8g: the primary gVNIC plus 4 GPU NICs (Google Cloud, "GPUDirect-TCPX").
-pub fn expected_fabric(provider: ProviderKind, machine: Option<&str>) -> (u32, u32) {
+/// Fast-network devices a GPU node is expected to have: (EFA devices, gVNIC interfaces
+/// including the primary). EFA devices are expected only where k8sforge launched the instance
+/// with its EFA interfaces (`aws.efa`, the layout of `profile::efa_layout`: one EFA per network
+/// card, AWS EC2 User Guide, "Maximize network bandwidth on accelerated instances"); an EFA
+/// type launched without them has none. a3-highgpu-8g: the primary gVNIC plus 4 GPU NICs
+/// (Google Cloud, "GPUDirect-TCPX"). Other types expect none (nothing is checked).
+pub fn expected_fabric(provider: ProviderKind, machine: Option<&str>, efa: bool) -> (u32, u32) {
     match (provider, machine) {
-        (ProviderKind::Aws, Some("p5.48xlarge")) => (32, 0),
-        (ProviderKind::Aws, Some("p4d.24xlarge")) => (4, 0),
+        (ProviderKind::Aws, Some(t)) if efa => (layout(t).map_or(0, |l| l.network_cards), 0),
         (ProviderKind::Gcp, Some("a3-highgpu-8g")) => (0, 5),
         _ => (0, 0),
     }
+}
+
+/// Where a node downloads `upstream_url` from: through an HTTP(S)/S3/GCS artifact mirror when
+/// the profile names one, else upstream. A mirror directory on the operator's machine is not
+/// reachable from a node, so such a node fetches upstream (and says so when it cannot).
+pub fn node_url(mirror: Option<&str>, upstream_url: &str) -> String {
+    let mirror = match mirror {
+        Some(m) if m.contains("://") => Mirror::parse(Some(m)).unwrap_or(Mirror::Upstream),
+        _ => Mirror::Upstream,
+    };
+    match mirror.location(upstream_url) {
+        Location::Url(u) => u,
+        Location::File(_) => upstream_url.to_string(),
+    }
+}
+
+/// The EFA installer's host part on a node launched with EFA interfaces.
+#[derive(Debug, Clone, Serialize)]
+pub struct EfaInstallerCtx {
+    pub version: &'static str,
+    pub url: String,
+    pub sha256: &'static str,
 }
 
 /// What the GPU templates see (as `gpu`).
@@ -94,14 +120,17 @@ pub struct GpuCtx {
     pub unverified_taint: &'static str,
     pub expected_efa: u32,
     pub expected_gvnic: u32,
+    /// Set on nodes launched with EFA interfaces.
+    pub efa_installer: Option<EfaInstallerCtx>,
 }
 
 /// Per-profile GPU settings, built once per render.
 pub struct GpuCluster {
     base: GpuCtx,
     provider: ProviderKind,
-    /// group name → machine type on the selected provider.
-    machines: Vec<(String, Option<String>)>,
+    /// group name → machine type on the selected provider, and whether it has EFA interfaces.
+    machines: Vec<(String, Option<String>, bool)>,
+    efa_installer: EfaInstallerCtx,
 }
 
 impl GpuCluster {
@@ -112,12 +141,15 @@ impl GpuCluster {
             .workers
             .iter()
             .map(|w| {
-                let m = match provider {
-                    ProviderKind::Aws => w.aws.as_ref().map(|a| a.instance_type.clone()),
-                    ProviderKind::Gcp => w.gcp.as_ref().map(|a| a.machine_type.clone()),
-                    _ => None,
+                let (m, efa) = match provider {
+                    ProviderKind::Aws => w
+                        .aws
+                        .as_ref()
+                        .map_or((None, false), |a| (Some(a.instance_type.clone()), a.efa)),
+                    ProviderKind::Gcp => (w.gcp.as_ref().map(|a| a.machine_type.clone()), false),
+                    _ => (None, false),
                 };
-                (w.name.clone(), m)
+                (w.name.clone(), m, efa)
             })
             .collect();
         GpuCluster {
@@ -136,22 +168,32 @@ impl GpuCluster {
                 unverified_taint: UNVERIFIED_TAINT,
                 expected_efa: 0,
                 expected_gvnic: 0,
+                efa_installer: None,
             },
             provider,
             machines,
+            efa_installer: EfaInstallerCtx {
+                version: EFA_INSTALLER_VERSION,
+                url: node_url(
+                    profile.artifacts.mirror.as_deref(),
+                    &efa_installer_url(EFA_INSTALLER_VERSION),
+                ),
+                sha256: EFA_INSTALLER_SHA256,
+            },
         }
     }
 
     fn ctx_for(&self, node: &Node) -> GpuCtx {
-        let machine = self
+        let (machine, efa_launch) = self
             .machines
             .iter()
-            .find(|(g, _)| *g == node.group)
-            .and_then(|(_, m)| m.as_deref());
-        let (efa, gvnic) = expected_fabric(self.provider, machine);
+            .find(|(g, _, _)| *g == node.group)
+            .map_or((None, false), |(_, m, e)| (m.as_deref(), *e));
+        let (efa, gvnic) = expected_fabric(self.provider, machine, efa_launch);
         GpuCtx {
             expected_efa: efa,
             expected_gvnic: gvnic,
+            efa_installer: (efa > 0).then(|| self.efa_installer.clone()),
             ..self.base.clone()
         }
     }
@@ -257,14 +299,25 @@ mod tests {
 
     #[test]
     fn fabric_of_documented_types() {
+        let aws = ProviderKind::Aws;
+        assert_eq!(expected_fabric(aws, Some("p5.48xlarge"), true), (32, 0));
+        // Launched without its EFA interfaces: no EFA device to expect.
+        assert_eq!(expected_fabric(aws, Some("p5.48xlarge"), false), (0, 0));
         assert_eq!(
-            expected_fabric(ProviderKind::Aws, Some("p5.48xlarge")),
-            (32, 0)
-        );
-        assert_eq!(
-            expected_fabric(ProviderKind::Gcp, Some("a3-highgpu-8g")),
+            expected_fabric(ProviderKind::Gcp, Some("a3-highgpu-8g"), false),
             (0, 5)
         );
-        assert_eq!(expected_fabric(ProviderKind::Local, None), (0, 0));
+        assert_eq!(expected_fabric(ProviderKind::Local, None, false), (0, 0));
+    }
+
+    #[test]
+    fn installer_url_goes_through_an_http_mirror_only() {
+        let up = "https://efa-installer.amazonaws.com/aws-efa-installer-1.41.0.tar.gz";
+        assert_eq!(node_url(None, up), up);
+        assert_eq!(node_url(Some("/srv/mirror"), up), up);
+        assert_eq!(
+            node_url(Some("http://10.0.0.5:8080/m/"), up),
+            "http://10.0.0.5:8080/m/efa-installer.amazonaws.com/aws-efa-installer-1.41.0.tar.gz"
+        );
     }
 }

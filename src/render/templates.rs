@@ -121,6 +121,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         "addons/nvidia-device-plugin.yaml",
         include_str!("../../templates/addons/nvidia-device-plugin.yaml.j2"),
     ),
+    (
+        "addons/fast-network.yaml",
+        include_str!("../../templates/addons/fast-network.yaml.j2"),
+    ),
 ];
 
 /// `value|json`: the value as a JSON literal, which is also a valid YAML and TOML basic string,

@@ -442,6 +442,18 @@ fn materialise(
                 return Err(err(400, "invalid", "Invalid value for field 'resource.autoCreateSubnetworks': unset means a legacy network, which is not allowed"));
             }
             v["routingConfig"] = json!({"routingMode": "REGIONAL"});
+            // VPC networks take MTUs from 1300 to 8896 (default 1460).
+            match v.get("mtu").map(|m| m.as_i64()) {
+                None => v["mtu"] = json!(1460),
+                Some(Some(m)) if (1300..=8896).contains(&m) => {}
+                Some(_) => {
+                    return Err(err(
+                        400,
+                        "invalid",
+                        "Invalid value for field 'resource.mtu': must be between 1300 and 8896",
+                    ))
+                }
+            }
         }
         "subnetworks" => {
             fix(&mut v, "network", "networks", "global");
@@ -480,6 +492,20 @@ fn materialise(
             v["gatewayAddress"] =
                 json!(Ipv4Addr::from(u32::from(primary.network()) + 1).to_string());
             v["fingerprint"] = json!("AAAAAAAAAAA=");
+        }
+        "resourcePolicies" => {
+            // Only the compact placement kind is modelled; its one documented collocation.
+            let Some(g) = v.get("groupPlacementPolicy") else {
+                return Err(err(
+                    400,
+                    "invalid",
+                    "the fake models only resource policies with groupPlacementPolicy",
+                ));
+            };
+            if g["collocation"] != "COLLOCATED" {
+                return Err(err(400, "invalid", "Invalid value for field 'resource.groupPlacementPolicy.collocation': compact placement needs COLLOCATED"));
+            }
+            v["status"] = json!("READY");
         }
         "firewalls" => {
             if v.get("network").is_none() {
@@ -962,6 +988,63 @@ fn bulk_insert(
             &format!("The resource '{sub_rel}' was not found"),
         );
     };
+    // Further NICs (A3 High: nic1..nic4 for GPU traffic): each on an existing subnetwork of a
+    // network no other NIC of the instance uses; with several NICs, one nicType for all.
+    let mut extra_nics: Vec<(String, Value, Ipv4Net)> = Vec::new();
+    let mut networks_seen = vec![subnet["network"].clone()];
+    let all_nics: Vec<Value> = props["networkInterfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for (i, x) in all_nics.iter().enumerate().skip(1) {
+        let u = normalise_ref(
+            &base,
+            &world.project,
+            &format!("regions/{}", world.region),
+            "subnetworks",
+            x["subnetwork"].as_str().unwrap_or(""),
+        );
+        let r = rel_of(&base, &u).to_string();
+        let (c, n) = r.rsplit_once('/').unwrap_or(("", ""));
+        let Some(sn) = hs.get(c, n).cloned() else {
+            return err(
+                404,
+                "notFound",
+                &format!("The resource '{r}' was not found"),
+            );
+        };
+        if networks_seen.contains(&sn["network"]) {
+            return err(400, "invalid", &format!("Invalid value for field 'resource.instanceProperties.networkInterfaces[{i}]': every network interface must be on a different VPC network"));
+        }
+        networks_seen.push(sn["network"].clone());
+        if x["nicType"] != nic["nicType"] {
+            return err(400, "invalid", &format!("Invalid value for field 'resource.instanceProperties.networkInterfaces[{i}].nicType': all interfaces of an instance must have the same nicType"));
+        }
+        let cidr: Ipv4Net = sn["ipCidrRange"].as_str().unwrap_or("").parse().unwrap();
+        extra_nics.push((u, sn["network"].clone(), cidr));
+    }
+    let mut policies = Vec::new();
+    for pname in props["resourcePolicies"].as_array().into_iter().flatten() {
+        let pn = pname
+            .as_str()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let c = format!(
+            "projects/{}/regions/{}/resourcePolicies",
+            world.project, world.region
+        );
+        if hs.get(&c, &pn).is_none() {
+            return err(
+                404,
+                "notFound",
+                &format!("The resource '{c}/{pn}' was not found"),
+            );
+        }
+        policies.push(json!(format!("{base}{c}/{pn}")));
+    }
     let boot = props["disks"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["boot"] == true))
@@ -1075,6 +1158,27 @@ fn bulk_insert(
             }
         }
     }
+    // Addresses taken on the extra NICs' subnetworks.
+    let mut extra_used: HashMap<String, std::collections::HashSet<u32>> = HashMap::new();
+    for (c, items) in hs.collections() {
+        if c.ends_with("/instances") {
+            for i in items.values() {
+                for n in i["networkInterfaces"].as_array().into_iter().flatten() {
+                    if let (Some(sub), Some(ip)) = (
+                        n["subnetwork"].as_str(),
+                        n["networkIP"]
+                            .as_str()
+                            .and_then(|s| s.parse::<Ipv4Addr>().ok()),
+                    ) {
+                        extra_used
+                            .entry(sub.to_string())
+                            .or_default()
+                            .insert(u32::from(ip));
+                    }
+                }
+            }
+        }
+    }
     let mut created = 0;
     for n in &to_create {
         // Internal address: first free after the reserved network and gateway addresses.
@@ -1156,14 +1260,27 @@ fn bulk_insert(
             hs.collection(&dcoll).insert(dn, disk);
         }
         let sub_net = subnet["network"].clone();
+        let mut nics = vec![
+            json!({"kind": "compute#networkInterface", "name": "nic0", "network": sub_net, "subnetwork": sub_url,
+            "networkIP": Ipv4Addr::from(ip).to_string(), "accessConfigs": access, "aliasIpRanges": alias_out, "fingerprint": "AAAAAAAAAAA=", "stackType": "IPV4_ONLY", "nicType": nic["nicType"]}),
+        ];
+        for (k, (su, sn, cidr)) in extra_nics.iter().enumerate() {
+            let used = extra_used.entry(su.clone()).or_default();
+            let mut xip = u32::from(cidr.network()) + 2;
+            while used.contains(&xip) {
+                xip += 1;
+            }
+            used.insert(xip);
+            nics.push(json!({"kind": "compute#networkInterface", "name": format!("nic{}", k + 1), "network": sn, "subnetwork": su,
+                "networkIP": Ipv4Addr::from(xip).to_string(), "fingerprint": "AAAAAAAAAAA=", "stackType": "IPV4_ONLY", "nicType": all_nics[k + 1]["nicType"]}));
+        }
         let inst = json!({
             "kind": "compute#instance", "id": id.to_string(), "name": n, "creationTimestamp": now(),
             "description": props["description"], "tags": props["tags"], "labels": props["labels"],
             "machineType": format!("{base}projects/{}/{zscope}/machineTypes/{mt_name}", world.project),
             "status": "RUNNING", "zone": format!("{base}projects/{}/{zscope}", world.project),
             "canIpForward": false, "metadata": {"kind": "compute#metadata", "fingerprint": "AAAAAAAAAAA=", "items": props["metadata"]["items"]},
-            "networkInterfaces": [{"kind": "compute#networkInterface", "name": "nic0", "network": sub_net, "subnetwork": sub_url,
-                "networkIP": Ipv4Addr::from(ip).to_string(), "accessConfigs": access, "aliasIpRanges": alias_out, "fingerprint": "AAAAAAAAAAA=", "stackType": "IPV4_ONLY"}],
+            "networkInterfaces": nics, "resourcePolicies": policies,
             "disks": disks, "guestAccelerators": accels, "scheduling": props["scheduling"],
             "selfLink": self_link,
         });

@@ -102,6 +102,7 @@ impl fmt::Display for QuotaShortfall {
             "quota too low: the cluster needs {} vCPUs of \"{}\" in {} ({}), but the account's quota {} allows {} vCPUs.\n\
              Instances of this family already running in the account count against the same quota.\n\
              Request more with:\n  {}\n\
+             or in the Service Quotas console: https://console.aws.amazon.com/servicequotas/home/services/ec2/quotas/{} (region {}).\n\
              Nothing was created.",
             self.needed_vcpus,
             self.quota_name,
@@ -109,7 +110,9 @@ impl fmt::Display for QuotaShortfall {
             parts.join(" + "),
             self.quota_code,
             self.allowed_vcpus,
-            self.request_command()
+            self.request_command(),
+            self.quota_code,
+            self.region
         )
     }
 }

@@ -55,6 +55,7 @@ use aws_sdk_ec2::types::{
 use sha2::Digest;
 use tokio::task::JoinSet;
 
+use super::capacity;
 use super::efa;
 use super::error::AwsError;
 use super::images::Ami;
@@ -396,6 +397,8 @@ fn run_instances(
                 .group_name(g)
                 .build()
         }))
+        .set_capacity_reservation_specification(b.capacity.as_ref().map(capacity::specification))
+        .set_instance_market_options(b.capacity.as_ref().and_then(capacity::market_options))
         .block_device_mappings(
             BlockDeviceMapping::builder()
                 .device_name(&spec.ami.root_device)

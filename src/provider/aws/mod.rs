@@ -24,6 +24,7 @@ macro_rules! paginate_all {
     }};
 }
 
+pub mod capacity;
 pub mod config;
 pub mod drift;
 pub mod efa;

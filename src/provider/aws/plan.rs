@@ -8,6 +8,7 @@ use ipnet::Ipv4Net;
 
 use super::error::AwsError;
 use crate::inventory::{Inventory, Role};
+use crate::profile::schema::CapacityReservation;
 use crate::profile::{AmiLookup, PodRouting, Profile};
 
 pub use super::config::MAX_BATCH;
@@ -71,6 +72,8 @@ pub struct NodePlan {
     pub pod_cidr: Ipv4Net,
     /// Launched with EFA interfaces in the cluster placement group.
     pub efa: bool,
+    /// The group's capacity reservation or Capacity Block.
+    pub capacity: Option<CapacityReservation>,
 }
 
 /// One RunInstances call: contiguous nodes of one group, one instance type, one subnet.
@@ -86,6 +89,7 @@ pub struct Batch {
     pub nodes: Vec<String>,
     /// EFA interfaces and the cluster placement group (see efa.rs).
     pub efa: bool,
+    pub capacity: Option<CapacityReservation>,
 }
 
 impl Batch {
@@ -213,6 +217,7 @@ pub fn plan(profile: &Profile, planned: &Inventory, region: &str) -> Result<AwsP
             },
             pod_cidr: n.pod_cidr,
             efa,
+            capacity: machine.capacity_reservation.clone(),
         });
     }
     for (i, s) in subnets.iter().enumerate() {
@@ -315,6 +320,7 @@ pub fn batches(missing: &[&NodePlan], max: usize) -> Vec<Batch> {
             zone: n.zone,
             nodes: vec![n.name.clone()],
             efa: n.efa,
+            capacity: n.capacity.clone(),
         });
     }
     out

@@ -2,6 +2,7 @@
 //! through the zone operation; instances that still do not exist afterwards are reported one by
 //! one with the operation's error for them.
 
+use super::gpu_fabric::{has_gpu_nics, GpuFabric};
 use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::Method;
@@ -52,6 +53,7 @@ fn instance_properties(
     subnet: &str,
     node: &Node,
     bundled_gpus: bool,
+    fabric: Option<&GpuFabric>,
 ) -> Result<InstanceProperties, GcpError> {
     let machine = machine_for(ctx.profile, node).ok_or_else(|| {
         GcpError::Preflight(format!("group {} has no gcp machine section", node.group))
@@ -70,6 +72,27 @@ fn instance_properties(
         _ => None,
     };
     let cp = node.has(Role::ControlPlane);
+    // A3 High GPU nodes: gVNIC everywhere, nic1..nic4 on the GPU networks, compact placement.
+    let fabric = fabric.filter(|_| gpu.is_some() && has_gpu_nics(&machine.machine_type));
+    let mut network_interfaces = vec![NetworkInterface {
+        subnetwork: Some(subnet.to_string()),
+        access_configs: vec![AccessConfig {
+            name: Some("External NAT".into()),
+            kind: Some("ONE_TO_ONE_NAT".into()),
+            network_tier: Some("PREMIUM".into()),
+            nat_ip: None,
+        }],
+        // The API picks a free block of this size from the pods' range for each instance.
+        alias_ip_ranges: vec![AliasIpRange {
+            ip_cidr_range: format!("/{}", ctx.profile.network.pod_prefix_per_node),
+            subnetwork_range_name: Some(POD_RANGE_NAME.into()),
+        }],
+        nic_type: fabric.map(|_| "GVNIC".to_string()),
+        ..Default::default()
+    }];
+    if let Some(f) = fabric {
+        network_interfaces.extend(f.interfaces());
+    }
     Ok(InstanceProperties {
         description: Some(names.marker()),
         machine_type: machine.machine_type.clone(),
@@ -104,21 +127,7 @@ fn instance_properties(
             }),
             disk_size_gb: None,
         }],
-        network_interfaces: vec![NetworkInterface {
-            subnetwork: Some(subnet.to_string()),
-            access_configs: vec![AccessConfig {
-                name: Some("External NAT".into()),
-                kind: Some("ONE_TO_ONE_NAT".into()),
-                network_tier: Some("PREMIUM".into()),
-                nat_ip: None,
-            }],
-            // The API picks a free block of this size from the pods' range for each instance.
-            alias_ip_ranges: vec![AliasIpRange {
-                ip_cidr_range: format!("/{}", ctx.profile.network.pod_prefix_per_node),
-                subnetwork_range_name: Some(POD_RANGE_NAME.into()),
-            }],
-            ..Default::default()
-        }],
+        network_interfaces,
         metadata: Some(Metadata {
             items: vec![
                 MetadataItem {
@@ -139,6 +148,9 @@ fn instance_properties(
             },
         }),
         labels,
+        resource_policies: fabric
+            .map(|f| vec![f.placement_policy.clone()])
+            .unwrap_or_default(),
     })
 }
 
@@ -161,6 +173,7 @@ pub(super) async fn ensure_instances(
     ctx: &ProvisionContext<'_>,
     names: &Names,
     subnet: &str,
+    fabric: Option<&GpuFabric>,
 ) -> Result<(Vec<Instance>, Vec<(String, String)>), GcpError> {
     let mut before = list_instances(p, names).await?;
     // Adopt-and-compare: drift is refused unless replacement was asked for (workers only).
@@ -209,7 +222,14 @@ pub(super) async fn ensure_instances(
                 &format!("zones/{}/machineTypes/{}", p.cfg.zone, machine.machine_type),
             )
             .await?;
-        let props = instance_properties(ctx, names, subnet, first, !mt.accelerators.is_empty())?;
+        let props = instance_properties(
+            ctx,
+            names,
+            subnet,
+            first,
+            !mt.accelerators.is_empty(),
+            fabric,
+        )?;
         for chunk in nodes.chunks(BULK_INSERT_MAX) {
             tracing::debug!(
                 "creating {} {group} instance(s) with one bulkInsert",

@@ -12,6 +12,7 @@ mod adopt;
 pub mod auth;
 pub mod client;
 pub mod drift;
+pub mod gpu_fabric;
 pub mod instances;
 pub mod loadbalancer;
 pub mod names;

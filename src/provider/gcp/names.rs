@@ -89,6 +89,13 @@ impl Names {
     pub fn forwarding_rule(&self) -> String {
         format!("{}-api", self.cluster)
     }
+    /// GPU NIC network `i` (1-based); its subnetwork and firewall rule share the name.
+    pub fn gpu_network(&self, i: usize) -> String {
+        format!("{}-gpunet-{i}", self.cluster)
+    }
+    pub fn placement_policy(&self) -> String {
+        format!("{}-compact", self.cluster)
+    }
     pub fn instance(&self, node: &str) -> String {
         format!("{}-{node}", self.cluster)
     }

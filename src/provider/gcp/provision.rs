@@ -24,7 +24,8 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Provisio
     let net = ensure_network(p, &names).await?;
     let subnet = ensure_subnetwork(p, ctx, &names, &net).await?;
     ensure_firewalls(p, ctx, &names, &net).await?;
-    let (instances, replaced) = ensure_instances(p, ctx, &names, &subnet).await?;
+    let fabric = super::gpu_fabric::ensure(p, ctx, &names).await?;
+    let (instances, replaced) = ensure_instances(p, ctx, &names, &subnet, fabric.as_ref()).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
     let inventory = build_inventory(ctx, &names, &instances, lb_ip)?;
     let created = p.api.created_list().split_off(created_before);

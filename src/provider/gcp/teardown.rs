@@ -1,5 +1,6 @@
 //! Delete the cluster's resources in dependency order — forwarding rule, address, backend
-//! service, health check, instance group, instances, firewall rules, subnetwork, network —
+//! service, health check, instance group, instances, resource policies, firewall rules,
+//! subnetworks, networks —
 //! waiting on every operation. Only labelled resources, or unlabelled ones with the exact
 //! ownership marker and name prefix, are ever touched.
 
@@ -70,6 +71,12 @@ fn levels(p: &GcpProvider) -> Vec<Level> {
             false,
         ),
         l("instance", "instances", z("instances"), true),
+        l(
+            "resourcePolicy",
+            "resourcePolicies",
+            r("resourcePolicies"),
+            false,
+        ),
         l("firewall", "firewalls", "global/firewalls".into(), false),
         l("subnetwork", "subnetworks", r("subnetworks"), false),
         l("network", "networks", "global/networks".into(), false),

@@ -137,6 +137,8 @@ pub struct NetworkInterface {
     pub alias_ip_ranges: Vec<AliasIpRange>,
     #[serde(rename = "networkIP", default, skip_serializing)]
     pub network_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nic_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -228,6 +230,9 @@ pub struct InstanceProperties {
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// Resource policy names (a compact placement policy for A3 groups).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_policies: Vec<String>,
 }
 
 /// An instance as read back (only the fields the inventory needs).
