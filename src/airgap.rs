@@ -60,11 +60,26 @@ pub struct MirrorSummary {
     pub bytes_fetched: u64,
     pub bytes_total: u64,
     pub sources: BTreeSet<String>,
+    /// Images the profile needs that have no digest pin (release table or
+    /// `artifacts.images`), so they cannot be mirrored verifiably: named, not fetched.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpinned_images: Vec<String>,
     pub elapsed_secs: f64,
 }
 
 impl MirrorSummary {
     pub fn line(&self) -> String {
+        let mut line = self.counts_line();
+        if !self.unpinned_images.is_empty() {
+            line.push_str(&format!(
+                "\nnot mirrored (no digest pin; set artifacts.images.<name> to name:tag@sha256:…): {}",
+                self.unpinned_images.join(", ")
+            ));
+        }
+        line
+    }
+
+    fn counts_line(&self) -> String {
         format!(
             "mirror {}: {} files + {} images ({} fetched, {} already verified); {:.1} MiB fetched of {:.1} MiB; sources: {} ({:.1}s)",
             self.out.display(),
@@ -113,29 +128,45 @@ fn size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// The images `profile` needs: pause and CoreDNS always, the device plugin with GPU workers.
+/// The cluster images `profile` needs: pause and CoreDNS always, the device plugin with GPU
+/// workers. (The training stack's images are chosen by the `training` layer and passed to
+/// [`build`] by the `mirror` verb.)
 pub fn images_for(profile: &Profile) -> Vec<ClusterImage> {
     let gpus = profile.workers.iter().any(|w| w.gpus_per_node > 0);
-    // The training stack's controller images have no digest pin yet, so they cannot be mirrored
-    // verifiably: the mirror covers the cluster images (pause, CoreDNS, device plugin).
-    ClusterImage::ALL
-        .into_iter()
-        .filter(|i| {
-            matches!(
-                i,
-                ClusterImage::Pause | ClusterImage::CoreDns | ClusterImage::NvidiaDevicePlugin
-            )
-        })
-        .filter(|i| *i != ClusterImage::NvidiaDevicePlugin || gpus)
-        .collect()
+    [
+        ClusterImage::Pause,
+        ClusterImage::CoreDns,
+        ClusterImage::NvidiaDevicePlugin,
+    ]
+    .into_iter()
+    .filter(|i| *i != ClusterImage::NvidiaDevicePlugin || gpus)
+    .collect()
 }
 
-/// Build (or complete) the mirror at `out` for `profile`, binaries from `source`.
+/// One upstream file pinned by digest outside the release table (the training stack's
+/// kustomize trees): mirrored at `<out>/<host>/<path>` like the binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedFile {
+    pub url: String,
+    pub digest: Digest,
+}
+
+/// What the mirror holds beyond the release's binaries and cluster images; chosen by the layers
+/// above (the training stack's images and upstream files) and passed in by the `mirror` verb.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub images: Vec<ClusterImage>,
+    pub files: Vec<PinnedFile>,
+}
+
+/// Build (or complete) the mirror at `out` for `profile`: binaries and `extra.files` from
+/// `source`, the cluster images plus `extra.images` from their registries.
 pub fn build(
     profile: &Profile,
     pinned: &Release,
     source: &ArtifactSource,
     out: &Path,
+    extra: &Extra,
     progress: bool,
 ) -> Result<MirrorSummary, MirrorError> {
     let started = Instant::now();
@@ -143,9 +174,14 @@ pub fn build(
     let release = effective_release(pinned, source)?;
     let arts = resolve(&release, source, &Component::ALL)?;
     let refs = ImageRefs::with_overrides(pinned, &profile.artifacts.images);
-    let wanted = images_for(profile);
+    let mut wanted = images_for(profile);
+    for i in &extra.images {
+        if !wanted.contains(i) {
+            wanted.push(*i);
+        }
+    }
     let bar = if progress {
-        let b = indicatif::ProgressBar::new((arts.len() + wanted.len()) as u64);
+        let b = indicatif::ProgressBar::new((arts.len() + extra.files.len() + wanted.len()) as u64);
         b.set_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} mirror [{bar:30}] {pos}/{len} {msg}",
@@ -175,7 +211,9 @@ pub fn build(
             summary.reused += 1;
         } else {
             let loc = source.mirror.location(&art.upstream_url);
-            let fetched = staging.fetch_from(&loc, &art.digest, art.file_name())?;
+            let fetched = staging
+                .fetch_from(&loc, &art.digest, art.file_name())
+                .map_err(|e| unstage(out, e))?;
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             }
@@ -198,6 +236,31 @@ pub fn build(
         });
         bar.inc(1);
     }
+    for f in &extra.files {
+        let Location::File(dest) = dest_root.location(&f.url) else {
+            unreachable!("a directory mirror has file locations")
+        };
+        let name = f.url.rsplit('/').next().unwrap_or(&f.url);
+        bar.set_message(name.to_string());
+        if verified(&dest, &f.digest) {
+            summary.reused += 1;
+        } else {
+            let loc = source.mirror.location(&f.url);
+            let fetched = staging
+                .fetch_from(&loc, &f.digest, name)
+                .map_err(|e| unstage(out, e))?;
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            }
+            std::fs::rename(&fetched.path, &dest).map_err(io_err(&dest))?;
+            summary.fetched += 1;
+            summary.bytes_fetched += size(&dest);
+            summary.sources.insert(origin(&loc.to_string()));
+        }
+        summary.bytes_total += size(&dest);
+        summary.files += 1;
+        bar.inc(1);
+    }
     let previous = std::fs::read(out.join(MIRROR_MANIFEST))
         .ok()
         .and_then(|b| serde_json::from_slice::<MirrorManifest>(&b).ok());
@@ -205,6 +268,15 @@ pub fn build(
     for image in wanted {
         let reference = refs.get(image).to_string();
         bar.set_message(reference.clone());
+        if !crate::artifacts::images::is_digest_pinned(&reference) {
+            tracing::warn!(image = image.name(), %reference,
+                "no digest pin: not mirrored (set artifacts.images to a name:tag@sha256:… reference)");
+            summary
+                .unpinned_images
+                .push(format!("{} ({reference})", image.name()));
+            bar.inc(1);
+            continue;
+        }
         let name = ImageName::parse(&reference)?;
         let file = format!("images/{}.tar", image.name());
         let archive = out.join(&file);
@@ -259,6 +331,12 @@ pub fn build(
     bar.finish_and_clear();
     summary.elapsed_secs = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// A failed download leaves no staging directory behind (the temp file is already gone).
+fn unstage(out: &Path, e: ArtifactError) -> MirrorError {
+    let _ = std::fs::remove_dir_all(out.join(".partial"));
+    e.into()
 }
 
 /// `scheme://host[:port]` of a URL (the summary names sources, not every path).

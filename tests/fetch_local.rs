@@ -9,8 +9,11 @@
 //!   (Debian's docker-registry on the bridge address) configured as the mirror of
 //!   `registry.k8s.io` through `artifacts.registryMirrors`; a digest the registry does not hold
 //!   fails naming node and image;
-//! - bad input: a corrupted file at the source and a missing one (the Kubernetes server
-//!   archive) fail naming node, artifact and source, install nothing, and a re-run finishes;
+//! - bad input: a corrupted file at the source, a missing one (the Kubernetes server archive) and
+//!   a source the nodes cannot reach (it listens on the host's loopback) fail naming node,
+//!   artifact and source, install nothing, and a re-run finishes; a registry that wants
+//!   credentials (real htpasswd auth) fails the pull naming node and image with the 401, and
+//!   passes once `username`/`passwordFile` are set (hosts.toml 0600, the password never printed);
 //! - `artifacts.delivery: seed` with the HTTP source answering only the seed node: the other
 //!   node gets every artifact from the seed.
 //!
@@ -326,6 +329,94 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     restore(served.path(), &runc_rel, &orig);
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(out.status.success(), "{report:#}");
+
+    // 4b. A source the nodes cannot reach (the operator reads its list on the host's loopback,
+    //     which is not the nodes'): named with node, artifact and URL; nothing installed; the
+    //     re-run with the reachable source finishes.
+    let loopback = FileServer::start("127.0.0.1:0".parse().unwrap(), served.path()).unwrap();
+    c.ssh("worker-1", "rm -rf /var/lib/k8sforge/artifacts");
+    c.sets[0] = format!("artifacts.mirror={}", loopback.url());
+    let (out, report) = c.up(&["--only", "runtime"]);
+    assert!(!out.status.success());
+    let why = phase(&report, "runtime")["failed_nodes"].to_string();
+    assert!(
+        why.contains("worker-1")
+            && why.contains("no source delivered it")
+            && why.contains("nothing was installed")
+            && why.contains(&loopback.url())
+            && why.to_lowercase().contains("connect"),
+        "{why}"
+    );
+    assert_eq!(c.ssh("worker-1", "sha256sum /usr/local/sbin/runc"), before);
+    c.sets[0] = format!("artifacts.mirror={}", http.url());
+    let (out, report) = c.up(&["--only", "runtime"]);
+    assert!(out.status.success(), "{report:#}");
+
+    // 4c. A registry that wants credentials: the nodes' pull fails with the 401, naming node and
+    //     image; with username and passwordFile (rendered into hosts.toml, 0600) it passes.
+    let secret = "k8sforge-test-s3cret";
+    let private = Registry::start_with_auth(
+        SocketAddr::new(bridge.into(), 43000 + u16::from(x)),
+        "puller",
+        secret,
+    )
+    .unwrap();
+    assert_eq!(
+        private
+            .push_archive(&m.root.join("images/pause.tar"), "pause", "3.9")
+            .unwrap(),
+        pause_digest
+    );
+    let private_mirrors = |creds: &str| {
+        format!(
+            "artifacts.registryMirrors=[{{registry: registry.k8s.io, endpoints: [\"http://{}\"], fallbackToUpstream: false{creds}}}]",
+            private.addr
+        )
+    };
+    for n in ["controlplane-1", "worker-1"] {
+        c.ssh(
+            n,
+            "ctr -n k8s.io images ls -q | grep pause | xargs -r ctr -n k8s.io images rm >/dev/null",
+        );
+    }
+    c.sets[2] = private_mirrors("");
+    let (out, report) = c.up(&["--only", "runtime"]);
+    assert!(!out.status.success());
+    let why = phase(&report, "runtime")["failed_nodes"].to_string();
+    assert!(
+        why.contains("worker-1")
+            && why.contains("cannot pull image pause")
+            && why.contains(&pause_ref)
+            && (why.contains("401") || why.to_lowercase().contains("unauthorized")),
+        "{why}"
+    );
+    let pw = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pw.path(), format!("{secret}\n")).unwrap();
+    c.sets[2] = private_mirrors(&format!(
+        ", username: puller, passwordFile: {}",
+        pw.path().display()
+    ));
+    let (out, report) = c.up(&["--only", "runtime"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains(secret), "the password was printed");
+    assert!(c
+        .ssh("worker-1", "ctr -n k8s.io images ls -q")
+        .contains(&pause_digest));
+    assert_eq!(
+        c.ssh(
+            "worker-1",
+            "stat -c %a /etc/containerd/certs.d/registry.k8s.io/hosts.toml"
+        )
+        .trim(),
+        "600"
+    );
+    drop(report);
+    c.sets[2] = mirrors.clone();
 
     // 5. Seed mode: the source answers only the seed (controlplane-1); the worker gets every
     //    artifact from the seed over the cluster network, verified again.

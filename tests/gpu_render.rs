@@ -154,6 +154,7 @@ fn containerd_drop_in_matches_the_golden_files() {
     for (version, file) in [
         ("v1.28.7", "99-nvidia.containerd-1.7.toml"),
         ("v1.34.2", "99-nvidia.containerd-2.1.toml"),
+        ("v1.36.0", "99-nvidia.containerd-2.3.toml"),
     ] {
         let (_d, b) = bundle("gpu-dev", &[&format!("kubernetes.version={version}")]);
         let d = text(&b.nodes["gpu-1"], gpu::DROP_IN);

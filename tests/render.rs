@@ -550,7 +550,7 @@ fn local_workarounds_only_on_local_nodes() {
 
 #[test]
 fn versions_switch_flags_and_config_formats() {
-    let new = fixture("local-3", &[]);
+    let new = fixture("local-3", &["kubernetes.version=v1.34.2"]);
     let old = fixture("local-3", &["kubernetes.version=v1.28.7"]);
     let n = node(&new.bundle, "worker-1");
     let o = node(&old.bundle, "worker-1");
@@ -570,6 +570,28 @@ fn versions_switch_flags_and_config_formats() {
     let ko = yaml(o, "/etc/kubernetes/kubelet-config.yaml");
     assert_eq!(kn["failCgroupV1"], false);
     assert!(ko.get("failCgroupV1").is_none());
+    // The default release (1.36, containerd 2.3): cgroup v2 required on real nodes, kept
+    // allowed on the local (cgroup v1) test nodes only; containerd 2.3 still reads version 3.
+    let current = fixture("local-3", &[]);
+    let cloud = fixture("gpu-dev", &[]);
+    let lc = node(&current.bundle, "worker-1");
+    let k = yaml(lc, "/etc/kubernetes/kubelet-config.yaml");
+    assert_eq!(k["failCgroupV1"], false);
+    assert!(text(lc, "/etc/kubernetes/kubelet-config.yaml").contains("local test clusters only"));
+    let ctd = text(lc, "/etc/containerd/config.toml");
+    assert!(ctd.contains("\nversion = 3\n") && ctd.contains("bin_dirs = [\"/opt/cni/bin\"]"));
+    assert!(ctd.contains("sandbox = \"registry.k8s.io/pause:3.10.2@sha256:f548e0e8e3dc1896ca956272154dde3314e8cc4fde0a57577ee9fa1c63f5baf4\""));
+    for (name, nb) in &cloud.bundle.nodes {
+        let k = yaml(nb, "/etc/kubernetes/kubelet-config.yaml");
+        assert_eq!(
+            k["failCgroupV1"], true,
+            "{name}: a real node needs cgroup v2"
+        );
+        assert!(
+            unit_text(nb, "kubelet.service").contains("(v1.36.0)"),
+            "{name}"
+        );
+    }
     assert!(unit_text(o, "kubelet.service").contains("(v1.28.7)"));
     let kubelet_bin = o.binaries.iter().find(|b| b.name == "kubelet").unwrap();
     assert_eq!(kubelet_bin.version, "v1.28.7");

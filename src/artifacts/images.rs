@@ -120,6 +120,15 @@ impl ClusterImage {
 ///   1.10.1), matching `crictl images`/pod `imageID` output in kubevirt and other projects.
 /// - CoreDNS v1.12.1: the `Image ID: registry.k8s.io/coredns/coredns@sha256:e8c26256…` of a
 ///   running v1.12.1 pod, and containerd's own resolver test data (the coredns index).
+/// - pause 3.10.2 (Kubernetes 1.36): `registry.k8s.io/pause:3.10.2@sha256:f548e0e8…` in several
+///   independent projects' pins (sandbox configs, API docs and tests of unrelated repositories).
+/// - CoreDNS v1.14.2 (Kubernetes 1.36): cilium-cli's renovate-managed image pins
+///   (`defaults.go`, `ConnectivityDNSTestServerImage`); one source only — re-verify.
+/// - JobSet v0.12.0: `registry.k8s.io/jobset/jobset:v0.12.0@sha256:e75536f1…` in a project's
+///   release pins that verify the image by digest; one source only — re-verify.
+/// - training-operator v1-93c5489, Trainer v2.3.0, Kueue v0.19.2: no upstream text with their
+///   index digests was found, so they have no pin and `k8sforge mirror` cannot mirror them
+///   verifiably (it names them and skips them; `artifacts.images.<name>` takes a pinned reference).
 /// - NVIDIA device plugin v0.17.1: `nvcr.io/nvidia/k8s-device-plugin:v0.17.1@sha256:af31e2b7…`
 ///   in two projects' image locks. Re-verify against the registry when one is reachable
 ///   (`k8sforge mirror` does, by pulling by digest).
@@ -143,6 +152,21 @@ pub const IMAGE_DIGESTS: &[(ClusterImage, &str, &str)] = &[
         ClusterImage::CoreDns,
         "v1.12.1",
         "sha256:e8c262566636e6bc340ece6473b0eed193cad045384401529721ddbe6463d31c",
+    ),
+    (
+        ClusterImage::Pause,
+        "3.10.2",
+        "sha256:f548e0e8e3dc1896ca956272154dde3314e8cc4fde0a57577ee9fa1c63f5baf4",
+    ),
+    (
+        ClusterImage::CoreDns,
+        "v1.14.2",
+        "sha256:e7e6440cfd1e919280958f5b5a6ab2b184d385bba774c12ad2a9e1e4183f90d9",
+    ),
+    (
+        ClusterImage::JobSet,
+        "v0.12.0",
+        "sha256:e75536f1135b7bb2f19f8c3b620782fbdd9091d73398e3a272f9a5fed322980d",
     ),
     (
         ClusterImage::NvidiaDevicePlugin,
@@ -228,14 +252,7 @@ impl ImageRefs {
         overrides: &crate::artifacts::spec::ImageOverrides,
     ) -> ImageRefs {
         let mut refs = ImageRefs::defaults(release);
-        for (image, o) in [
-            (ClusterImage::Pause, &overrides.pause),
-            (ClusterImage::CoreDns, &overrides.coredns),
-            (
-                ClusterImage::NvidiaDevicePlugin,
-                &overrides.nvidia_device_plugin,
-            ),
-        ] {
+        for ((_, o), image) in overrides.all().into_iter().zip(ClusterImage::ALL) {
             if let Some(r) = o {
                 refs.set(image, r.clone());
             }
@@ -413,6 +430,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+    }
+
+    #[test]
+    fn every_override_field_replaces_its_own_image() {
+        let r = super::super::release(super::super::DEFAULT_KUBERNETES_VERSION).unwrap();
+        let d = format!("sha256:{}", "b".repeat(64));
+        let o = crate::artifacts::spec::ImageOverrides {
+            pause: Some(format!("x.test/pause:1@{d}")),
+            coredns: Some(format!("x.test/coredns:1@{d}")),
+            nvidia_device_plugin: Some(format!("x.test/nvidia-device-plugin:1@{d}")),
+            training_operator: Some(format!("x.test/training-operator:1@{d}")),
+            trainer_controller_manager: Some(format!("x.test/trainer-controller-manager:1@{d}")),
+            jobset: Some(format!("x.test/jobset:1@{d}")),
+            kueue: Some(format!("x.test/kueue:1@{d}")),
+        };
+        let refs = ImageRefs::with_overrides(r, &o);
+        for i in ClusterImage::ALL {
+            assert_eq!(refs.get(i), format!("x.test/{}:1@{d}", i.name()));
+        }
+        assert!(!o.is_empty());
+        assert!(crate::artifacts::spec::ImageOverrides::default().is_empty());
+    }
+
+    #[test]
+    fn the_default_release_pins_its_cluster_images() {
+        let r = super::super::release(super::super::DEFAULT_KUBERNETES_VERSION).unwrap();
+        for i in [
+            ClusterImage::Pause,
+            ClusterImage::CoreDns,
+            ClusterImage::JobSet,
+        ] {
+            assert!(is_digest_pinned(&i.default_reference(r)), "{i:?}");
+        }
+        assert_eq!(
+            ClusterImage::Pause.default_reference(r),
+            "registry.k8s.io/pause:3.10.2@sha256:f548e0e8e3dc1896ca956272154dde3314e8cc4fde0a57577ee9fa1c63f5baf4"
+        );
     }
 
     #[test]

@@ -30,8 +30,11 @@ pub use source::{
 
 pub use images::IMAGE_DIGESTS;
 
-/// The Kubernetes version built-in profiles pin for users.
-pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.34.2";
+/// The Kubernetes version built-in profiles pin for users: inside upstream's support window
+/// (1.36 is supported until 2027-06-28, kubernetes.io/releases/1.36). v1.36.0 is the newest
+/// 1.36 patch whose server-tarball SHA-512 could be read from upstream's CHANGELOG here (the
+/// kubelet/kubectl sums of later patches exist, the server tarball's were not found).
+pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.36.0";
 
 /// Only amd64 is pinned so far.
 pub const ARCH: &str = "amd64";
@@ -74,6 +77,22 @@ pub const RELEASES: &[Release] = &[
         crictl: "v1.34.0",
         coredns: "v1.12.1",
         pause: "3.10.1",
+    },
+    // What kubespray pairs with Kubernetes 1.36 (kubespray 46dbdd39, 2026-08:
+    // `roles/kubespray_defaults/defaults/main/download.yml` and `vars/main/main.yml`: the newest
+    // etcd below 3.7, containerd, runc and CNI plugins of its checksum table, crictl 1.36,
+    // `coredns_supported_versions['1.36']`, `pod_infra_supported_versions['1.36']`).
+    // Kubelet 1.35+ refuses cgroup v1 hosts by default; this row renders `failCgroupV1: true`
+    // for real nodes (cgroup v2), see `render::context::Features`.
+    Release {
+        kubernetes: "v1.36.0",
+        etcd: "v3.6.14",
+        containerd: "2.3.4",
+        runc: "v1.4.3",
+        cni_plugins: "v1.9.1",
+        crictl: "v1.36.0",
+        coredns: "v1.14.2",
+        pause: "3.10.2",
     },
 ];
 

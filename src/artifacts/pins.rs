@@ -138,8 +138,66 @@ const PINS: &[(Component, &str, Algo, &str)] = &[
         Algo::Sha512,
         "016b09cb70b4335201095b96cd564059eece9ece9e945e045b4558afa9dbd99840cd7a48ed6c06a888276c939c8dc30afc8a7435689c9efd295a9f9de1f477c3",
     ),
+    // Kubernetes v1.36.0 release. SHA-256 rows: kubespray 46dbdd39 (2026-08-21),
+    // `roles/kubespray_defaults/vars/main/checksums.yml` (kubelet/kubectl 1.36.0 added in
+    // 28bdeb85, "Support Kubernetes v1.36.0").
+    // etcd_binary_checksums.amd64."3.6.14"
+    (
+        Component::Etcd,
+        "3.6.14",
+        Algo::Sha256,
+        "ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5",
+    ),
+    // containerd_archive_checksums.amd64."2.3.4"
+    (
+        Component::Containerd,
+        "2.3.4",
+        Algo::Sha256,
+        "9d68969855fbf676cdb8ed758e420fb048d61f984f61de3e53eddfebe484d168",
+    ),
+    // runc_checksums.amd64."1.4.3"
+    (
+        Component::Runc,
+        "1.4.3",
+        Algo::Sha256,
+        "f6ae8efc0fa40079e1475e97cbe9d1bd3f106a28d6af78a11d9f1bd565515e60",
+    ),
+    // cni_binary_checksums.amd64."1.9.1"
+    (
+        Component::CniPlugins,
+        "1.9.1",
+        Algo::Sha256,
+        "b98f74a0f8522f0a83867178729c1aa70f2158f90c45a2ca8fa791db1c76b303",
+    ),
+    // crictl_checksums.amd64."1.36.0"
+    (
+        Component::Crictl,
+        "1.36.0",
+        Algo::Sha256,
+        "83855e114566a8a8c44c548d515670f51de3a5e1da8b2effb59870e2f10c25a3",
+    ),
+    // kubelet_checksums.amd64."1.36.0"
+    (
+        Component::Kubelet,
+        "1.36.0",
+        Algo::Sha256,
+        "d857082946c28493e8fdc52227feabd962e0e0900b6c6e4f6510168043b79dd4",
+    ),
+    // kubectl_checksums.amd64."1.36.0"
+    (
+        Component::Kubectl,
+        "1.36.0",
+        Algo::Sha256,
+        "123d8c8844f46b1244c547fffb3c17180c0c26dac9890589fe7e67763298748e",
+    ),
+    // CHANGELOG-1.36.md, v1.36.0, Server Binaries, kubernetes-server-linux-amd64.tar.gz (sha512)
+    (
+        Component::KubernetesServer,
+        "1.36.0",
+        Algo::Sha512,
+        "1c64da92575451c2c7ff97c79b772e603995f8e76da1371a6b0746aaa27b65dce81c4d734cbb50f40e71486a8e08df36f14e12974f97d4d29e41f23a172a6a25",
+    ),
 ];
-
 /// The pinned digest of `component` at `version` (with or without a leading `v`).
 pub fn pinned(component: Component, version: &str) -> Option<Digest> {
     let bare = version.trim_start_matches('v');

@@ -96,10 +96,33 @@ pub struct ImageOverrides {
     pub coredns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvidia_device_plugin: Option<String>,
+    /// The training stack's controllers (phase `training`); a digest-pinned reference here also
+    /// lets `k8sforge mirror` mirror an image the release table has no pin for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_operator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer_controller_manager: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kueue: Option<String>,
 }
 
 impl ImageOverrides {
     pub fn is_empty(&self) -> bool {
-        self.pause.is_none() && self.coredns.is_none() && self.nvidia_device_plugin.is_none()
+        self.all().iter().all(|(_, o)| o.is_none())
+    }
+
+    /// Every override with its field name in the profile (`artifacts.images.<field>`).
+    pub fn all(&self) -> [(&'static str, &Option<String>); 7] {
+        [
+            ("pause", &self.pause),
+            ("coredns", &self.coredns),
+            ("nvidiaDevicePlugin", &self.nvidia_device_plugin),
+            ("trainingOperator", &self.training_operator),
+            ("trainerControllerManager", &self.trainer_controller_manager),
+            ("jobset", &self.jobset),
+            ("kueue", &self.kueue),
+        ]
     }
 }

@@ -26,7 +26,26 @@ pub fn run(
         trust_mirror_checksums: trust,
     };
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let summary = crate::airgap::build(p, release, &source, out, progress)?;
+    // The training stack as the `training` phase would install it: its controllers' images and
+    // every pinned file of its upstream kustomize trees.
+    let components = crate::training::stack::selected(&p.training, &p.kubernetes.version);
+    let mut extra = crate::airgap::Extra::default();
+    let mut trees = Vec::new();
+    for c in &components {
+        extra.images.extend(c.image());
+        if !trees.contains(&c.tree()) {
+            trees.push(c.tree());
+        }
+    }
+    for t in trees {
+        for (path, digest) in t.files() {
+            extra.files.push(crate::airgap::PinnedFile {
+                url: format!("https://{path}"),
+                digest,
+            });
+        }
+    }
+    let summary = crate::airgap::build(p, release, &source, out, &extra, progress)?;
     eprintln!("{}", summary.line());
     if output == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -806,19 +806,7 @@ fn check_artifacts(p: &Profile, r: &mut Reporter) {
             }
         }
     }
-    for (field, image, o) in [
-        ("pause", artifacts::ClusterImage::Pause, &a.images.pause),
-        (
-            "coredns",
-            artifacts::ClusterImage::CoreDns,
-            &a.images.coredns,
-        ),
-        (
-            "nvidiaDevicePlugin",
-            artifacts::ClusterImage::NvidiaDevicePlugin,
-            &a.images.nvidia_device_plugin,
-        ),
-    ] {
+    for ((field, o), image) in a.images.all().into_iter().zip(artifacts::ClusterImage::ALL) {
         if let Some(reference) = o {
             if !artifacts::images::is_digest_pinned(reference) {
                 r.error(

@@ -30,6 +30,10 @@ pub struct Features {
     pub runtime_endpoint_in_config: bool,
     /// KubeletConfiguration.failCgroupV1 exists since 1.31 (and would refuse cgroup v1 hosts if true).
     pub fail_cgroup_v1_field: bool,
+    /// Kubelet 1.35+ refuses cgroup v1 hosts by default (cgroup v1 is deprecated upstream):
+    /// real nodes keep that refusal (`failCgroupV1: true`); only the local nodes, which share
+    /// this machine's cgroup v1 hierarchy, opt out.
+    pub cgroup_v2_required: bool,
     /// containerd 2.x reads config version 3 with the split CRI plugins; 1.6/1.7 read version 2.
     pub containerd_v3: bool,
     /// containerd 2.1 replaced the CNI `bin_dir` string with a `bin_dirs` list.
@@ -53,6 +57,7 @@ impl Features {
         Ok(Features {
             runtime_endpoint_in_config: k8s >= (1, 27),
             fail_cgroup_v1_field: k8s >= (1, 31),
+            cgroup_v2_required: k8s >= (1, 35),
             containerd_v3: containerd >= (2, 0),
             cni_bin_dirs: containerd >= (2, 1),
         })
@@ -293,5 +298,8 @@ mod tests {
         assert!(!old.containerd_v3 && !old.cni_bin_dirs);
         let new = Features::for_release(crate::artifacts::release("v1.34.2").unwrap()).unwrap();
         assert!(new.fail_cgroup_v1_field && new.containerd_v3 && new.cni_bin_dirs);
+        assert!(!new.cgroup_v2_required);
+        let current = Features::for_release(crate::artifacts::release("v1.36.0").unwrap()).unwrap();
+        assert!(current.cgroup_v2_required && current.containerd_v3 && current.cni_bin_dirs);
     }
 }

@@ -8,4 +8,5 @@ pub use placeholder_pki::*;
 pub mod aws;
 pub mod cloud_nodes;
 pub mod local_cluster;
+pub mod mirror_source;
 pub mod subnet;
