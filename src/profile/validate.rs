@@ -32,6 +32,7 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_artifacts(p, r);
     check_gpu(p, r);
     check_training(p, r);
+    super::storage_check::check(p, r);
 }
 
 /// A component the cluster's Kubernetes is too old for is refused here, offline, naming both
