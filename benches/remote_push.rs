@@ -8,7 +8,9 @@
 //!   K8SFORGE_BENCH_NODES=20 cargo bench --bench remote_push
 //!
 //! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64),
-//! K8SFORGE_BENCH_PROGRESS (set: draw the executor's progress bars).
+//! K8SFORGE_BENCH_PROGRESS (set: draw the executor's progress bars),
+//! K8SFORGE_BENCH_VIA_BASTION (set: every node through ONE connection to a second local sshd
+//! acting as the bastion; with K8SFORGE_BENCH_CLUSTER_DIR, `user@host:port` of the bastion).
 //!
 //! Against real nodes instead (e.g. the local provider's nspawn nodes), with the files at their
 //! real paths: K8SFORGE_BENCH_CLUSTER_DIR=<$K8SFORGE_HOME/<cluster>> (its state.json inventory,
@@ -43,6 +45,25 @@ fn main() {
     let real_cluster = std::env::var_os("K8SFORGE_BENCH_CLUSTER_DIR").map(std::path::PathBuf::from);
     let fx = sshd::Fixture::new();
     let server = real_cluster.is_none().then(|| fx.sshd());
+    let via = std::env::var("K8SFORGE_BENCH_VIA_BASTION").ok();
+    let bastion_key = fx.dir.path().join("host_bastion");
+    let bastion_sshd = match (&via, &real_cluster) {
+        (Some(_), None) => {
+            sshd::keygen(&bastion_key);
+            Some(sshd::Sshd::start(
+                fx.dir.path(),
+                sshd::free_port(),
+                &bastion_key,
+                &fx.client_pub(),
+            ))
+        }
+        _ => None,
+    };
+    let bastion: Option<String> = match (&via, &bastion_sshd) {
+        (_, Some(b)) => Some(format!("root@127.0.0.1:{}", b.port)),
+        (Some(spec), None) => Some(spec.clone()),
+        (None, _) => None,
+    };
 
     let mirror = k8sforge_testkit::mirror::build(&k8sforge_testkit::mirror::default_cache_dir())
         .unwrap_or_else(|e| panic!("test mirror: {e}"));
@@ -128,7 +149,9 @@ fn main() {
             },
         );
         if let Some(n) = real_nodes.get(i - 1) {
-            nodes.push(n.clone());
+            let mut n = n.clone();
+            n.ssh.bastion = bastion.clone().or(n.ssh.bastion);
+            nodes.push(n);
             continue;
         }
         nodes.push(Node {
@@ -142,7 +165,7 @@ fn main() {
                 port: server.as_ref().map_or(22, |s| s.port),
                 user: "root".into(),
                 key: None,
-                bastion: None,
+                bastion: bastion.clone(),
             },
             group: "bench".into(),
             gpus: 0,
@@ -179,6 +202,10 @@ fn main() {
     let target = match &real_cluster {
         Some(d) => format!("nodes of {}", d.display()),
         None => "logical nodes on one local sshd".to_string(),
+    };
+    let target = match &bastion {
+        Some(b) => format!("{target}, through bastion {b}"),
+        None => format!("{target}, direct"),
     };
     println!(
         "remote_push: {nodes_n} {target}, concurrency {concurrency}, \

@@ -59,8 +59,21 @@ pub fn ssh_args(cluster_dir: &Path, node: &Node) -> Vec<String> {
         node.ssh.port.to_string(),
     ];
     if let Some(b) = &node.ssh.bastion {
-        a.push("-J".into());
-        a.push(b.clone());
+        // Not `-J`: the jump must use the same key and the same pinned known_hosts (strict).
+        if let Ok(spec) = crate::remote::bastion::BastionSpec::parse(b) {
+            let user = spec.user.clone().unwrap_or_else(|| node.ssh.user.clone());
+            let q = |s: &str| crate::remote::sync::shell_quote(s);
+            a.push("-o".into());
+            a.push(format!(
+                "ProxyCommand=ssh -i {} -o IdentitiesOnly=yes -o UserKnownHostsFile={} \
+                 -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o BatchMode=yes \
+                 -o ConnectTimeout=10 -o LogLevel=ERROR -p {} -W %h:%p {}",
+                q(&key.display().to_string()),
+                q(&kh.display().to_string()),
+                spec.port,
+                q(&format!("{user}@{}", spec.host)),
+            ));
+        }
     }
     a.push(format!("{}@{}", node.ssh.user, node.ssh.host));
     a

@@ -70,6 +70,17 @@ pub struct State {
     /// the nodes hold, for `plan` to say what would change.
     #[serde(default)]
     pub applied_digests: BTreeMap<String, String>,
+    /// Artifact files (binaries, image archives) each remote phase installed, and on which
+    /// nodes: with the rendered bundle, what static-host teardown removes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub installed_artifacts: BTreeMap<String, InstalledArtifacts>,
+}
+
+/// What one phase installed from artifacts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledArtifacts {
+    pub paths: std::collections::BTreeSet<String>,
+    pub nodes: std::collections::BTreeSet<String>,
 }
 
 /// The state directory of one cluster, locked for the lifetime of this value.

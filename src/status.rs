@@ -62,6 +62,8 @@ pub fn collect(
             progress,
             retries: 1,
             connect_timeout: Duration::from_secs(5),
+            // Read-only: never writes known_hosts; an unpinned host is reported, not trusted.
+            pin_unknown_hosts: false,
             ..ExecutorOptions::default()
         },
     )?;

@@ -13,128 +13,56 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use k8sforge_testkit::mirror;
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+use support::local_cluster::LocalCluster;
 
-struct Cluster {
-    name: String,
-    cidr: String,
-    home: tempfile::TempDir,
-    mirror: PathBuf,
+/// Names that answered `n` requests to the node-local endpoint from the worker; panics on
+/// any failed request.
+fn served(c: &LocalCluster, n: usize) -> BTreeSet<String> {
+    let script = format!(
+        "for i in $(seq {n}); do curl -sS --fail --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz || echo FAILED; echo; done"
+    );
+    let out = c.ssh_ok("worker-1", &script);
+    let names: Vec<String> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    assert_eq!(names.len(), n, "{out}");
+    if names.iter().any(|l| l.contains("FAILED")) {
+        let diag = c.ssh(
+            "worker-1",
+            "curl -v --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz 2>&1; \
+             iptables -w -t nat -L -v -n; iptables -w -L INPUT -v -n; sysctl net.ipv4.conf.all.route_localnet; \
+             conntrack -L 2>&1 | grep 6443; journalctl -u k8sforge-api-proxy --no-pager | tail -5",
+        );
+        panic!(
+            "a request failed:\n{out}\n--- diagnostics:\n{}{}",
+            String::from_utf8_lossy(&diag.stdout),
+            String::from_utf8_lossy(&diag.stderr)
+        );
+    }
+    names.into_iter().collect()
 }
 
-impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            .arg(args[0])
-            .args([
-                "--profile",
-                "local-ha",
-                "--set",
-                &format!("name={}", self.name),
-                "--set",
-                &format!("network.nodeCIDR={}", self.cidr),
-                "--set",
-                "workers[0].count=1",
-            ])
-            .args(&args[1..]);
-        c
-    }
-
-    fn up(&self, phase: &str) -> serde_json::Value {
-        let m = self.mirror.display().to_string();
-        let out = self
-            .cmd(&[
-                "up",
-                "--mirror",
-                &m,
-                "--trust-mirror-checksums",
-                "-o",
-                "json",
-                "--only",
-                phase,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "up --only {phase}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn ssh(&self, node: &str, script: &str) -> Output {
-        self.cmd(&["ssh", node, "--", script]).output().unwrap()
-    }
-
-    fn ssh_ok(&self, node: &str, script: &str) -> String {
-        let out = self.ssh(node, script);
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Names that answered `n` requests to the node-local endpoint from the worker; panics on
-    /// any failed request.
-    fn served(&self, n: usize) -> BTreeSet<String> {
-        let script = format!(
-            "for i in $(seq {n}); do curl -sS --fail --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz || echo FAILED; echo; done"
-        );
-        let out = self.ssh_ok("worker-1", &script);
-        let names: Vec<String> = out
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        assert_eq!(names.len(), n, "{out}");
-        if names.iter().any(|l| l.contains("FAILED")) {
-            let diag = self.ssh(
-                "worker-1",
-                "curl -v --cacert /etc/kubernetes/pki/ca.crt --max-time 5 https://127.0.0.1:6443/readyz 2>&1; \
-                 iptables -w -t nat -L -v -n; iptables -w -L INPUT -v -n; sysctl net.ipv4.conf.all.route_localnet; \
-                 conntrack -L 2>&1 | grep 6443; journalctl -u k8sforge-api-proxy --no-pager | tail -5",
-            );
-            panic!(
-                "a request failed:\n{out}\n--- diagnostics:\n{}{}",
-                String::from_utf8_lossy(&diag.stdout),
-                String::from_utf8_lossy(&diag.stderr)
-            );
+/// Wait until the watcher has programmed exactly `want` backends.
+fn wait_backends(c: &LocalCluster, want: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rules = c.ssh_ok("worker-1", "iptables -w -t nat -S K8SFORGE-API");
+        let n = rules.lines().filter(|l| l.contains("DNAT")).count();
+        if n == want {
+            return rules;
         }
-        names.into_iter().collect()
-    }
-
-    /// Wait until the watcher has programmed exactly `want` backends.
-    fn wait_backends(&self, want: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let rules = self.ssh_ok("worker-1", "iptables -w -t nat -S K8SFORGE-API");
-            let n = rules.lines().filter(|l| l.contains("DNAT")).count();
-            if n == want {
-                return rules;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "watcher never reached {want} backends:\n{rules}"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["teardown"]).output();
+        assert!(
+            Instant::now() < deadline,
+            "watcher never reached {want} backends:\n{rules}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -152,18 +80,14 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
         0,
         "this test boots systemd-nspawn nodes: run as root"
     );
-    let (x, _lock) = support::subnet::reserve_subnet();
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster {
-        name: format!("apx-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        home: tempfile::tempdir().unwrap(),
-        mirror: m.root.clone(),
-    };
+    let c = LocalCluster::reserved("apx", "local-ha")
+        .with_mirror(&m.root)
+        .with_set("workers[0].count=1");
     let _ = c.cmd(&["teardown"]).output();
-    c.up("provision");
-    c.up("pki");
-    let report = c.up("runtime");
+    c.up_only("provision");
+    c.up_only("pki");
+    let report = c.up_only("runtime");
     assert_eq!(report["phases"][0]["outcome"], "done", "{report:#}");
 
     // Only the worker runs the watcher; control planes reach their own apiserver directly.
@@ -182,9 +106,7 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     }
     // The kubelet and kube-proxy kubeconfigs the worker will get name exactly this endpoint.
     let kc = std::fs::read_to_string(
-        c.home
-            .path()
-            .join(&c.name)
+        c.state_dir()
             .join("kubeconfigs/kubelet-worker-1.kubeconfig"),
     )
     .unwrap();
@@ -193,7 +115,7 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     // Stand-in apiservers with the cluster's apiserver certificate (SANs: every control plane's
     // address and 127.0.0.1): `openssl s_server -WWW` (openssl is on every node) serving a file
     // `readyz` holding the node's name, so `/readyz` answers 200 with who served it.
-    let pki = c.home.path().join(&c.name).join("pki");
+    let pki = c.state_dir().join("pki");
     let (crt, key) = (
         b64(pki.join("apiserver.crt")),
         b64(pki.join("apiserver.key")),
@@ -212,10 +134,8 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
 
     // Each stand-in answers directly (so three backends below are three ready ones, not the
     // watcher's fail-open of all when none is ready).
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(c.home.path().join(&c.name).join("state.json")).unwrap(),
-    )
-    .unwrap();
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.state_dir().join("state.json")).unwrap()).unwrap();
     for n in state["inventory"]["nodes"].as_array().unwrap() {
         let name = n["name"].as_str().unwrap();
         if name.starts_with("controlplane-") {
@@ -237,18 +157,18 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
     }
 
     // All three ready: the watcher programs three backends, round robin reaches each.
-    let rules = c.wait_backends(3);
+    let rules = wait_backends(&c, 3);
     assert!(rules.contains("--mode nth --every 3"), "{rules}");
     let all: BTreeSet<String> = ["controlplane-1", "controlplane-2", "controlplane-3"]
         .map(String::from)
         .into();
-    assert_eq!(c.served(12), all);
+    assert_eq!(served(&c, 12), all);
 
     // One apiserver stops answering: taken out within a probe round; no request fails after.
     c.ssh_ok("controlplane-2", "systemctl stop standin-apiserver");
-    c.wait_backends(2);
+    wait_backends(&c, 2);
     assert_eq!(
-        c.served(12),
+        served(&c, 12),
         ["controlplane-1", "controlplane-3"]
             .map(String::from)
             .into()
@@ -256,8 +176,8 @@ fn node_local_api_endpoint_balances_over_ready_apiservers_and_survives_losing_tw
 
     // A control plane powered off (no RST, connects time out): still served by the one left.
     let _ = c.ssh("controlplane-3", "systemctl poweroff");
-    c.wait_backends(1);
-    assert_eq!(c.served(8), ["controlplane-1".to_string()].into());
+    wait_backends(&c, 1);
+    assert_eq!(served(&c, 8), ["controlplane-1".to_string()].into());
 
     // `remove` takes every rule out again (what a static teardown runs).
     c.ssh_ok(

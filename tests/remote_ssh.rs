@@ -639,3 +639,155 @@ fn connect_and_auth_failures_are_retried_with_backoff() {
         "{msg}"
     );
 }
+
+/// Accepts on a loopback port and forwards each connection to `to`, counting connections: how
+/// many TCP connections reached the bastion.
+fn counting_forwarder(to: u16) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                continue;
+            };
+            let (mut a, mut b) = (s.try_clone().unwrap(), up.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut a, mut b) = (up, s);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut a, &mut b);
+                let _ = b.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, count)
+}
+
+#[test]
+fn nodes_behind_a_bastion_share_one_connection_to_it() {
+    let fx = Fixture::new();
+    let node_sshd = fx.sshd();
+    let bastion_key = fx.dir.path().join("host_bastion");
+    sshd::keygen(&bastion_key);
+    let bastion = Sshd::start(
+        fx.dir.path(),
+        sshd::free_port(),
+        &bastion_key,
+        &fx.client_pub(),
+    );
+    let (fwd, connections) = counting_forwarder(bastion.port);
+    let out = fx.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut bundle = Bundle::default();
+    let mut nodes = Vec::new();
+    for i in 0..12 {
+        let mut n = node(&format!("n{i}"), node_sshd.port);
+        n.ssh.bastion = Some(format!("root@127.0.0.1:{fwd}"));
+        nodes.push(n);
+        let mut content = vec![0u8; 300_000];
+        content[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        bundle.nodes.insert(
+            format!("n{i}"),
+            NodeBundle {
+                files: vec![BundleFile {
+                    path: format!("{}/n{i}/big.bin", out.display()),
+                    mode: 0o600,
+                    owner: "root:root".into(),
+                    content,
+                    restarts: vec![],
+                }],
+                units: vec![],
+                commands: vec![format!("echo ran > {}/n{i}/ran", out.display())],
+                binaries: vec![],
+            },
+        );
+    }
+    let inv = inventory(nodes);
+    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let report = ex.apply(&inv, &bundle, "bastion");
+    assert!(report.ok(), "{}", report.summary_line());
+    assert_eq!(report.files_changed, 12);
+    for i in 0..12 {
+        let got = std::fs::read(out.join(format!("n{i}/big.bin"))).unwrap();
+        assert_eq!(got.len(), 300_000);
+        assert_eq!(&got[..8], &(i as u64).to_be_bytes());
+        assert!(out.join(format!("n{i}/ran")).exists());
+    }
+    // Twelve node sessions, one bastion login.
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // The bastion's host key is pinned beside the node's.
+    let kh = std::fs::read_to_string(fx.cluster_dir.join("known_hosts")).unwrap();
+    assert!(kh.contains(&format!("[127.0.0.1]:{fwd}")), "{kh}");
+    assert!(
+        kh.contains(&format!("[127.0.0.1]:{}", node_sshd.port)),
+        "{kh}"
+    );
+    // A second run through the same (new) executor changes nothing.
+    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let again = ex.apply(&inv, &bundle, "bastion");
+    assert!(
+        again.ok() && again.files_changed == 0,
+        "{}",
+        again.summary_line()
+    );
+}
+
+#[test]
+fn an_unreachable_bastion_is_named_and_fails_every_node_behind_it_fast() {
+    let fx = Fixture::new();
+    let node_sshd = fx.sshd();
+    let closed = sshd::closed_port();
+    let mut nodes = Vec::new();
+    for i in 0..5 {
+        let mut n = node(&format!("n{i}"), node_sshd.port);
+        n.ssh.bastion = Some(format!("root@127.0.0.1:{closed}"));
+        nodes.push(n);
+    }
+    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let started = Instant::now();
+    let res = ex.run_all(&refs, "true", Duration::from_secs(5));
+    for o in &res {
+        let e = o.result.as_ref().unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "node {}: through bastion root@127.0.0.1:{closed}",
+                o.node
+            )),
+            "{e}"
+        );
+    }
+    // One connect attempt (with its retry), not one per node.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn read_only_executors_never_pin_an_unknown_host() {
+    let fx = Fixture::new();
+    let sshd = fx.sshd();
+    let n = node("ro", sshd.port);
+    let ex = Executor::new(
+        &fx.cluster_dir,
+        ExecutorOptions {
+            pin_unknown_hosts: false,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let e = ex.connect(&n).unwrap_err();
+    assert!(matches!(e, RemoteError::HostKeyUnknown { .. }), "{e}");
+    assert!(
+        e.to_string().contains("node ro: no SSH host key is pinned"),
+        "{e}"
+    );
+    assert!(!fx.cluster_dir.join("known_hosts").exists());
+}

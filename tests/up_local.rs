@@ -10,98 +10,17 @@
 //! Needs root, systemd-container, debootstrap (node image, cached) and apt access (test mirror,
 //! cached under /var/cache/k8sforge-testkit).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use k8sforge_testkit::{mirror, oci};
+use support::local_cluster::{assert_done, phase, LocalCluster as Cluster};
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 const NAME: &str = "e2e-up";
 const NODE_CIDR: &str = "198.19.240.0/24";
-
-struct Cluster {
-    home: tempfile::TempDir,
-    mirror: PathBuf,
-}
-
-impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        // The verb, then the profile, then the verb's own arguments (`ssh NODE -- CMD` ends
-        // with a trailing command that must come last).
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            .arg(args[0])
-            .args([
-                "--profile",
-                "local-3",
-                "--set",
-                &format!("name={NAME}"),
-                "--set",
-                &format!("network.nodeCIDR={NODE_CIDR}"),
-            ])
-            .args(&args[1..]);
-        c
-    }
-
-    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
-        let mirror = self.mirror.display().to_string();
-        let mut args = vec![
-            "up",
-            "--mirror",
-            &mirror,
-            "--trust-mirror-checksums",
-            "-o",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.cmd(&args).output().unwrap();
-        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out, report)
-    }
-
-    /// Run `script` on `node` through `k8sforge ssh` (pinned host key, cluster key).
-    fn ssh(&self, node: &str, script: &str) -> Output {
-        self.cmd(&["ssh", node, "--", script]).output().unwrap()
-    }
-
-    fn ssh_ok(&self, node: &str, script: &str) -> String {
-        let out = self.ssh(node, script);
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn node_dir(&self, node: &str) -> PathBuf {
-        Path::new("/var/lib/k8sforge/clusters")
-            .join(NAME)
-            .join("nodes")
-            .join(node)
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["teardown"]).output();
-    }
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
-}
-
-fn assert_done(report: &serde_json::Value, names: &[&str]) {
-    for n in names {
-        assert_eq!(phase(report, n)["outcome"], "done", "phase {n}: {report:#}");
-    }
-}
 
 /// Power the node off from inside (its launcher then exits; provision boots it again).
 fn stop_node(c: &Cluster, node: &str) {
@@ -120,23 +39,6 @@ fn stop_node(c: &Cluster, node: &str) {
     panic!("{node} did not power off");
 }
 
-/// Add a network namespace on `node` with the CNI bridge plugin and the node's own CNI config;
-/// returns the pod address.
-fn cni_pod(c: &Cluster, node: &str) -> String {
-    let out = c.ssh_ok(
-        node,
-        "ip netns del tpod 2>/dev/null; ip netns add tpod && \
-         CNI_COMMAND=ADD CNI_CONTAINERID=tpod CNI_NETNS=/run/netns/tpod CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin \
-         /opt/cni/bin/bridge < /etc/cni/net.d/10-bridge.conf",
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{node}: CNI result {out}: {e}"));
-    let addr = v["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{node}: no address in {v}"));
-    addr.split('/').next().unwrap().to_string()
-}
-
 #[test]
 fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
     // SAFETY: geteuid cannot fail.
@@ -146,10 +48,7 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
         "this test boots systemd-nspawn nodes: run as root"
     );
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster {
-        home: tempfile::tempdir().unwrap(),
-        mirror: m.root.clone(),
-    };
+    let c = Cluster::fixed(NAME, NODE_CIDR, "local-3").with_mirror(&m.root);
     // Nodes left by a crashed earlier run of this test would be adopted with other keys.
     let _ = c.cmd(&["teardown"]).output();
 
@@ -246,12 +145,10 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
 
     // 3. Pod network: a CNI pod on each worker gets an address from that node's pod CIDR and
     //    reaches the pod on the other worker through the host routes.
-    let state: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(c.home.path().join(NAME).join("state.json")).unwrap(),
-    )
-    .unwrap();
-    let pod1 = cni_pod(&c, "worker-1");
-    let pod2 = cni_pod(&c, "worker-2");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.state_dir().join("state.json")).unwrap()).unwrap();
+    let pod1 = c.cni_pod("worker-1");
+    let pod2 = c.cni_pod("worker-2");
     for (node, ip) in [("worker-1", &pod1), ("worker-2", &pod2)] {
         let cidr: ipnet::Ipv4Net = state["pod_cidrs"][node].as_str().unwrap().parse().unwrap();
         assert!(
@@ -349,7 +246,7 @@ fn up_builds_etcd_runtime_and_pod_network_on_local_nodes() {
             "rm -f /usr/local/bin/containerd /usr/local/sbin/runc /opt/cni/bin/bridge",
         );
     }
-    let mirror_arg = c.mirror.display().to_string();
+    let mirror_arg = m.root.display().to_string();
     let mut child = c
         .cmd(&[
             "up",

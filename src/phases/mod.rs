@@ -8,6 +8,7 @@ pub mod gpu_health;
 pub mod image_pull;
 pub mod network;
 pub mod node_fetch;
+pub mod node_prep;
 pub mod pki;
 pub mod provision;
 pub mod remote_step;

@@ -165,8 +165,18 @@ pub fn plans(
 
 /// Push the plans and summarise. Nodes that fail are listed; the others complete.
 pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseReport), PhaseError> {
-    let (plans, seeding) = plans(ctx, step)?;
     let exec = executor(ctx)?;
+    let report = apply_with(ctx, step, &exec)?;
+    Ok((exec, report))
+}
+
+/// [`apply`] with an executor the phase already holds (one bastion connection for the phase).
+pub fn apply_with(
+    ctx: &mut Context,
+    step: &RemoteStep,
+    exec: &Executor,
+) -> Result<PhaseReport, PhaseError> {
+    let (plans, seeding) = plans(ctx, step)?;
     let inv = ctx
         .inventory
         .as_ref()
@@ -187,6 +197,18 @@ pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseRep
     // Record what the nodes that succeeded now hold (rendered files; binaries are pinned).
     for nr in &report.nodes {
         if let Some(plan) = plans.get(&nr.node) {
+            let rec = ctx
+                .state
+                .installed_artifacts
+                .entry(step.phase.as_str().to_string())
+                .or_default();
+            rec.nodes.insert(nr.node.clone());
+            rec.paths.extend(
+                plan.files
+                    .iter()
+                    .filter(|f| matches!(f.source, FileSource::Local(_)))
+                    .map(|f| f.path.clone()),
+            );
             for f in plan
                 .files
                 .iter()
@@ -198,7 +220,7 @@ pub fn apply(ctx: &mut Context, step: &RemoteStep) -> Result<(Executor, PhaseRep
             }
         }
     }
-    Ok((exec, report))
+    Ok(report)
 }
 
 /// Pull the online images on the nodes the step succeeded on (see `image_pull`).

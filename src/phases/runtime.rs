@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use super::node_prep;
 use super::remote_step::{self, RemoteStep};
 use super::{Context, Phase, PhaseError, PhaseName, PhaseSummary};
 use crate::artifacts::Component;
@@ -53,17 +54,22 @@ impl Phase for Runtime {
 
     fn run(&self, ctx: &mut Context) -> Result<PhaseSummary, PhaseError> {
         let started = Instant::now();
-        let (exec, mut report) = remote_step::apply(ctx, &STEP)?;
+        let exec = remote_step::executor(ctx)?;
+        let kernel = node_prep::run(ctx, &exec)?;
+        if !kernel.failed_pairs().is_empty() {
+            return Ok(node_prep::summary(&kernel, started));
+        }
+        let mut report = remote_step::apply_with(ctx, &STEP, &exec)?;
         remote_step::prepull_images(ctx, &exec, &mut report)?;
         let detail = format!(
-            "containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
-            report.nodes_ok, report.files_changed, report.units_restarted
+            "kernel settings read back on {} nodes; containerd, runc, CNI, images on {} nodes; {} files changed, {} restarts",
+            kernel.nodes.len(), report.nodes_ok, report.files_changed + kernel.files_changed, report.units_restarted
         );
-        Ok(remote_step::summary(
-            PhaseName::Runtime,
-            &report,
-            started,
-            detail,
-        ))
+        let mut s = remote_step::summary(PhaseName::Runtime, &report, started, detail);
+        s.files_changed += kernel.files_changed;
+        for (node, b) in &kernel.bytes_sent {
+            *s.bytes_sent.entry(node.clone()).or_default() += b;
+        }
+        Ok(s)
     }
 }

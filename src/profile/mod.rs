@@ -138,6 +138,7 @@ pub fn parse(text: &str, file: &str, sets: &[String]) -> Result<(Profile, String
         return Err(fail(set_errors));
     }
 
+    default_cloud_login_user(&mut value);
     let mut reporter = diagnostic::Reporter::new(file, &map, &applied);
     let (profile, replaced) = deserialize_collecting(value.clone(), &mut reporter);
     let type_errors = reporter.out.len();
@@ -172,6 +173,31 @@ pub fn parse(text: &str, file: &str, sets: &[String]) -> Result<(Profile, String
             Ok((p, canonical))
         }
         _ => Err(fail(diagnostics)),
+    }
+}
+
+/// The login user of the cloud providers' default images (Ubuntu on AWS and GCP) is `ubuntu`,
+/// and those images refuse root: unless the profile names `ssh.user`, log in as `ubuntu` there
+/// (and elevate with sudo). Local and static default to root.
+pub const CLOUD_IMAGE_USER: &str = "ubuntu";
+
+fn default_cloud_login_user(value: &mut Value) {
+    let kind = value
+        .get("provider")
+        .and_then(|p| p.get("kind"))
+        .and_then(Value::as_str);
+    if !matches!(kind, Some("aws") | Some("gcp")) {
+        return;
+    }
+    let Some(root) = value.as_mapping_mut() else {
+        return;
+    };
+    let ssh = root
+        .entry(Value::from("ssh"))
+        .or_insert_with(|| Value::Mapping(Default::default()));
+    if let Some(m) = ssh.as_mapping_mut() {
+        m.entry(Value::from("user"))
+            .or_insert_with(|| Value::from(CLOUD_IMAGE_USER));
     }
 }
 
@@ -371,7 +397,7 @@ fn allowed_fields(parent: &str) -> String {
         ],
         "provider" => &["kind", "local", "static", "aws", "gcp"],
         "provider.local" => &["bridge", "root"],
-        "provider.static" => &["inventory"],
+        "provider.static" => &["inventory", "kernelExceptions"],
         "provider.aws" => &[
             "region",
             "zones",

@@ -97,6 +97,11 @@ pub struct LocalProviderSpec {
 pub struct StaticProviderSpec {
     /// Inventory file of existing hosts, relative to the profile file.
     pub inventory: String,
+    /// Kernel settings the hosts may refuse without failing the runtime phase: for hosts that are
+    /// containers, whose kernel belongs to their host (`br_netfilter`, `vm.overcommit_memory`,
+    /// `swap` …). Refusals of anything else fail the node, named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_exceptions: Vec<String>,
 }
 
 /// How pod traffic gets from one node to another node's pod CIDR (`network.podRouting`).

@@ -125,6 +125,9 @@ pub fn teardown(home: &Path, loaded: &LoadedProfile, dry_run: bool) -> Result<Ex
     if !dry_run {
         st.inventory = None;
         st.phases.clear();
+        // Nothing of the cluster is on any machine now: the next `up` installs everything.
+        st.applied_digests.clear();
+        st.installed_artifacts.clear();
         dir.save_state(&st)?;
     }
     print_teardown(&p.name, provider.name(), &report);

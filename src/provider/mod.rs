@@ -19,6 +19,7 @@ pub mod facade;
 pub mod gcp;
 pub mod local;
 pub mod static_hosts;
+pub mod static_teardown;
 
 /// Tag key on every cloud resource k8sforge creates.
 pub const CLUSTER_TAG: &str = "k8sforge.io/cluster";

@@ -309,14 +309,18 @@ impl super::Provider for StaticHosts {
         })
     }
 
-    /// Removing what k8sforge installed on the hosts is a remote step, not a provider one.
+    /// The hosts stay: what k8sforge installed on them is removed, node by node, over SSH.
     fn teardown<'a>(
         &'a self,
-        _ctx: &'a super::ProvisionContext<'a>,
-        _dry_run: bool,
+        ctx: &'a super::ProvisionContext<'a>,
+        dry_run: bool,
     ) -> super::ProviderFuture<'a, super::TeardownReport> {
         Box::pin(async move {
-            Err(super::NotImplemented("`teardown` for the static provider".into()).into())
+            // Blocking SSH fan-out: keep it off the runtime's async worker.
+            tokio::task::block_in_place(|| {
+                super::static_teardown::teardown(&ctx.cluster_dir, ctx.profile, dry_run)
+            })
+            .map_err(|e| format!("{e:#}").into())
         })
     }
 }

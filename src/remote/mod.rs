@@ -17,12 +17,15 @@ use serde::Serialize;
 use crate::inventory::{Inventory, Node};
 use crate::render::bundle::Bundle;
 
+pub mod as_found;
+pub mod bastion;
 pub mod fanout;
 pub mod fetch;
 pub mod known_hosts;
 pub mod session;
 pub mod shell;
 pub mod sync;
+pub mod uninstall;
 
 pub use known_hosts::KnownHosts;
 pub use session::{Conn, ExecOutput, Target};
@@ -55,6 +58,34 @@ pub enum RemoteError {
         presented: String,
         pinned: String,
         known_hosts: PathBuf,
+    },
+    #[error(
+        "node {node}: no SSH host key is pinned for {host} in {} (it presents {presented}), and this \
+         command is read-only: it pins nothing. Run `k8sforge up` first, which pins keys the provider \
+         reports or, failing that, on first contact.",
+        known_hosts.display()
+    )]
+    HostKeyUnknown {
+        node: String,
+        host: String,
+        presented: String,
+        known_hosts: PathBuf,
+    },
+    #[error(
+        "node {node}: user {user} cannot run commands as root without a password (`sudo -n` said: \
+         {reason}). k8sforge logs in as {user} and elevates with `sudo -n`: give {user} passwordless \
+         sudo (e.g. `{user} ALL=(ALL) NOPASSWD:ALL` in /etc/sudoers.d/), or set ssh.user to root"
+    )]
+    Sudo {
+        node: String,
+        user: String,
+        reason: String,
+    },
+    #[error("node {node}: through bastion {bastion}: {reason}")]
+    Bastion {
+        node: String,
+        bastion: String,
+        reason: String,
     },
     #[error("node {node}: {what} timed out after {secs:.1}s")]
     Timeout {
@@ -127,6 +158,9 @@ pub struct ExecutorOptions {
     /// Directory on the nodes for the sync's digest cache (see `sync::state_script`); one file
     /// per node name, so logical nodes sharing a host do not collide.
     pub digest_cache_dir: String,
+    /// Pin the host key of a host seen for the first time (trust on first use, with a line
+    /// saying so). Off for read-only commands (`status`): an unknown host is an error there.
+    pub pin_unknown_hosts: bool,
 }
 
 impl Default for ExecutorOptions {
@@ -144,6 +178,7 @@ impl Default for ExecutorOptions {
             progress: true,
             multi_progress: None,
             digest_cache_dir: "/var/lib/k8sforge/digests".into(),
+            pin_unknown_hosts: true,
         }
     }
 }
@@ -226,6 +261,8 @@ pub struct Executor {
     cluster_dir: PathBuf,
     known: KnownHosts,
     opts: ExecutorOptions,
+    /// One connection per jump host (by its spec), opened by the first node that needs it.
+    bastions: std::sync::Mutex<BTreeMap<String, Result<std::sync::Arc<bastion::Bastion>, String>>>,
 }
 
 impl Executor {
@@ -237,6 +274,7 @@ impl Executor {
             cluster_dir: cluster_dir.to_path_buf(),
             known,
             opts,
+            bastions: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -249,28 +287,70 @@ impl Executor {
         &self.known
     }
 
-    /// How to reach `node`.
+    /// How to reach `node` (as the bastion sees it, when it has one).
     pub fn target(&self, node: &Node) -> Result<Target, RemoteError> {
-        if let Some(b) = &node.ssh.bastion {
-            return Err(RemoteError::Config {
-                node: node.name.clone(),
-                reason: format!("SSH through a bastion ({b}) is not supported yet"),
-            });
-        }
-        let key = match &node.ssh.key {
-            Some(k) => expand_home(k),
-            None => crate::sshkeys::cluster_key_path(&self.cluster_dir),
-        };
         Ok(Target {
             node: node.name.clone(),
             addr: SocketAddr::new(node.ssh.host, node.ssh.port),
             user: node.ssh.user.clone(),
-            key,
+            key: self.key_of(node),
         })
     }
 
+    fn key_of(&self, node: &Node) -> PathBuf {
+        match &node.ssh.key {
+            Some(k) => expand_home(k),
+            None => crate::sshkeys::cluster_key_path(&self.cluster_dir),
+        }
+    }
+
+    /// The jump host of `node`, connected once and shared by every node behind it.
+    pub fn bastion_for(
+        &self,
+        node: &Node,
+    ) -> Result<Option<std::sync::Arc<bastion::Bastion>>, RemoteError> {
+        let Some(spec_text) = &node.ssh.bastion else {
+            return Ok(None);
+        };
+        let fail = |reason: String| RemoteError::Bastion {
+            node: node.name.clone(),
+            bastion: spec_text.clone(),
+            reason,
+        };
+        let spec = bastion::BastionSpec::parse(spec_text).map_err(fail)?;
+        // Held while connecting: the nodes waiting for it would only open more connections.
+        let mut map = self.bastions.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(spec_text) {
+            Some(Ok(b)) => return Ok(Some(b.clone())),
+            // Failed once (after its retries): the nodes behind it fail fast with the same reason.
+            Some(Err(reason)) => return Err(fail(reason.clone())),
+            None => {}
+        }
+        let addr = spec.resolve().map_err(fail)?;
+        let target = Target {
+            node: format!("bastion {spec_text}"),
+            addr,
+            user: spec.user.clone().unwrap_or_else(|| node.ssh.user.clone()),
+            key: self.key_of(node),
+        };
+        match session::connect_bastion(&target, &self.known, &self.opts) {
+            Ok(b) => {
+                tracing::debug!(bastion = %spec_text, "connected to bastion");
+                let b = std::sync::Arc::new(b);
+                map.insert(spec_text.clone(), Ok(b.clone()));
+                Ok(Some(b))
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                map.insert(spec_text.clone(), Err(reason.clone()));
+                Err(fail(reason))
+            }
+        }
+    }
+
     pub fn connect(&self, node: &Node) -> Result<Conn, RemoteError> {
-        session::connect(&self.target(node)?, &self.known, &self.opts)
+        let via = self.bastion_for(node)?;
+        session::connect(&self.target(node)?, &self.known, &self.opts, via.as_deref())
     }
 
     /// Push every node's part of `bundle` and start/restart its units.
@@ -350,8 +430,15 @@ impl Executor {
         let mut fix_meta = Vec::new();
         if !paths.is_empty() {
             let cache = format!("{}/{}", self.opts.digest_cache_dir, node.name);
+            // How the units' state directories were found, before this plan writes anything
+            // (teardown restores it); silent, so it can lead the state listing.
+            let record = as_found::record_script(&as_found::state_dirs(&plan.units));
             let out = conn.exec(
-                &sync::state_script(&paths, &cache),
+                &format!(
+                    "{}{}",
+                    record.unwrap_or_default(),
+                    sync::state_script(&paths, &cache)
+                ),
                 self.opts.command_timeout,
             )?;
             let state = sync::parse_state(&out.stdout).map_err(|reason| RemoteError::Ssh {
@@ -374,9 +461,10 @@ impl Executor {
                 self.opts.transfer_timeout,
             )?;
         }
+        let staged = conn.take_staged();
         if !uploads.is_empty() || !fix_meta.is_empty() {
             conn.exec(
-                &sync::finalize_script(&uploads, &fix_meta),
+                &sync::finalize_script(&staged, &uploads, &fix_meta),
                 self.opts.command_timeout,
             )?;
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use ssh2::{ErrorCode, MethodType, OpenFlags, OpenType, Session};
 
+use super::bastion::Bastion;
 use super::known_hosts::{self, HostKeyCheck, KnownHosts};
 use super::sync::{shell_quote, FileSource};
 use super::{ExecutorOptions, RemoteError};
@@ -52,9 +53,16 @@ const CHUNK: usize = 1 << 20;
 pub struct Conn {
     sess: Session,
     node: String,
+    user: String,
+    /// The login user is not root: commands run under `sudo -n`, uploads go through `staging`.
+    elevate: bool,
     sftp: Option<ssh2::Sftp>,
     /// The session's socket, to wait on while non-blocking.
     fd: std::os::unix::io::RawFd,
+    /// Upload directory the login user owns (`~/.k8sforge-staging`), created on first upload.
+    staging: Option<String>,
+    /// `(staged file, temp path next to the target)` of uploads not yet moved into place.
+    staged: Vec<(String, String)>,
     /// Payload bytes sent to the node: command texts and uploaded file contents (the SSH
     /// framing and handshake are not counted).
     sent: std::cell::Cell<u64>,
@@ -111,10 +119,11 @@ pub fn connect(
     target: &Target,
     known: &KnownHosts,
     opts: &ExecutorOptions,
+    via: Option<&Bastion>,
 ) -> Result<Conn, RemoteError> {
     let mut attempt = 0;
     loop {
-        match connect_once(target, known, opts) {
+        match connect_once(target, known, opts, via) {
             Ok(c) => return Ok(c),
             Err(e) if e.is_retryable() && attempt < opts.retries => {
                 let wait = backoff(opts, attempt);
@@ -131,7 +140,112 @@ fn connect_once(
     target: &Target,
     known: &KnownHosts,
     opts: &ExecutorOptions,
+    via: Option<&Bastion>,
 ) -> Result<Conn, RemoteError> {
+    let node = target.node.clone();
+    let addr = target.addr;
+    check_key_file(target)?;
+    let mut sess = Session::new().map_err(|e| RemoteError::Connect {
+        node: node.clone(),
+        addr,
+        reason: e.to_string(),
+    })?;
+    let fd = match via {
+        None => {
+            let tcp = dial(target, opts)?;
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+            sess.set_tcp_stream(tcp);
+            fd
+        }
+        Some(b) => {
+            let s = b.open(&node, addr, opts.connect_timeout)?;
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&s);
+            sess.set_tcp_stream(s);
+            fd
+        }
+    };
+    establish(&mut sess, target, known, opts)?;
+    Ok(Conn {
+        sess,
+        node,
+        user: target.user.clone(),
+        elevate: target.user != "root",
+        sftp: None,
+        fd,
+        staging: None,
+        staged: Vec::new(),
+        sent: std::cell::Cell::new(0),
+    })
+}
+
+fn check_key_file(target: &Target) -> Result<(), RemoteError> {
+    if !target.key.is_file() {
+        return Err(RemoteError::Config {
+            node: target.node.clone(),
+            reason: format!(
+                "SSH private key {} does not exist (set ssh.privateKey in the profile or generate the cluster key)",
+                target.key.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn dial(target: &Target, opts: &ExecutorOptions) -> Result<TcpStream, RemoteError> {
+    let tcp = TcpStream::connect_timeout(&target.addr, opts.connect_timeout).map_err(|e| {
+        RemoteError::Connect {
+            node: target.node.clone(),
+            addr: target.addr,
+            reason: e.to_string(),
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// An authenticated session to a jump host, running its channel pump. `target.node` labels it
+/// in errors and logs (`bastion <spec>`); its host key is pinned like a node's.
+pub fn connect_bastion(
+    target: &Target,
+    known: &KnownHosts,
+    opts: &ExecutorOptions,
+) -> Result<Bastion, RemoteError> {
+    let mut attempt = 0;
+    loop {
+        let once = || -> Result<Bastion, RemoteError> {
+            check_key_file(target)?;
+            let tcp = dial(target, opts)?;
+            let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
+            let mut sess = Session::new().map_err(|e| RemoteError::Connect {
+                node: target.node.clone(),
+                addr: target.addr,
+                reason: e.to_string(),
+            })?;
+            sess.set_tcp_stream(tcp);
+            establish(&mut sess, target, known, opts)?;
+            Bastion::start(target.node.clone(), sess, fd)
+        };
+        match once() {
+            Ok(b) => return Ok(b),
+            Err(e) if e.is_retryable() && attempt < opts.retries => {
+                let wait = backoff(opts, attempt);
+                tracing::debug!(bastion = %target.node, attempt, ?wait, error = %e, "retrying bastion connect");
+                std::thread::sleep(wait);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Handshake over the session's stream, check the host key against the pins (pin an unknown one
+/// when the options allow), authenticate by key.
+fn establish(
+    sess: &mut Session,
+    target: &Target,
+    known: &KnownHosts,
+    opts: &ExecutorOptions,
+) -> Result<(), RemoteError> {
     let node = target.node.clone();
     let addr = target.addr;
     let connect_err = |reason: String| RemoteError::Connect {
@@ -139,20 +253,6 @@ fn connect_once(
         addr,
         reason,
     };
-    if !target.key.is_file() {
-        return Err(RemoteError::Config {
-            node: node.clone(),
-            reason: format!(
-                "SSH private key {} does not exist (set ssh.privateKey in the profile or generate the cluster key)",
-                target.key.display()
-            ),
-        });
-    }
-    let tcp = TcpStream::connect_timeout(&addr, opts.connect_timeout)
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tcp);
-    let mut sess = Session::new().map_err(|e| connect_err(e.to_string()))?;
     // The handshake and auth are bounded by the connect timeout too.
     sess.set_timeout(millis(opts.connect_timeout));
     let pattern = known_hosts::host_pattern(addr.ip(), addr.port());
@@ -162,7 +262,6 @@ fn connect_once(
     let prefs = hostkey_prefs(&known.pinned_types(&pattern), &supported);
     sess.method_pref(MethodType::HostKey, &prefs)
         .map_err(|e| connect_err(e.to_string()))?;
-    sess.set_tcp_stream(tcp);
     sess.handshake()
         .map_err(|e| connect_err(format!("SSH handshake: {e}")))?;
 
@@ -172,13 +271,32 @@ fn connect_once(
     let blob = blob.to_vec();
     match known.check(&pattern, &blob) {
         HostKeyCheck::Match => {}
+        HostKeyCheck::Unknown if !opts.pin_unknown_hosts => {
+            return Err(RemoteError::HostKeyUnknown {
+                node,
+                host: pattern,
+                presented: format!(
+                    "{} {}",
+                    known_hosts::blob_key_type(&blob).unwrap_or_default(),
+                    known_hosts::fingerprint(&blob)
+                ),
+                known_hosts: known.path().to_path_buf(),
+            });
+        }
         HostKeyCheck::Unknown => {
-            known.pin(&node, &pattern, &blob)?;
+            // A node's name is pinned as an alias (for `ssh NODE`); a bastion's label is not a
+            // host name, so its address alone is.
+            let alias = if node.contains(char::is_whitespace) {
+                pattern.clone()
+            } else {
+                node.clone()
+            };
+            known.pin(&alias, &pattern, &blob)?;
             tracing::info!(
-                node = %node,
-                host = %pattern,
-                fingerprint = %known_hosts::fingerprint(&blob),
-                "pinned SSH host key on first contact (trust on first use)"
+                "{node}: pinned SSH host key {} {} of {pattern} on first contact (trust on first use; \
+                 the provider reported none)",
+                known_hosts::blob_key_type(&blob).unwrap_or_default(),
+                known_hosts::fingerprint(&blob)
             );
         }
         HostKeyCheck::Changed { pinned } => {
@@ -211,13 +329,7 @@ fn connect_once(
             reason: "server did not accept the key".into(),
         });
     }
-    Ok(Conn {
-        sess,
-        node,
-        sftp: None,
-        fd,
-        sent: std::cell::Cell::new(0),
-    })
+    Ok(())
 }
 
 fn is_timeout(e: &ssh2::Error) -> bool {
@@ -274,7 +386,11 @@ impl Conn {
     pub fn exec_status(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RemoteError> {
         let what = format!("command `{}`", summarize(cmd));
         let secs = timeout.as_secs_f64().max(0.001);
-        let wrapped = format!("timeout -k 5 {secs:.3} sh -c {}", shell_quote(cmd));
+        let mut wrapped = format!("timeout -k 5 {secs:.3} sh -c {}", shell_quote(cmd));
+        if self.elevate {
+            // Never prompt: a password prompt would hang a thousand sessions.
+            wrapped = format!("sudo -n -- {wrapped}");
+        }
         self.sess.set_timeout(millis(timeout + LOCAL_SLACK));
         let started = Instant::now();
         let map = |e: ssh2::Error| {
@@ -307,11 +423,32 @@ impl Conn {
         {
             return Err(self.timeout_err(&what, timeout));
         }
-        Ok(ExecOutput {
+        let out = ExecOutput {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        })
+        };
+        if self.elevate {
+            if let Some(reason) = sudo_refusal(out.status, &out.stderr) {
+                return Err(RemoteError::Sudo {
+                    node: self.node.clone(),
+                    user: self.user.clone(),
+                    reason,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The login user is not root, so commands run under `sudo -n`.
+    pub fn elevated(&self) -> bool {
+        self.elevate
+    }
+
+    /// Uploads of this session that went to the staging directory, with the temp path each must
+    /// be moved to (by an elevated command) before it is verified and renamed into place.
+    pub fn take_staged(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.staged)
     }
 
     /// Read stdout and stderr until the remote side closes them, or fail at `deadline`.
@@ -422,9 +559,31 @@ impl Conn {
         let Some(sftp) = self.sftp.as_ref() else {
             return Err(self.ssh_err(&what, "no SFTP subsystem"));
         };
+        // Not root: SFTP runs as the login user, who cannot write next to the target. The bytes
+        // go to a directory that user owns; the elevated finalize step moves them next to the
+        // target, then verifies and renames as before (so atomicity and checksums are unchanged).
+        let dest = if self.elevate {
+            if self.staging.is_none() {
+                let home = sftp.realpath(Path::new(".")).map_err(map)?;
+                let dir = home.join(STAGING_DIR);
+                if sftp.stat(&dir).is_err() {
+                    sftp.mkdir(&dir, 0o700).map_err(map)?;
+                }
+                self.staging = Some(dir.display().to_string());
+            }
+            let dir = self.staging.clone().unwrap_or_default();
+            let staged = format!("{dir}/{}", staged_name(&self.node, remote_path));
+            self.staged.push((staged.clone(), remote_path.to_string()));
+            staged
+        } else {
+            remote_path.to_string()
+        };
+        let Some(sftp) = self.sftp.as_ref() else {
+            return Err(self.ssh_err(&what, "no SFTP subsystem"));
+        };
         let mut remote = sftp
             .open_mode(
-                Path::new(remote_path),
+                Path::new(&dest),
                 OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE,
                 0o600,
                 OpenType::File,
@@ -480,6 +639,30 @@ impl Conn {
     }
 }
 
+/// Upload directory under the login user's home, for sessions that elevate.
+pub const STAGING_DIR: &str = ".k8sforge-staging";
+
+/// A staged file's name: node and target path, `/` spelled `%` (never in a validated path).
+fn staged_name(node: &str, path: &str) -> String {
+    format!("{node}--{}", path.replace('/', "%"))
+}
+
+/// What `sudo -n` says when it will not run the command: a password or a tty is needed, the
+/// user may not use sudo, or sudo is missing. None for the command's own failures.
+fn sudo_refusal(status: i32, stderr: &str) -> Option<String> {
+    let line = stderr.lines().find(|l| {
+        l.starts_with("sudo:") || l.contains("sudo: not found") || l.contains("not in the sudoers")
+    })?;
+    let refused = (status == 1
+        && (line.contains("password is required")
+            || line.contains("terminal is required")
+            || line.contains("not in the sudoers")
+            || line.contains("not allowed to")
+            || line.contains("may not run sudo")))
+        || (status == 127 && line.contains("not found"));
+    refused.then(|| line.trim().to_string())
+}
+
 /// First line of a command, shortened, for error messages.
 fn summarize(cmd: &str) -> String {
     let first = cmd.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -533,6 +716,24 @@ mod tests {
         assert_eq!(
             hostkey_prefs(&[], &supported),
             "ssh-ed25519,ecdsa-sha2-nistp256,rsa-sha2-256,ssh-rsa"
+        );
+    }
+
+    #[test]
+    fn sudo_refusals_are_told_apart_from_command_failures() {
+        assert!(sudo_refusal(1, "sudo: a password is required\n").is_some());
+        assert!(sudo_refusal(
+            1,
+            "sudo: a terminal is required to read the password; either use the -S option\n"
+        )
+        .is_some());
+        assert!(sudo_refusal(1, "ubuntu is not in the sudoers file.\n").is_some());
+        assert!(sudo_refusal(127, "sh: 1: sudo: not found\n").is_some());
+        assert!(sudo_refusal(1, "mkdir: cannot create directory\n").is_none());
+        assert!(sudo_refusal(2, "sudo: a password is required").is_none());
+        assert_eq!(
+            staged_name("w1", "/etc/etcd/.x.k8sforge-tmp"),
+            "w1--%etc%etcd%.x.k8sforge-tmp"
         );
     }
 

@@ -292,8 +292,22 @@ pub fn temp_path(path: &str) -> String {
 
 /// After uploads: verify each temp file's sha256, set owner and mode, rename over the target
 /// (atomic), fsync the directories; for metadata-only changes, set owner and mode in place.
-pub fn finalize_script(uploads: &[&SyncFile], fix_meta: &[&SyncFile]) -> String {
+///
+/// `staged` are uploads a non-root login wrote to its own staging directory: each is first moved
+/// to its temp path next to the target (same filesystem as the target from then on).
+pub fn finalize_script(
+    staged: &[(String, String)],
+    uploads: &[&SyncFile],
+    fix_meta: &[&SyncFile],
+) -> String {
     let mut s = String::from("set -eu\n");
+    for (from, to) in staged {
+        s.push_str(&format!(
+            "mv -f -- {} {}\n",
+            shell_quote(from),
+            shell_quote(to)
+        ));
+    }
     if !uploads.is_empty() {
         s.push_str("sha256sum --quiet -c - <<'K8SFORGE_SUMS'\n");
         for f in uploads {

@@ -6,4 +6,6 @@ pub mod sshd;
 
 pub use placeholder_pki::*;
 pub mod aws;
+pub mod cloud_nodes;
+pub mod local_cluster;
 pub mod subnet;
