@@ -52,7 +52,13 @@ struct Cluster {
 impl Cluster {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path()).arg(args[0]);
+        // `team add …`: the profile flags belong to the sub-command.
+        let verb = if matches!(args[0], "team" | "user") {
+            2
+        } else {
+            1
+        };
+        c.env("K8SFORGE_HOME", self.home.path()).args(&args[..verb]);
         c.args(["--profile", "local-3"]);
         for s in [
             format!("name={}", self.name),
@@ -63,7 +69,7 @@ impl Cluster {
         {
             c.args(["--set", s]);
         }
-        c.args(&args[1..]);
+        c.args(&args[verb..]);
         c
     }
 
@@ -354,6 +360,12 @@ fn training_stack_storage_gpu_quota_and_smoke_on_a_local_cluster() {
     // A second run writes nothing.
     let (_, again) = c.up(&["--only", "training"]);
     assert_eq!(phase(&again, "training")["files_changed"], 0, "{again:#}");
+    // For BENCHMARKS.md (not asserted: figures are not test conditions).
+    eprintln!(
+        "figure: training phase {} s (first), {} s (nothing to change)",
+        training_phase["elapsed"],
+        phase(&again, "training")["elapsed"]
+    );
 
     // 2. GPU quota without a GPU: both workers advertise 4 nvidia.com/gpu.
     advertise_gpus(&c, "worker-1", 4);
