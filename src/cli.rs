@@ -256,13 +256,38 @@ pub enum CertsCommand {
         /// Exit non-zero when a certificate expires within this many days
         #[arg(long, default_value_t = 30)]
         warn_days: u32,
+        /// Check the state directory only (by default the certificates deployed on every
+        /// provisioned node are read over SSH too)
+        #[arg(long)]
+        offline: bool,
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },
-    /// Re-issue certificates across the cluster without downtime
+    /// Re-issue leaf certificates and roll them out node by node without downtime
+    #[command(
+        after_help = "Examples:\n  k8sforge certs rotate --dry-run\n  k8sforge certs rotate --within 30d\n  k8sforge certs rotate --only apiserver etcd/server --output json"
+    )]
     Rotate {
         #[command(flatten)]
         profile: ProfileArgs,
+        /// Only these certificates (table names, e.g. apiserver, kubelet-worker-1, or a family:
+        /// kubelet, etcd/server, etcd/peer)
+        #[arg(long, num_args = 1.., value_name = "NAME")]
+        only: Vec<String>,
+        /// Only certificates expiring within this long (e.g. 30d, 12h)
+        #[arg(long, value_name = "DURATION")]
+        within: Option<String>,
+        /// Rotate the CAs (new CA into every trust bundle first, old one removed last)
+        #[arg(long)]
+        ca: bool,
+        /// Print the plan (certificates, nodes, files, units, order) and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Nodes per kubelet/kube-proxy batch
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        batch: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
     },
 }
 

@@ -2,7 +2,6 @@
 //! `known_hosts` and `bundle/`. One lock per cluster, so two runs never interleave.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
@@ -23,10 +22,9 @@ pub enum StateError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error(
-        "another k8sforge run holds the lock on cluster {cluster} ({path}); wait for it to finish"
-    )]
-    Locked { cluster: String, path: PathBuf },
+    /// Boxed: the holder record would make every state result large.
+    #[error(transparent)]
+    Locked(Box<crate::cluster_lock::LockError>),
     #[error(
         "no state for cluster {cluster} in {home}: run `k8sforge plan` or `k8sforge up` first"
     )]
@@ -70,6 +68,10 @@ pub struct State {
     /// the nodes hold, for `plan` to say what would change.
     #[serde(default)]
     pub applied_digests: BTreeMap<String, String>,
+    /// A `certs rotate` in progress: its plan and how far it got (resumed by the next run).
+    /// Kept as JSON: its shape is `rotate::RotationRecord`'s, a layer above the state file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<serde_json::Value>,
     /// Artifact files (binaries, image archives) each remote phase installed, and on which
     /// nodes: with the rendered bundle, what static-host teardown removes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -87,7 +89,7 @@ pub struct InstalledArtifacts {
 pub struct ClusterDir {
     pub cluster: String,
     pub root: PathBuf,
-    _lock: fd_lock::RwLock<File>,
+    _lock: crate::cluster_lock::ClusterLock,
 }
 
 impl ClusterDir {
@@ -100,24 +102,8 @@ impl ClusterDir {
         };
         fsutil::ensure_dir(home, fsutil::PRIVATE_DIR).map_err(io)?;
         fsutil::ensure_dir(&root, fsutil::PRIVATE_DIR).map_err(io)?;
-        let lock_path = root.join(".lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io)?;
-        let mut lock = fd_lock::RwLock::new(file);
-        // try_write's guard borrows the lock; keep the lock itself and re-take by leaking the guard.
-        match lock.try_write() {
-            Ok(guard) => std::mem::forget(guard),
-            Err(_) => {
-                return Err(StateError::Locked {
-                    cluster: cluster.to_string(),
-                    path: lock_path,
-                })
-            }
-        }
+        let lock = crate::cluster_lock::ClusterLock::acquire(&root.join(".lock"), cluster)
+            .map_err(|e| StateError::Locked(Box::new(e)))?;
         Ok(ClusterDir {
             cluster: cluster.to_string(),
             root,

@@ -35,6 +35,15 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// unit → `systemctl is-active` answer, for units installed on the node.
     pub units: BTreeMap<String, String>,
+    /// Days until the first certificate deployed on the node expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_days_left: Option<i64>,
+    /// Deployed certificates that are not ok (expiring, expired, missing, drift), `path status`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_problems: Vec<String>,
+    /// `/readyz` of the apiserver on this node (control planes with a running apiserver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_ready: Option<bool>,
     /// GPU nodes: the last GPU preflight's result (`passed`, `failed: …`), or `unverified`
     /// before the addons phase ran it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,6 +107,9 @@ pub fn collect(
                     reachable: true,
                     error: None,
                     units,
+                    cert_days_left: None,
+                    cert_problems: Vec::new(),
+                    api_ready: None,
                     gpu_health: (n.gpus > 0)
                         .then(|| health.unwrap_or_else(|| "unverified".to_string())),
                 }
@@ -107,6 +119,9 @@ pub fn collect(
                 reachable: false,
                 error: Some(e.to_string()),
                 units: BTreeMap::new(),
+                cert_days_left: None,
+                cert_problems: Vec::new(),
+                api_ready: None,
                 gpu_health: None,
             },
         })
@@ -134,8 +149,21 @@ pub fn print_table(s: &ClusterStatus) {
             phases.join(", ")
         }
     );
-    println!("{:<24} {:<10} UNITS", "NODE", "SSH");
+    println!(
+        "{:<24} {:<10} {:<10} {:<8} UNITS",
+        "NODE", "SSH", "CERTS", "API"
+    );
     for n in &s.nodes {
+        let certs = match (n.cert_days_left, n.cert_problems.len()) {
+            (Some(d), 0) => format!("{d}d"),
+            (Some(d), p) => format!("{d}d,{p}!"),
+            (None, _) => "-".into(),
+        };
+        let api = match n.api_ready {
+            Some(true) => "ready",
+            Some(false) => "NOT-READY",
+            None => "-",
+        };
         let units = if n.reachable {
             n.units
                 .iter()
@@ -150,10 +178,13 @@ pub fn print_table(s: &ClusterStatus) {
             None => units,
         };
         println!(
-            "{:<24} {:<10} {units}",
+            "{:<24} {:<10} {certs:<10} {api:<8} {units}",
             n.node,
             if n.reachable { "ok" } else { "DOWN" }
         );
+        for p in &n.cert_problems {
+            println!("{:<24}   certificate {p}", "");
+        }
     }
 }
 
@@ -163,6 +194,8 @@ impl ClusterStatus {
         self.nodes.iter().all(|n| {
             n.reachable
                 && n.units.values().all(|s| s == "active")
+                && n.api_ready != Some(false)
+                && n.cert_problems.is_empty()
                 && n.gpu_health.as_deref().is_none_or(|h| h == "passed")
         })
     }

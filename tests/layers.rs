@@ -17,6 +17,7 @@ use std::path::Path;
 /// A module may import only from layers listed before its own.
 const LAYERS: &[(&str, &[&str])] = &[
     ("atomic file writes", &["fsutil"]),
+    ("the per-cluster lock and its holder record", &["cluster_lock"]),
     ("pinned versions, artifact source and cache", &["artifacts"]),
     ("the profile: schema, built-ins, validation", &["profile"]),
     ("nodes, roles, addresses, pod CIDRs", &["inventory"]),
@@ -29,6 +30,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "SSH fan-out and file sync; the kube API client",
         &["remote", "kube"],
     ),
+    ("the certificates deployed on the nodes, read over SSH", &["deployed_certs"]),
     (
         // The provider sits beside inventory in the data flow (it produces the Inventory) and
         // may call every layer below it, the remote executor included.
@@ -44,6 +46,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("the training stack: operators, queues, teams, users", &["training"]),
     ("the phases of `up`", &["phases"]),
+    (
+        "certificate rotation: plan, staged rollout, resumable record",
+        &["rotate"],
+    ),
     ("command-line definitions", &["cli"]),
     ("one module per verb", &["commands"]),
 ];

@@ -746,3 +746,48 @@ fn certs_check_through_the_binary() {
         "not in the certificate table of this profile"
     );
 }
+
+/// `plan`/`up` never renew a certificate for nearing its expiry (that restarts what uses it, all
+/// at once): they keep every file and report what is due, with the command that renews it.
+#[test]
+fn certificates_near_expiry_are_kept_and_reported_not_renewed() {
+    let (p, inv) = load("local-3", &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(&p.name);
+    let now = time::OffsetDateTime::now_utc();
+    pki::ensure_at(&p, &inv, &dir, now).unwrap();
+    let before = snapshot(&dir);
+
+    // 340 days into 365-day leaves: every leaf is inside its 30-day window; the 10-year CAs are not.
+    let later = pki::ensure_at(&p, &inv, &dir, now + time::Duration::days(340)).unwrap();
+    assert!(later.issued.is_empty(), "renewed {:?}", later.issued);
+    assert!(later.written.is_empty(), "rewrote {:?}", later.written);
+    assert_eq!(changed(&dir, &before, &snapshot(&dir)), BTreeSet::new());
+    let leaves = table::expand(&p, &inv)
+        .into_iter()
+        .filter(|c| c.is_ca.is_none())
+        .count();
+    assert_eq!(later.due.len(), leaves);
+    assert!(later.due.iter().all(|d| !d.is_ca && d.days_left == 24));
+    let warning = later.due_warning("local-3").unwrap();
+    assert!(warning.contains("were NOT renewed"), "{warning}");
+    assert!(
+        warning.contains("k8sforge certs rotate --profile local-3 --within 30d"),
+        "{warning}"
+    );
+
+    // Past the leaves' expiry and inside the CAs' window: still nothing issued; the CAs are
+    // named with their own command.
+    let ca_due = pki::ensure_at(&p, &inv, &dir, now + time::Duration::days(3640)).unwrap();
+    assert!(ca_due.issued.is_empty(), "renewed {:?}", ca_due.issued);
+    assert_eq!(changed(&dir, &before, &snapshot(&dir)), BTreeSet::new());
+    assert_eq!(ca_due.due.iter().filter(|d| d.is_ca).count(), 3);
+    let warning = ca_due.due_warning("local-3").unwrap();
+    assert!(warning.contains("(EXPIRED)"), "{warning}");
+    assert!(
+        warning.contains("k8sforge certs rotate --profile local-3 --ca"),
+        "{warning}"
+    );
+    // Nothing due today.
+    assert_eq!(pki::ensure(&p, &inv, &dir).unwrap().due_warning("x"), None);
+}

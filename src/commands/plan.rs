@@ -25,6 +25,8 @@ struct PlanSummary {
     api_endpoint: String,
     certificates_issued: Vec<String>,
     certificates_reused: usize,
+    /// Kept certificates due for renewal (`certs rotate` renews them; `plan` never does).
+    certificates_due: Vec<pki::DueCert>,
     bundle_dir: PathBuf,
     bundle_files: usize,
     bundle_files_changed: usize,
@@ -102,12 +104,16 @@ pub fn run(
         api_endpoint: inv.api.url(),
         certificates_issued: pki_report.issued.clone(),
         certificates_reused: pki_report.reused,
+        certificates_due: pki_report.due.clone(),
         bundle_dir: out_dir.clone(),
         bundle_files: written.files,
         bundle_files_changed: written.changed,
         changed_since_last_plan: changed,
         compared_with_applied: against_applied,
     };
+    if let Some(w) = pki_report.due_warning(&loaded.cli_arg()) {
+        eprintln!("{w}");
+    }
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         OutputFormat::Text => {

@@ -24,6 +24,10 @@ pub fn run(
 ) -> Result<ExitCode> {
     let loaded = load_profile(args)?;
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
+    // A half-done `certs rotate` owns the rollout order until it finishes.
+    if let Some(rec) = crate::rotate::RotationRecord::of(&dir.load_state()?)? {
+        anyhow::bail!(rec.refusal(&loaded.profile.name, "up", &loaded.cli_arg()));
+    }
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",
         loaded.profile.name,

@@ -132,6 +132,7 @@ impl Phase for Addons {
             files_changed: created + changed,
             units_restarted: 0,
             failed_nodes: gpu.failed,
+            warnings: Vec::new(),
             detail: format!(
                 "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready{gpu_detail}",
                 manifests.len()

@@ -117,6 +117,9 @@ pub struct PhaseSummary {
     pub units_restarted: usize,
     /// `(node, error)` for every node the phase failed on.
     pub failed_nodes: Vec<(String, String)>,
+    /// Things the operator must act on although the phase succeeded (printed under its line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Short human detail, e.g. "3 nodes" or "12 certificates issued".
     pub detail: String,
     /// Payload bytes the operator's side sent each node over SSH in this phase.

@@ -349,6 +349,7 @@ pub fn summary(report: &KernelReport, started: std::time::Instant) -> super::Pha
         failed_nodes: failed,
         bytes_sent: report.bytes_sent.clone(),
         bytes_fetched: 0,
+        warnings: Vec::new(),
         elapsed: started.elapsed(),
     }
 }

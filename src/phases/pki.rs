@@ -1,6 +1,7 @@
 //! Phase `pki`: the CAs, every certificate of the table, kubeconfigs and the encryption config,
 //! in the cluster's state directory. Always runs: `pki::ensure` keeps every valid file and issues
-//! only what is missing or wrong, so a re-run issues nothing.
+//! only what is missing or wrong, so a re-run issues nothing. It never renews a certificate for
+//! nearing its expiry: it warns and names `certs rotate`, which renews without downtime.
 
 use std::time::Instant;
 
@@ -31,7 +32,20 @@ impl Phase for Pki {
             files_changed: report.issued.len() + report.written.len(),
             units_restarted: 0,
             failed_nodes: Vec::new(),
-            detail: format!("{} issued, {} reused", report.issued.len(), report.reused),
+            warnings: report
+                .due_warning(&ctx.loaded.cli_arg())
+                .into_iter()
+                .collect(),
+            detail: if report.due.is_empty() {
+                format!("{} issued, {} reused", report.issued.len(), report.reused)
+            } else {
+                format!(
+                    "{} issued, {} reused, {} due for renewal",
+                    report.issued.len(),
+                    report.reused,
+                    report.due.len()
+                )
+            },
             bytes_sent: Default::default(),
             bytes_fetched: 0,
             elapsed: started.elapsed(),

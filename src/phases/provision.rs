@@ -43,6 +43,7 @@ impl Phase for Provision {
             files_changed: 0,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            warnings: Vec::new(),
             detail: out.detail,
             bytes_sent: Default::default(),
             bytes_fetched: 0,

@@ -249,6 +249,7 @@ pub fn summary(
         files_changed: report.files_changed,
         units_restarted: report.units_restarted,
         failed_nodes: report.failed_pairs(),
+        warnings: Vec::new(),
         detail: if report.ok() {
             detail
         } else {

@@ -94,6 +94,7 @@ pub fn run_up(
             files_changed: 0,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            warnings: Vec::new(),
             detail,
             bytes_sent: Default::default(),
             bytes_fetched: 0,
@@ -148,6 +149,11 @@ pub fn run_up(
         line.finish(ok, &s.detail);
         for (node, err) in &s.failed_nodes {
             eprintln!("     {node}: {err}");
+        }
+        for w in &s.warnings {
+            for l in w.lines() {
+                eprintln!("   {l}");
+            }
         }
         let failed = s.outcome == Outcome::Failed;
         report.phases.push(s);

@@ -37,6 +37,7 @@ impl Phase for Training {
             files_changed,
             units_restarted: 0,
             failed_nodes: Vec::new(),
+            warnings: Vec::new(),
             detail,
             bytes_sent: Default::default(),
             bytes_fetched: 0,

@@ -2,9 +2,7 @@
 //! subject, SANs, issuer, expiry, and whether it still matches its row. Exit status 2 when any
 //! certificate is missing, unreadable, expired or inside the warning window, so it works from cron.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::ExitCode;
 
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
@@ -66,7 +64,7 @@ pub struct CheckReport {
     pub cluster: String,
     pub warn_days: u32,
     pub certificates: Vec<CertStatus>,
-    /// True when every certificate is `ok`.
+    /// True when every certificate of the state directory is `ok`.
     pub ok: bool,
 }
 
@@ -216,44 +214,6 @@ fn one(
         Err(e) => st.problem = Some(e.to_string()),
     }
     st
-}
-
-/// Print the report (table or JSON) to stdout; the exit status says whether all is well.
-pub fn run(
-    profile: &Profile,
-    inventory: &Inventory,
-    cluster_dir: &Path,
-    warn_days: u32,
-    json: bool,
-) -> Result<ExitCode, PkiError> {
-    let report = inspect(
-        profile,
-        inventory,
-        cluster_dir,
-        warn_days,
-        OffsetDateTime::now_utc(),
-    )?;
-    let mut out = std::io::stdout().lock();
-    let text = if json {
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-    } else {
-        table_text(&report)
-    };
-    // A closed stdout (`| head`) is not a certificate problem.
-    let _ = out.write_all(text.as_bytes());
-    let bad = report
-        .certificates
-        .iter()
-        .filter(|c| c.status != Status::Ok)
-        .count();
-    if bad == 0 {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "k8sforge: {bad} certificate(s) missing, invalid, expired or expiring within {warn_days} days; `k8sforge plan` re-issues them"
-        );
-        Ok(ExitCode::from(EXIT_ATTENTION))
-    }
 }
 
 /// Aligned text table, one certificate per line.

@@ -3,7 +3,9 @@
 //!
 //! `ensure` walks the table (`table::expand`): every CA, then every leaf in parallel. What is on
 //! disk is kept when it still matches its row, its CA and its key; everything else is issued
-//! anew and written in one atomic batch. Kubeconfigs and the encryption config are derived files,
+//! anew and written in one atomic batch. A certificate that only nears its expiry is kept and
+//! reported as due: renewing it means restarting what uses it, which is `certs rotate`'s job
+//! (node by node, in a safe order), never a side effect of `up` or `plan`. Kubeconfigs and the encryption config are derived files,
 //! written only when their content changes, so a re-run leaves every file untouched.
 
 pub mod check;
@@ -11,6 +13,7 @@ pub mod encryption;
 pub mod issue;
 pub mod kubeconfig;
 pub mod layout;
+pub mod rotate;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -62,6 +65,61 @@ pub struct PkiReport {
     pub reused: usize,
     /// Kubeconfigs and other derived files written because their content changed.
     pub written: Vec<String>,
+    /// Kept certificates inside their renewal window (or past it): `certs rotate` renews them.
+    pub due: Vec<DueCert>,
+}
+
+/// A kept certificate that should be rotated soon.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DueCert {
+    pub name: String,
+    pub days_left: i64,
+    pub is_ca: bool,
+}
+
+impl PkiReport {
+    /// The warning `up` and `plan` print when certificates are due, naming the command that
+    /// renews them (`profile_arg` is how the user named the profile); None when nothing is due.
+    pub fn due_warning(&self, profile_arg: &str) -> Option<String> {
+        if self.due.is_empty() {
+            return None;
+        }
+        let list = |ca: bool| -> Vec<String> {
+            self.due
+                .iter()
+                .filter(|d| d.is_ca == ca)
+                .map(|d| {
+                    if d.days_left < 0 {
+                        format!("{} (EXPIRED)", d.name)
+                    } else {
+                        format!("{} ({} days left)", d.name, d.days_left)
+                    }
+                })
+                .collect()
+        };
+        let (cas, leaves) = (list(true), list(false));
+        let mut s = String::new();
+        if !leaves.is_empty() {
+            let shown: Vec<&str> = leaves.iter().take(5).map(String::as_str).collect();
+            let more = leaves.len().saturating_sub(shown.len());
+            s.push_str(&format!(
+                "warning: {} certificate(s) are due for renewal and were NOT renewed: {}{}\n  renew them without downtime: k8sforge certs rotate --profile {profile_arg} --within 30d",
+                leaves.len(),
+                shown.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+            ));
+        }
+        if !cas.is_empty() {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            s.push_str(&format!(
+                "warning: CA certificate(s) near expiry and NOT renewed: {}\n  rotate the CAs: k8sforge certs rotate --profile {profile_arg} --ca",
+                cas.join(", ")
+            ));
+        }
+        Some(s)
+    }
 }
 
 /// A certificate and key, either kept from disk or just issued.
@@ -71,6 +129,8 @@ struct Material {
     key: KeyPair,
     /// Why it was issued; None when kept.
     issued: Option<Stale>,
+    /// Kept, but inside its renewal window: days left.
+    due: Option<i64>,
 }
 
 /// Make sure every CA, certificate, key, kubeconfig and the encryption config exist under
@@ -79,6 +139,16 @@ pub fn ensure(
     profile: &Profile,
     inventory: &Inventory,
     cluster_dir: &Path,
+) -> Result<PkiReport, PkiError> {
+    ensure_at(profile, inventory, cluster_dir, OffsetDateTime::now_utc())
+}
+
+/// `ensure` as if the clock said `now` (tests move it forward to see renewal windows).
+pub fn ensure_at(
+    profile: &Profile,
+    inventory: &Inventory,
+    cluster_dir: &Path,
+    now: OffsetDateTime,
 ) -> Result<PkiReport, PkiError> {
     let certs = table::expand(profile, inventory);
     // Bad names in the profile fail before anything is written.
@@ -93,7 +163,6 @@ pub fn ensure(
     for d in [cluster_dir, &pki, &pki.join("etcd"), &kubeconfigs] {
         fsutil::ensure_dir(d, fsutil::PRIVATE_DIR).map_err(io_err(d))?;
     }
-    let now = OffsetDateTime::now_utc();
     let progress = progress_bar(certs.len() as u64);
 
     // CAs first: a re-issued CA makes every child fail its signature check below.
@@ -225,6 +294,13 @@ fn record(
     writes: &mut Vec<(PathBuf, Vec<u8>, u32)>,
     report: &mut PkiReport,
 ) {
+    if let Some(days_left) = m.due {
+        report.due.push(DueCert {
+            name: c.name.clone(),
+            days_left,
+            is_ca: c.is_ca.is_some(),
+        });
+    }
     match &m.issued {
         None => report.reused += 1,
         Some(reason) => {
@@ -272,20 +348,26 @@ fn load_or_issue(
             return Err(Stale::Missing);
         };
         let key = issue::load_key(&key_pem)?;
-        issue::check_existing(
+        // Nearing expiry is not a reason to re-issue here (see the module doc): keep and report.
+        let due = match issue::check_existing(
             cert,
             &cert_pem,
             &key,
             ca.map(|c| c.der.as_slice()),
             alg,
             now,
-        )?;
+        ) {
+            Ok(()) => None,
+            Err(Stale::Expiring { days_left }) => Some(days_left),
+            Err(e) => return Err(e),
+        };
         let text = |b: Vec<u8>| String::from_utf8(b).map_err(|e| Stale::Unparsable(e.to_string()));
         Ok(Material {
             cert_pem: text(cert_pem)?,
             key_pem: text(key_pem)?,
             key,
             issued: None,
+            due,
         })
     })();
     match kept {
@@ -298,6 +380,7 @@ fn load_or_issue(
                 key_pem: key.serialize_pem(),
                 key,
                 issued: Some(reason),
+                due: None,
             })
         }
     }

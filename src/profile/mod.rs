@@ -35,6 +35,17 @@ pub struct LoadedProfile {
     pub canonical_yaml: String,
 }
 
+impl LoadedProfile {
+    /// What to pass to `--profile` to name this profile again (for commands in messages).
+    pub fn cli_arg(&self) -> String {
+        self.source_name
+            .strip_prefix("profiles/")
+            .and_then(|s| s.strip_suffix(".yaml (built-in)"))
+            .map(str::to_string)
+            .unwrap_or_else(|| self.source_name.clone())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error(
