@@ -195,11 +195,57 @@ pub enum Command {
     #[command(subcommand)]
     User(UserCommand),
 
+    /// Run the training smoke jobs in a team's namespace, report pass/fail per job, clean up
+    #[command(
+        after_help = "Examples:\n  k8sforge team add smoke --gpus 0 && k8sforge smoke --team smoke\n  k8sforge smoke --jobs pytorch,tf --workers 3 --mirror /srv/mirror\n  k8sforge smoke --profile gpu-dev --nccl-image REGISTRY/nccl-tests:TAG"
+    )]
+    Smoke(SmokeArgs),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SmokeArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// The team whose namespace, quota and checkpoint PVC the jobs use (`team add` it first)
+    #[arg(long, default_value = "smoke")]
+    pub team: String,
+    /// Jobs to run, comma-separated: pytorch, tf, trainjob, nccl (default: what the cluster's
+    /// operators and GPUs allow)
+    #[arg(long, value_delimiter = ',')]
+    pub jobs: Vec<String>,
+    /// Workers besides rank 0 (PyTorch master, TF parameter server)
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Epochs of the smoke program (a checkpoint each; a re-run resumes after the newest)
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u32,
+    /// Seconds to wait for each job
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Artifact mirror listing the k8sforge-smoke image (as given to `up`)
+    #[arg(long, value_name = "DIR|URL")]
+    pub mirror: Option<String>,
+    /// Verify against the mirror's own k8sforge-artifacts.json
+    #[arg(long)]
+    pub trust_mirror_checksums: bool,
+    /// Image with mpirun and nccl-tests' all_reduce_perf, for the NCCL job on GPU clusters
+    #[arg(long)]
+    pub nccl_image: Option<String>,
+    /// Pack this static k8sforge-smoke binary as the smoke image into the directory given by
+    /// --mirror (its images list), then exit; `up --only runtime --mirror DIR` ships it
+    #[arg(long, value_name = "BINARY")]
+    pub pack_image: Option<std::path::PathBuf>,
+    /// Leave the jobs in place after the run (default: delete them; the checkpoint PVC stays)
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,6 +381,12 @@ pub enum TeamCommand {
         /// GPUs the team may borrow from its cohort beyond its quota (default: no limit)
         #[arg(long)]
         borrowing_limit: Option<u32>,
+        /// Size of the team's dataset PVC (where the cluster has a dataset StorageClass)
+        #[arg(long)]
+        dataset_size: Option<String>,
+        /// Size of the team's checkpoint PVC (where the cluster has a checkpoint StorageClass)
+        #[arg(long)]
+        checkpoint_size: Option<String>,
     },
     /// Teams with their GPU quota and use
     List {

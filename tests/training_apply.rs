@@ -294,6 +294,8 @@ async fn training_stack_teams_and_users_against_a_real_apiserver() {
             memory: Some("64Gi".into()),
             cohort: None,
             borrowing_limit: None,
+            dataset_size: None,
+            checkpoint_size: None,
         },
         Team {
             name: "nlp".into(),
@@ -302,6 +304,8 @@ async fn training_stack_teams_and_users_against_a_real_apiserver() {
             memory: None,
             cohort: None,
             borrowing_limit: None,
+            dataset_size: None,
+            checkpoint_size: None,
         },
     ];
     let report = verbs::add_teams(&cluster, &teams)

@@ -218,6 +218,8 @@ fn team_objects_validate_against_the_kueue_crds() {
         memory: Some("1Ti".into()),
         cohort: Some("research".into()),
         borrowing_limit: Some(8),
+        dataset_size: None,
+        checkpoint_size: None,
     };
     let yaml = teams::render(&team, true);
     let shared = teams::render_shared(true);
@@ -378,6 +380,8 @@ fn team_and_user_mistakes_are_clear() {
         memory: None,
         cohort: None,
         borrowing_limit: None,
+        dataset_size: None,
+        checkpoint_size: None,
     };
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("invalid team name \"Vision Team\""), "{e}");

@@ -39,10 +39,12 @@ pub enum ClusterImage {
     TrainerControllerManager,
     JobSet,
     Kueue,
+    /// k8sforge's own smoke workload (`smoke/`), built by the project, never pulled.
+    Smoke,
 }
 
 impl ClusterImage {
-    pub const ALL: [ClusterImage; 7] = [
+    pub const ALL: [ClusterImage; 8] = [
         ClusterImage::Pause,
         ClusterImage::CoreDns,
         ClusterImage::NvidiaDevicePlugin,
@@ -50,6 +52,7 @@ impl ClusterImage {
         ClusterImage::TrainerControllerManager,
         ClusterImage::JobSet,
         ClusterImage::Kueue,
+        ClusterImage::Smoke,
     ];
 
     /// The name in a mirror's list and of the archive on the node.
@@ -62,6 +65,7 @@ impl ClusterImage {
             ClusterImage::TrainerControllerManager => "trainer-controller-manager",
             ClusterImage::JobSet => "jobset",
             ClusterImage::Kueue => "kueue",
+            ClusterImage::Smoke => "k8sforge-smoke",
         }
     }
 
@@ -90,6 +94,8 @@ impl ClusterImage {
             ),
             ClusterImage::JobSet => ("registry.k8s.io/jobset/jobset", "v0.12.0"),
             ClusterImage::Kueue => ("registry.k8s.io/kueue/kueue", "v0.19.2"),
+            // No registry serves it: it exists only where a mirror lists its archive.
+            ClusterImage::Smoke => ("k8sforge.invalid/k8sforge-smoke", SMOKE_IMAGE_TAG),
         }
     }
 
@@ -109,6 +115,9 @@ impl ClusterImage {
         format!("{NODE_IMAGE_DIR}/{}.tar", self.name())
     }
 }
+
+/// Tag of the smoke image this k8sforge submits (the `smoke/` crate's version).
+pub const SMOKE_IMAGE_TAG: &str = "0.1.0";
 
 /// Digests of the multi-platform image indexes upstream publishes, `(image, tag, digest)`.
 /// Nothing here could reach a registry, so each value comes from upstream text found through
@@ -206,6 +215,7 @@ pub struct ImageRefs {
     pub trainer_controller_manager: String,
     pub jobset: String,
     pub kueue: String,
+    pub smoke: String,
 }
 
 impl ImageRefs {
@@ -219,6 +229,7 @@ impl ImageRefs {
                 .default_reference(release),
             jobset: ClusterImage::JobSet.default_reference(release),
             kueue: ClusterImage::Kueue.default_reference(release),
+            smoke: ClusterImage::Smoke.default_reference(release),
         }
     }
 
@@ -231,6 +242,7 @@ impl ImageRefs {
             ClusterImage::TrainerControllerManager => &self.trainer_controller_manager,
             ClusterImage::JobSet => &self.jobset,
             ClusterImage::Kueue => &self.kueue,
+            ClusterImage::Smoke => &self.smoke,
         }
     }
 
@@ -243,6 +255,7 @@ impl ImageRefs {
             ClusterImage::TrainerControllerManager => self.trainer_controller_manager = reference,
             ClusterImage::JobSet => self.jobset = reference,
             ClusterImage::Kueue => self.kueue = reference,
+            ClusterImage::Smoke => self.smoke = reference,
         }
     }
 

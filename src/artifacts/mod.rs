@@ -14,8 +14,10 @@ use std::path::Path;
 
 pub mod extract;
 pub mod images;
+pub mod oci_pack;
 pub mod pins;
 pub mod registry;
+pub mod smoke_image;
 pub mod source;
 pub mod spec;
 

@@ -19,6 +19,7 @@ mod mirror;
 mod node;
 mod plan;
 mod profiles;
+pub mod smoke;
 mod ssh;
 mod status;
 pub mod team;
@@ -149,6 +150,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Profiles(ProfilesCommand::Show { name, sets }) => profiles::show(&name, &sets),
         Command::Team(cmd) => team::team_command(&home, cmd),
         Command::User(cmd) => team::user_command(&home, cmd),
+        Command::Smoke(args) => smoke::run(&home, &args),
         Command::Completion { shell } => completion::run(shell),
     }
 }

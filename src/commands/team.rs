@@ -12,8 +12,14 @@ use serde::Serialize;
 
 use crate::kube::{self, ApplyReport, Cluster, KindSpec};
 use crate::pki::layout;
+use crate::profile::storage::StorageBackend;
+use crate::training::storage;
 use crate::training::teams::{self, Team, TEAM_LABEL};
 use crate::training::users;
+use k8s_openapi::api::storage::v1::StorageClass;
+
+/// StorageClasses k8sforge manages carry this label.
+const BACKEND_LABEL: (&str, &str) = crate::training::overlay::MANAGED_BY;
 
 /// The CRDs of the Kueue kinds a team uses.
 const KUEUE_CRDS: [&str; 3] = [
@@ -49,6 +55,32 @@ pub async fn kueue_kinds(cluster: &Cluster) -> Result<Vec<KindSpec>> {
     Ok(out)
 }
 
+/// The backends of the StorageClasses the `training` phase marked for datasets and checkpoints
+/// (None: no such class, so no such PVC).
+pub async fn storage_classes(
+    cluster: &Cluster,
+) -> Result<(Option<StorageBackend>, Option<StorageBackend>)> {
+    let api: Api<StorageClass> = Api::all(cluster.client.clone());
+    let list = api
+        .list(&ListParams::default().labels(&format!("{}={}", BACKEND_LABEL.0, BACKEND_LABEL.1)))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("listing StorageClasses: {}", kube::client::error_chain(&e))
+        })?;
+    let pick = |label: &str| {
+        list.items.iter().find_map(|sc| {
+            let l = sc.metadata.labels.as_ref()?;
+            (l.get(label).map(String::as_str) == Some("true"))
+                .then(|| storage::backend_of_labels(l))
+                .flatten()
+        })
+    };
+    Ok((
+        pick(storage::DATASETS_LABEL),
+        pick(storage::CHECKPOINTS_LABEL),
+    ))
+}
+
 /// Validate and apply `teams` (one connection). Returns the apply report.
 pub async fn add_teams(cluster: &Cluster, teams_: &[Team]) -> Result<ApplyReport> {
     for t in teams_ {
@@ -57,9 +89,30 @@ pub async fn add_teams(cluster: &Cluster, teams_: &[Team]) -> Result<ApplyReport
     let kinds = kueue_kinds(cluster).await?;
     let kueue = !kinds.is_empty();
     let shared = teams::render_shared(kueue);
+    let classes = storage_classes(cluster).await?;
     let rendered: Vec<(String, String)> = teams_
         .iter()
-        .map(|t| (format!("team-{}.yaml", t.name), teams::render(t, kueue)))
+        .map(|t| {
+            let pvcs = storage::render_team_pvcs(
+                t.namespace(),
+                &storage::TeamStorage {
+                    datasets: classes.0,
+                    checkpoints: classes.1,
+                    dataset_size: t
+                        .dataset_size
+                        .clone()
+                        .unwrap_or(teams::DEFAULT_PVC_SIZE.into()),
+                    checkpoint_size: t
+                        .checkpoint_size
+                        .clone()
+                        .unwrap_or(teams::DEFAULT_PVC_SIZE.into()),
+                },
+            );
+            (
+                format!("team-{}.yaml", t.name),
+                teams::render(t, kueue) + &pvcs,
+            )
+        })
         .collect();
     let mut files = vec![("shared.yaml", shared.as_str())];
     files.extend(rendered.iter().map(|(n, y)| (n.as_str(), y.as_str())));
@@ -296,6 +349,8 @@ pub fn team_command(home: &Path, cmd: crate::cli::TeamCommand) -> Result<std::pr
             memory,
             cohort,
             borrowing_limit,
+            dataset_size,
+            checkpoint_size,
         } => {
             let team = Team {
                 name,
@@ -304,6 +359,8 @@ pub fn team_command(home: &Path, cmd: crate::cli::TeamCommand) -> Result<std::pr
                 memory,
                 cohort,
                 borrowing_limit,
+                dataset_size,
+                checkpoint_size,
             };
             // A bad team is refused before anything else is looked at.
             team.validate()?;

@@ -57,6 +57,8 @@ pub enum KubeError {
         /// One line per GPU node: its name, what it advertises, what its profile expects.
         nodes: Vec<String>,
     },
+    #[error("the cluster lacks what this needs:\n  {}", .0.join("\n  "))]
+    Missing(Vec<String>),
     #[error("reading {what}: {message}")]
     Read { what: String, message: String },
 }

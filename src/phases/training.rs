@@ -69,6 +69,18 @@ impl Phase for Training {
         let rendered = training::render(home, &source.mirror, &kustomize, &components, &images)
             .map_err(|e| fail(&e))?;
         let objects = install::validate(&rendered).map_err(|e| fail(&e))?;
+        let cloud = crate::profile::storage_check::cloud(p.provider.kind);
+        let workers: Vec<String> = ctx
+            .inventory
+            .iter()
+            .flat_map(|inv| inv.with_role(Role::Worker))
+            .map(|n| n.name.clone())
+            .collect();
+        let storage_yaml = training::storage::render(&p.training.storage, cloud, &workers);
+        let storage_objects =
+            kube::validate_all([("training/storage.yaml", storage_yaml.as_str())])
+                .map_err(|e| fail(&e))?;
+        let backends = p.training.storage.backends(cloud);
 
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
         let fallbacks: Vec<String> = ctx
@@ -87,7 +99,11 @@ impl Phase for Training {
                 let cluster = kube::connect_with_fallbacks(&kubeconfig, &fallbacks)
                     .await
                     .map_err(install::InstallError::from)?;
-                install::install(&cluster, &components, &objects, wait).await
+                let mut report = install::install(&cluster, &components, &objects, wait).await?;
+                training::storage_apply::check_drivers(&cluster, &backends).await?;
+                let applied = kube::apply(&cluster, &storage_objects).await?;
+                report.applied.objects.extend(applied.objects);
+                Ok::<_, install::InstallError>(report)
             })
             .map_err(|e| fail(&e))?;
         let names: Vec<&str> = components.iter().map(|c| c.name()).collect();
@@ -99,11 +115,20 @@ impl Phase for Training {
         Ok(summary(
             report.written(),
             format!(
-                "{}: {} objects, {} written; {} CRDs established; {controllers}",
+                "{}: {} objects, {} written; {} CRDs established; {controllers}; storage: {}",
                 names.join(", "),
-                objects.len(),
+                objects.len() + storage_objects.len(),
                 report.written(),
-                report.crds
+                report.crds,
+                if backends.is_empty() {
+                    "none (training.storage)".to_string()
+                } else {
+                    backends
+                        .iter()
+                        .map(|b| b.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
             ),
         ))
     }

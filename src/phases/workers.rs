@@ -16,7 +16,11 @@ pub struct Workers;
 const STEP: RemoteStep = RemoteStep {
     phase: PhaseName::Workers,
     nodes: |n| n.has(Role::Worker) || n.has(Role::ControlPlane),
-    units: &["kubelet.service", "kube-proxy.service"],
+    units: &[
+        "kubelet.service",
+        "kube-proxy.service",
+        crate::render::local_volumes::UNIT,
+    ],
     path_prefixes: &[],
     components: &[
         (Component::Kubelet, &["kubelet.service"]),

@@ -8,6 +8,8 @@ pub mod efa_layout;
 pub mod overrides;
 pub mod schema;
 pub mod source_map;
+pub mod storage;
+pub mod storage_check;
 pub mod training_floor;
 pub mod validate;
 

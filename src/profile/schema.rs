@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use super::storage::StorageSpec;
 /// The profile's `artifacts` section lives with the artifact source that reads it.
 pub use crate::artifacts::spec::{ArtifactsSpec, Delivery, ImageOverrides, RegistryMirror};
 
@@ -512,6 +513,8 @@ pub struct TrainingSpec {
     /// Wait for the controllers to become Available. Only a test whose controller images cannot
     /// run should turn this off; CRDs are awaited either way.
     pub wait_for_controllers: bool,
+    /// StorageClasses, local volumes and the teams' dataset/checkpoint PVCs (`profile::storage`).
+    pub storage: StorageSpec,
 }
 
 impl Default for TrainingSpec {
@@ -521,6 +524,7 @@ impl Default for TrainingSpec {
             operators: None,
             kueue: None,
             wait_for_controllers: true,
+            storage: StorageSpec::default(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub fn validate(p: &Profile, r: &mut Reporter) {
     check_gpu(p, r);
     check_training(p, r);
     check_monitoring(p, r);
+    super::storage_check::check(p, r);
 }
 
 /// Prometheus durations: a number and a unit (`30s`, `15d`, `1h30m`), as Prometheus parses them.

@@ -7,6 +7,7 @@ pub mod api_proxy;
 pub mod bundle;
 pub mod context;
 pub mod gpu;
+pub mod local_volumes;
 pub mod node;
 pub mod paths;
 pub mod pki_files;
@@ -127,6 +128,10 @@ pub fn render_release(
         cluster: &cluster,
         base,
         pki: &pki,
+        local_volumes: profile
+            .training
+            .storage
+            .local_volumes(crate::profile::storage_check::cloud(profile.provider.kind)),
     };
     let nodes: Vec<(String, NodeBundle)> = inventory
         .nodes

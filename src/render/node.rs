@@ -45,6 +45,8 @@ pub struct Shared<'a> {
     /// containerd registry host files (`artifacts.registryMirrors`), the same on every node.
     pub registry_hosts: &'a [BundleFile],
     pub gpu: &'a super::gpu::GpuCluster,
+    /// `training.storage.local` in effect: workers get the volume directories.
+    pub local_volumes: Option<crate::profile::storage::LocalVolumes>,
 }
 
 struct Files {
@@ -311,6 +313,15 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
             f.add(g.path, g.mode, g.content, g.restarts);
         }
         units.extend(gpu_units);
+        if let (true, Some(lv)) = (node.has(Role::Worker), &shared.local_volumes) {
+            let unit = super::local_volumes::UNIT;
+            f.public(
+                &paths::unit_path(unit),
+                super::local_volumes::unit(name, lv).as_bytes(),
+                &[unit],
+            );
+            units.push(unit);
+        }
         for unit in [CONTAINERD, IMAGES_UNIT, KUBELET, KUBE_PROXY] {
             f.public(&paths::unit_path(unit), &tpl(unit)?, &[unit]);
             units.push(unit);

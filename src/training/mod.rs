@@ -6,7 +6,11 @@
 pub mod install;
 pub mod kustomize;
 pub mod overlay;
+pub mod smoke;
+pub mod smoke_run;
 pub mod stack;
+pub mod storage;
+pub mod storage_apply;
 pub mod teams;
 pub mod upstream;
 pub mod users;

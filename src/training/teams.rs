@@ -61,23 +61,17 @@ pub struct Team {
     pub cohort: Option<String>,
     /// GPUs this team may borrow beyond its nominal quota (None: no limit within the cohort).
     pub borrowing_limit: Option<u32>,
+    /// Size of the dataset PVC (default [`DEFAULT_PVC_SIZE`]).
+    pub dataset_size: Option<String>,
+    /// Size of the checkpoint PVC (default [`DEFAULT_PVC_SIZE`]).
+    pub checkpoint_size: Option<String>,
 }
 
-/// A Kubernetes quantity: digits with an optional fraction and a suffix (`Ki`…`Ei`, `m`, `k`…`E`).
-pub fn is_quantity(s: &str) -> bool {
-    let num_end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(num_end);
-    let digits_ok = !num.is_empty()
-        && num.chars().filter(|c| *c == '.').count() <= 1
-        && num.chars().any(|c| c.is_ascii_digit());
-    digits_ok
-        && matches!(
-            suffix,
-            "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
-        )
-}
+/// Size of a team's dataset and checkpoint PVCs unless `team add` says otherwise (fits the
+/// default local volume of 10Gi).
+pub const DEFAULT_PVC_SIZE: &str = "5Gi";
+
+pub use crate::profile::storage::is_quantity;
 
 impl Team {
     /// Check every field; the first mistake is returned.
@@ -93,6 +87,8 @@ impl Team {
         for (flag, v, example) in [
             ("cpu", &self.cpu, "64 or 500m"),
             ("memory", &self.memory, "256Gi"),
+            ("dataset-size", &self.dataset_size, "100Gi"),
+            ("checkpoint-size", &self.checkpoint_size, "100Gi"),
         ] {
             if let Some(v) = v {
                 if !is_quantity(v) {
@@ -273,6 +269,8 @@ mod tests {
             memory: Some("256Gi".into()),
             cohort: None,
             borrowing_limit: None,
+            dataset_size: None,
+            checkpoint_size: None,
         }
     }
 

@@ -10,3 +10,4 @@ pub mod kube;
 pub mod mirror;
 pub mod oci;
 pub mod registry;
+pub mod training;
