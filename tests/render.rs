@@ -130,8 +130,9 @@ fn node_root(nb: &NodeBundle) -> tempfile::TempDir {
         std::fs::write(&p, &f.content).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode)).unwrap();
     }
-    // The node's own OS provides /bin/sh (the pod-routes unit runs its script with it).
-    let system = ["/bin/sh".to_string()];
+    // The node's own OS provides /bin/sh (the pod-routes unit runs its script with it) and
+    // /bin/mkdir (the local-volumes unit).
+    let system = ["/bin/sh".to_string(), "/bin/mkdir".to_string()];
     for p in nb.binaries.iter().map(|b| &b.path).chain(system.iter()) {
         let p = root.path().join(p.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
