@@ -162,6 +162,28 @@ impl Cluster {
         }
     }
 
+    /// [`Cluster::until`], with `why()` in the timeout message.
+    fn until_or<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        why: &dyn Fn() -> String,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s: {what}\n{}",
+                why()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     fn pod_phase(&self, ns: &str, name: &str) -> String {
         self.kubectl(&[
             "-n",
@@ -397,15 +419,26 @@ fn training_stack_storage_gpu_quota_and_smoke_on_a_local_cluster() {
             .get("spec").map(|s| serde_json::json!({"spec": s})).unwrap()}
     });
     c.create(&within);
-    let pod = c.until("the within-quota job's pod to finish", 240, || {
-        let l = c.json(&["-n", "vision", "get", "pods", "-l", "job-name=within"]);
-        let p = l["items"].as_array()?.first()?.clone();
-        matches!(
-            p["status"]["phase"].as_str(),
-            Some("Succeeded") | Some("Failed")
-        )
-        .then_some(p)
-    });
+    let pod = c.until_or(
+        "the within-quota job's pod to finish",
+        240,
+        &|| {
+            String::from_utf8_lossy(
+                &c.kubectl_out(&["-n", "vision", "describe", "jobs,pods"], None)
+                    .stdout,
+            )
+            .into_owned()
+        },
+        || {
+            let l = c.json(&["-n", "vision", "get", "pods", "-l", "job-name=within"]);
+            let p = l["items"].as_array()?.first()?.clone();
+            matches!(
+                p["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            )
+            .then_some(p)
+        },
+    );
     let name = pod["metadata"]["name"].as_str().unwrap();
     let log = c.kubectl(&["-n", "vision", "logs", name]);
     assert_eq!(pod["status"]["phase"], "Succeeded", "{log}\n{pod:#}");
