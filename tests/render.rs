@@ -634,6 +634,8 @@ fn units_start_in_dependency_order_after_daemon_reload() {
             "k8sforge-pod-routes.service",
             // The node-local API endpoint, before kubelet and kube-proxy dial it.
             "k8sforge-api-proxy.service",
+            // The local PersistentVolume directories, before kubelet.
+            "k8sforge-local-volumes.service",
             "containerd.service",
             "k8sforge-images.service",
             "kubelet.service",
