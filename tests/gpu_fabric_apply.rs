@@ -94,7 +94,8 @@ async fn fast_network_addons_apply_and_target_their_nodes() {
         return;
     };
     let mut server =
-        apiserver::ApiServer::start(&bin, "gpu-dev", TEST_KUBERNETES, "daemonset").await;
+        apiserver::ApiServer::start(&bin, "gpu-dev", TEST_KUBERNETES, "daemonset,serviceaccount")
+            .await;
     let release = k8sforge::artifacts::release(TEST_KUBERNETES).unwrap();
     let load = |sets: &[&str]| {
         let mut all = vec![format!("kubernetes.version={TEST_KUBERNETES}")];
