@@ -32,7 +32,6 @@
 
 use serde::Serialize;
 
-use super::fabric::EnvDefault;
 use crate::profile::gpu_nic_layout::{
     cluster_has_tcpx, TCPX_LABEL_KEY, TCPX_LABEL_VALUE, UBUNTU_CTRL_NIC, UBUNTU_GPU_NICS,
 };
@@ -52,79 +51,87 @@ pub const TCPX_LIB_POD_DIR: &str = "/usr/local/tcpx/lib64";
 /// The receive daemon's Unix socket directory on the host (and in pods).
 pub const TCPX_SOCKET_DIR: &str = "/run/tcpx";
 
+/// One fixed setting: name, value, why (this module does not use `fabric`'s type: fabric uses
+/// this module).
+struct Fixed {
+    name: &'static str,
+    value: &'static str,
+    why: &'static str,
+}
+
 /// NCCL settings whose values do not depend on interface names.
-const FIXED_ENV: &[EnvDefault] = &[
-    EnvDefault {
+const FIXED_ENV: &[Fixed] = &[
+    Fixed {
         name: "NCCL_NET",
         value: "GPUDirectTCPX_v7",
         why: "the TCPX plugin, never a silent TCP fallback on nic0",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_ALGO",
         value: "Ring,Tree",
         why: "Google's TCPX release notes (2026-06-22)",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_PROTO",
         value: "Simple",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_CROSS_NIC",
         value: "0",
         why: "each GPU pair keeps to its own NIC (rail-aligned)",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_NET_GDR_LEVEL",
         value: "PIX",
         why: "GPUDirect only through the PCIe switch a GPU shares with its NIC",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_P2P_PXN_LEVEL",
         value: "0",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_DYNAMIC_CHUNK_SIZE",
         value: "524288",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_P2P_NET_CHUNKSIZE",
         value: "524288",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_P2P_PCI_CHUNKSIZE",
         value: "524288",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_P2P_NVL_CHUNKSIZE",
         value: "1048576",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_BUFFSIZE",
         value: "4194304",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_NSOCKS_PERTHREAD",
         value: "4",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_SOCKET_NTHREADS",
         value: "1",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_GPUDIRECTTCPX_PROGRAM_FLOW_STEERING_WAIT_MICROS",
         value: "500000",
         why: "Google's TCPX release notes",
     },
-    EnvDefault {
+    Fixed {
         name: "NCCL_GPUDIRECTTCPX_UNIX_CLIENT_PREFIX",
         value: TCPX_SOCKET_DIR,
         why: "the receive daemon's socket directory (host path, mounted by the pod)",
