@@ -112,7 +112,15 @@ impl ApiLoop {
 /// HTTP status of `GET path` with a bearer token, trusting `ca` (curl against the endpoint).
 fn token_status(server: &str, ca: &Path, token: &str, path: &str) -> String {
     let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
         .arg("--cacert")
         .arg(ca)
         .args(["-H", &format!("Authorization: Bearer {token}")])
@@ -170,7 +178,11 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
         Err(e) => panic!("{e}"),
     };
     // SAFETY: geteuid cannot fail.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "boots nspawn nodes: run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "boots nspawn nodes: run as root"
+    );
     let cache = mirror::default_cache_dir();
     let base = mirror::build(&cache).expect("test mirror");
     let m = kube::cluster_mirror(&base, &kube, &cache).expect("cluster mirror");
@@ -202,7 +214,11 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     assert!(out.status.success(), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = kubectl(&kc, &admin, &["get", "pod", "survivor", "-o", "jsonpath={.status.phase}"]);
+        let out = kubectl(
+            &kc,
+            &admin,
+            &["get", "pod", "survivor", "-o", "jsonpath={.status.phase}"],
+        );
         if String::from_utf8_lossy(&out.stdout) == "Running" {
             break;
         }
@@ -224,7 +240,11 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
     let token = |kubeconfig: &Path| -> String {
-        let out = kubectl(&kc, kubeconfig, &["create", "token", "carot", "--duration=2h"]);
+        let out = kubectl(
+            &kc,
+            kubeconfig,
+            &["create", "token", "carot", "--duration=2h"],
+        );
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -233,7 +253,10 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     let ca_file = tools.path().join("ca.crt");
     std::fs::write(&ca_file, &old_kube_ca).unwrap();
     let pods_path = "/api/v1/namespaces/default/pods";
-    assert_eq!(token_status(&server, &ca_file, &old_token, pods_path), "200");
+    assert_eq!(
+        token_status(&server, &ca_file, &old_token, pods_path),
+        "200"
+    );
     let pods_before = pods(&kc, &admin);
 
     // The CA rotation under the API loop.
@@ -261,19 +284,33 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     );
     assert_eq!(report["ok"], true, "{report:#}");
     assert!(ok > 50, "the API loop ran only {ok} requests");
-    assert!(failed.is_empty(), "{} failed API requests: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} failed API requests: {failed:?}",
+        failed.len()
+    );
 
     // Pods kept running: same pods, same UIDs, no container restarted.
-    assert_eq!(pods(&kc, &admin), pods_before, "a pod was replaced or restarted");
+    assert_eq!(
+        pods(&kc, &admin),
+        pods_before,
+        "a pod was replaced or restarted"
+    );
     // The token issued before still authenticates (through the new CA's serving certs).
     let new_kube_ca = std::fs::read(c.state_dir().join("pki/ca.crt")).unwrap();
     assert_ne!(new_kube_ca, old_kube_ca);
     std::fs::write(&ca_file, &new_kube_ca).unwrap();
-    assert_eq!(token_status(&server, &ca_file, &old_token, pods_path), "200");
+    assert_eq!(
+        token_status(&server, &ca_file, &old_token, pods_path),
+        "200"
+    );
     // The old CA is trusted nowhere: a TLS client with only the old CA fails.
     let old_ca_file = tools.path().join("old-ca.crt");
     std::fs::write(&old_ca_file, &old_kube_ca).unwrap();
-    assert_eq!(token_status(&server, &old_ca_file, &old_token, pods_path), "000");
+    assert_eq!(
+        token_status(&server, &old_ca_file, &old_token, pods_path),
+        "000"
+    );
 
     // certs check clean; every deployed leaf signed by the CA the state directory now holds.
     let out = certs(&c, "check", &["-o", "json"]);
@@ -282,7 +319,11 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     for n in check["nodes"].as_array().unwrap() {
         for cert in n["certificates"].as_array().unwrap() {
             assert_eq!(cert["status"], "ok", "{cert:#} on {}", n["node"]);
-            assert_eq!(cert["count"], 1, "{cert:#}: a bundle is left on {}", n["node"]);
+            assert_eq!(
+                cert["count"], 1,
+                "{cert:#}: a bundle is left on {}",
+                n["node"]
+            );
         }
     }
 
@@ -290,8 +331,14 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     let out = certs(&c, "rotate", &["--sa-keys", "-o", "json"]);
     assert!(out.status.success(), "--sa-keys: {}", text(&out));
     let new_token = token(&admin);
-    assert_eq!(token_status(&server, &ca_file, &old_token, pods_path), "200");
-    assert_eq!(token_status(&server, &ca_file, &new_token, pods_path), "200");
+    assert_eq!(
+        token_status(&server, &ca_file, &old_token, pods_path),
+        "200"
+    );
+    assert_eq!(
+        token_status(&server, &ca_file, &new_token, pods_path),
+        "200"
+    );
     let again = certs(&c, "rotate", &["--sa-keys"]);
     assert!(
         !again.status.success() && text(&again).contains("--sa-keys --finish"),
@@ -300,7 +347,17 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     );
     let out = certs(&c, "rotate", &["--sa-keys", "--finish", "-o", "json"]);
     assert!(out.status.success(), "--sa-keys --finish: {}", text(&out));
-    assert_eq!(token_status(&server, &ca_file, &old_token, pods_path), "401");
-    assert_eq!(token_status(&server, &ca_file, &new_token, pods_path), "200");
-    assert_eq!(pods(&kc, &admin), pods_before, "a pod was replaced or restarted");
+    assert_eq!(
+        token_status(&server, &ca_file, &old_token, pods_path),
+        "401"
+    );
+    assert_eq!(
+        token_status(&server, &ca_file, &new_token, pods_path),
+        "200"
+    );
+    assert_eq!(
+        pods(&kc, &admin),
+        pods_before,
+        "a pod was replaced or restarted"
+    );
 }

@@ -259,7 +259,7 @@ fn etcd_ca_rotates_in_stages_surviving_a_kill_at_each_one_with_zero_failed_reque
         let k = stage_kinds(i);
         // etcd members one by one first, then the apiservers' etcd trust/client.
         assert_eq!(&k[..3], ["etcd", "etcd", "etcd"], "step {i}: {k:?}");
-        assert!(k[3..].iter().all(|s| s == "kube-apiserver"), "{k:?}");
+        assert!(k[3..].iter().all(|s| s == "api-server"), "{k:?}");
     }
     assert_eq!(
         plan["steps"][2]["certificates"].as_array().unwrap().len(),
