@@ -1,7 +1,12 @@
-//! Failure-matrix row "SIGKILL of `up` inside each phase, then a re-run completes", on real
-//! local nodes, one case per phase that runs without Kubernetes binaries (provision, pki, etcd,
-//! runtime, network; control-plane onwards need K8SFORGE_TEST_KUBE_BIN and are covered by the
-//! upgrade's kill-and-resume in tests/upgrade_local.rs).
+//! Failure-matrix rows on real local nodes:
+//! - SIGKILL of `up` inside each phase, then a re-run completes: one case per phase that runs
+//!   without Kubernetes binaries (provision, pki, etcd, runtime, network; control-plane onwards
+//!   need K8SFORGE_TEST_KUBE_BIN: the upgrade's kill-and-resume in tests/upgrade_local.rs runs
+//!   them killed mid-way);
+//! - one node unreachable (its veth down): `up` names it, the other nodes are done, the re-run
+//!   after it is back finishes;
+//! - a full disk while writing a file on a node (a 64 KiB tmpfs, filled): a clear error naming
+//!   the node, no partial file left, the re-run after space is freed finishes.
 //!
 //! The kill is deterministic: debug builds of k8sforge read `K8SFORGE_TEST_KILL_AFTER_WORK=PHASE`
 //! and SIGKILL themselves when that phase has done its work on the nodes but before its
@@ -12,7 +17,7 @@
 mod support;
 
 use k8sforge_testkit::mirror;
-use support::local_cluster::{assert_done, LocalCluster};
+use support::local_cluster::{assert_done, phase, LocalCluster};
 
 const HOOK: &str = "K8SFORGE_TEST_KILL_AFTER_WORK";
 
@@ -114,6 +119,80 @@ fn up_killed_inside_each_phase_completes_on_the_rerun() {
         );
         assert!(ran.contains("active"), "{n}: {ran}");
     }
+
+    // One node unreachable: its veth's host end down. The run names it and finishes the others
+    // (the CNI plugin removed everywhere comes back on the two reachable nodes).
+    let st = state(&c);
+    let w2 = st["inventory"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "worker-2")
+        .unwrap()["internal_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let veth = k8sforge::provider::local::network::veth_name(&c.name, c.cidr.parse().unwrap(), w2);
+    for n in ["controlplane-1", "worker-1", "worker-2"] {
+        c.ssh_ok(n, "rm -f /opt/cni/bin/bridge");
+    }
+    let link = |state: &str| {
+        let ok = std::process::Command::new("ip")
+            .args(["link", "set", &veth, state])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "ip link set {veth} {state}");
+    };
+    link("down");
+    let (out, report) = c.up(&["--only", "runtime"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    link("up");
+    assert!(!out.status.success(), "{stderr}");
+    let rt = phase(&report, "runtime");
+    assert_eq!(rt["outcome"], "failed", "{report:#}");
+    let failed = rt["failed_nodes"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0][0], "worker-2", "{report:#}");
+    assert!(
+        stderr.contains("worker-2:"),
+        "stderr names the node: {stderr}"
+    );
+    for n in ["controlplane-1", "worker-1"] {
+        c.ssh_ok(n, "test -x /opt/cni/bin/bridge");
+    }
+    c.up_only("runtime");
+    c.ssh_ok("worker-2", "test -x /opt/cni/bin/bridge");
+
+    // A full disk while writing: /etc/containerd on worker-1 becomes a full 64 KiB tmpfs (the
+    // config the runtime phase writes there is missing from it, so the phase must write).
+    c.ssh_ok(
+        "worker-1",
+        "mount -t tmpfs -o size=64k tmpfs /etc/containerd && \
+         (dd if=/dev/zero of=/etc/containerd/filler bs=4k 2>/dev/null || true)",
+    );
+    let (out, report) = c.up(&["--only", "runtime"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rt = phase(&report, "runtime");
+    assert!(!out.status.success(), "{stderr}");
+    assert_eq!(rt["outcome"], "failed", "{report:#}");
+    let failed = rt["failed_nodes"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert_eq!(failed[0][0], "worker-1", "{report:#}");
+    eprintln!("full disk: worker-1: {}", failed[0][1]);
+    let left = c.ssh_ok("worker-1", "ls -A /etc/containerd");
+    assert_eq!(
+        left.trim(),
+        "filler",
+        "nothing half-written is left: {left}"
+    );
+    c.ssh_ok("worker-1", "rm /etc/containerd/filler");
+    c.up_only("runtime");
+    c.ssh_ok(
+        "worker-1",
+        "test -s /etc/containerd/config.toml && umount /etc/containerd && systemctl restart containerd && systemctl is-active containerd",
+    );
 
     // network: routes to every other node's pod CIDR after the re-run.
     kill_then_rerun(&c, "network");
