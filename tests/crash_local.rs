@@ -181,6 +181,13 @@ fn up_killed_inside_each_phase_completes_on_the_rerun() {
     assert_eq!(failed.len(), 1, "{report:#}");
     assert_eq!(failed[0][0], "worker-1", "{report:#}");
     eprintln!("full disk: worker-1: {}", failed[0][1]);
+    assert!(
+        failed[0][1]
+            .as_str()
+            .unwrap()
+            .contains("no space left on the filesystem of /etc/containerd"),
+        "the error says what happened: {report:#}"
+    );
     let left = c.ssh_ok("worker-1", "ls -A /etc/containerd");
     assert_eq!(
         left.trim(),

@@ -646,7 +646,25 @@ impl Conn {
                 // A failed write (a full disk, a dropped connection) must not leave a partial
                 // temp file behind on the node: remove it, best effort.
                 let _ = sftp.unlink(Path::new(&dest));
-                Err(e)
+                // SFTP reports a full disk as a bare "failure": say what it was.
+                let dir = dest.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+                let free = self
+                    .exec_status(
+                        &format!("df -Pk {} | awk 'NR==2 {{print $4}}'", shell_quote(dir)),
+                        Duration::from_secs(15),
+                    )
+                    .ok()
+                    .and_then(|o| o.stdout.trim().parse::<u64>().ok());
+                match free {
+                    Some(kib) if kib < 64 => Err(RemoteError::Ssh {
+                        node: self.node.clone(),
+                        what,
+                        reason: format!(
+                            "no space left on the filesystem of {dir} ({kib} KiB free; {e}); the partial file was removed: free space on the node and run again"
+                        ),
+                    }),
+                    _ => Err(e),
+                }
             }
         }
     }
