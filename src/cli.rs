@@ -130,6 +130,32 @@ pub enum Command {
     #[command(subcommand)]
     Node(NodeCommand),
 
+    /// Move the cluster to another Kubernetes release (one minor at a time), node by node
+    #[command(
+        after_help = "Order: etcd (when the release row changes it), control planes one by one, then kubelet/kube-proxy (control planes first, workers in batches, cordoned and drained). Preflight: version skew, deprecated APIs in use. Resumes after a crash.\n\nExamples:\n  k8sforge upgrade --to v1.28.8 --dry-run\n  k8sforge upgrade --to v1.28.8 --batch 5 --output json"
+    )]
+    Upgrade {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Target Kubernetes version (a built-in release row or one of kubernetes.extraReleases)
+        #[arg(long, value_name = "vX.Y.Z")]
+        to: String,
+        /// Worker nodes per batch (each batch is cordoned and drained together)
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        batch: usize,
+        /// Run the preflight, print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Artifact mirror (directory or URL) to take the target's binaries from
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        /// Verify binaries against the mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
     /// Delete every resource the cluster owns (found by its cluster tag), and nothing else
     Teardown {
         #[command(flatten)]

@@ -171,6 +171,9 @@ pub fn rotate(home: &Path, args: &RotateArgs) -> Result<ExitCode> {
     // Refuse a missing cluster before creating anything.
     ClusterDir::existing(home, &loaded.profile.name)?;
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
+    if let Some(why) = crate::upgrade::refusal(&dir.load_state()?, &loaded, "certs rotate")? {
+        anyhow::bail!(why);
+    }
     let opts = RotateOptions {
         selection,
         batch: args.batch,

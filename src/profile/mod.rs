@@ -7,6 +7,7 @@ pub mod diagnostic;
 pub mod efa_layout;
 pub mod overrides;
 pub mod schema;
+pub mod site_release;
 pub mod source_map;
 pub mod storage;
 pub mod storage_check;
@@ -181,6 +182,7 @@ pub fn parse(text: &str, file: &str, sets: &[String]) -> Result<(Profile, String
                     allowed: String::new(),
                 }])
             })?;
+            site_release::register(&p.kubernetes.extra_releases);
             Ok((p, canonical))
         }
         _ => Err(fail(diagnostics)),

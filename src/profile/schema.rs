@@ -238,6 +238,9 @@ pub struct GcpProviderSpec {
 pub struct KubernetesSpec {
     pub version: String,
     pub cluster_domain: String,
+    /// Release rows for versions without a built-in one (`super::site_release`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_releases: Vec<super::site_release::ExtraRelease>,
 }
 
 impl Default for KubernetesSpec {
@@ -245,6 +248,7 @@ impl Default for KubernetesSpec {
         KubernetesSpec {
             version: crate::artifacts::DEFAULT_KUBERNETES_VERSION.to_string(),
             cluster_domain: "cluster.local".to_string(),
+            extra_releases: Vec::new(),
         }
     }
 }
