@@ -5,6 +5,7 @@ pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
 pub mod efa_layout;
+pub mod gpu_nic_layout;
 pub mod overrides;
 pub mod schema;
 pub mod site_release;
