@@ -35,21 +35,18 @@ mod support;
 #[allow(dead_code)]
 mod token;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ipnet::Ipv4Net;
 use k8sforge::inventory::Inventory;
-use k8sforge::provider::local::{LocalConfig, LocalProvider};
-use k8sforge::provider::ProvisionContext;
 use k8sforge_testkit::mirror;
 use serde_json::Value;
 use support::cloud_nodes::{self, LOGIN_USER};
+use support::stand_ins::{self, ConnectTrace, StandIns};
 
 use fake::{Fake, World};
-
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
 fn write_profile(dir: &Path, name: &str, cidr: &str, api: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
@@ -60,6 +57,7 @@ fn write_profile(dir: &Path, name: &str, cidr: &str, api: &str) -> String {
 provider:
   kind: gcp
   kernelExceptions: [{exceptions}]
+  containerNodes: true
   gcp:
     project: k8sforge-test
     region: us-central1
@@ -102,16 +100,14 @@ struct Run {
     profile: String,
     mirror: String,
     endpoint: String,
-    trace: std::path::PathBuf,
+    trace: ConnectTrace,
 }
 
 impl Run {
-    /// `k8sforge <args>` under strace, every connect(2) of every thread appended to the trace.
+    /// `k8sforge <args>` under strace (support::stand_ins::ConnectTrace).
     fn k8sforge(&self, args: &[&str]) -> Output {
-        Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=connect", "-o"])
-            .arg(self.trace.with_extension(format!("{}", rand_suffix())))
-            .arg(BIN)
+        self.trace
+            .k8sforge()
             .args(args)
             .args(["--profile", &self.profile])
             .env("K8SFORGE_HOME", &self.home)
@@ -138,33 +134,6 @@ impl Run {
                 String::from_utf8_lossy(&out.stderr)
             )
         })
-    }
-
-    /// Every IPv4/IPv6 address any traced run dialled.
-    fn dialled(&self) -> Vec<IpAddr> {
-        let dir = self.trace.parent().unwrap();
-        let stem = self
-            .trace
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&stem) {
-                continue;
-            }
-            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
-                for key in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
-                    if let Some(rest) = line.split(key).nth(1) {
-                        if let Some(a) = rest.split('"').next().and_then(|a| a.parse().ok()) {
-                            out.push(a);
-                        }
-                    }
-                }
-            }
-        }
-        out
     }
 }
 
@@ -194,45 +163,6 @@ fn owned(fake: &Fake, cluster: &str) -> Vec<String> {
     .collect()
 }
 
-/// OpenSSH as `user` with the cluster key (the harness's own access; k8sforge is not involved).
-fn openssh(key: &Path, user: &str, ip: Ipv4Addr, script: &str) -> Output {
-    Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-        ])
-        .arg(format!("{user}@{ip}"))
-        .arg(script)
-        .output()
-        .expect("ssh (openssh-client)")
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn allowed(a: &IpAddr) -> bool {
-    let test: Ipv4Net = "198.18.0.0/15".parse().unwrap();
-    match a {
-        IpAddr::V4(v) => v.is_loopback() || test.contains(v) || v.is_unspecified(),
-        IpAddr::V6(v) => v.is_loopback() || v.is_unspecified(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
     // SAFETY: geteuid cannot fail.
@@ -253,7 +183,7 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         profile: write_profile(work.path(), &name, &cidr.to_string(), &host.to_string()),
         mirror: m.root.display().to_string(),
         endpoint: fake.endpoint(),
-        trace: work.path().join("connects"),
+        trace: ConnectTrace::new(work.path().join("connects")),
     };
 
     // 1. Provision through `up` (the fake on loopback).
@@ -302,58 +232,11 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         meta_key = Some(key.trim().to_string());
     }
     let key = meta_key.unwrap();
-    let hosts_name = format!("{name}-hosts");
-    let local_profile = k8sforge::profile::load(
-        "local-3",
-        &[
-            format!("name={hosts_name}"),
-            format!("network.nodeCIDR={cidr}"),
-        ],
-    )
-    .unwrap()
-    .profile;
-    let mut cfg = LocalConfig::from_profile(&local_profile).unwrap();
-    cfg.launcher_exe = BIN.into();
-    let hosts = LocalProvider::new(cfg);
-    let mut planned = inv.clone();
-    planned.cluster = hosts_name.clone();
-    let hosts_dir = work.path().join("hosts");
-    std::fs::create_dir_all(&hosts_dir).unwrap();
-    struct Stop<'a>(&'a LocalProvider);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.teardown_all(false);
-        }
-    }
-    let _ = hosts.teardown_all(false);
-    let ctx = ProvisionContext::new(&local_profile, &planned, hosts_dir, key.clone());
-    tokio::task::block_in_place(|| hosts.provision_nodes(&ctx))
-        .expect("boot the stand-in instances");
-    let _stop = Stop(&hosts);
-
-    // The cloud-image flavour (root is only the harness's way in, revoked last).
     let cluster_key = run.home.join(&name).join("ssh/id_ed25519");
-    for n in &inv.nodes {
-        for script in [
-            cloud_nodes::cloudify_script(LOGIN_USER, &key, true),
-            cloud_nodes::KERNEL_STAND_IN.to_string(),
-            cloud_nodes::REVOKE_ROOT.to_string(),
-        ] {
-            let out = openssh(&cluster_key, "root", n.internal_ip, &script);
-            assert!(
-                out.status.success(),
-                "{} as root: {script}\n{}",
-                n.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let root = openssh(&cluster_key, "root", n.internal_ip, "true");
-        assert!(
-            !root.status.success(),
-            "{}: root login must be refused",
-            n.name
-        );
-    }
+    let nodes =
+        tokio::task::block_in_place(|| StandIns::boot(work.path(), &inv, &key, &cluster_key));
+    // The load balancer's stand-in at the address the provider recorded for the API.
+    stand_ins::lb_stand_in(SocketAddr::new(IpAddr::V4(host), 6443), &inv, 6443);
 
     // 3. A whole `up`: provision inside it, then PKI, etcd over TLS and the runtime.
     let full = tokio::task::block_in_place(|| run.up(&[]));
@@ -378,19 +261,14 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
             .contains("kubernetes-server-linux-amd64.tar.gz"),
         "{full:#}"
     );
-    for n in &inv.nodes {
-        let out = openssh(
-            &cluster_key,
-            LOGIN_USER,
-            n.internal_ip,
+    for (n, _) in &nodes.nodes {
+        let text = nodes.ssh_ok(
+            n,
             "stat -c '%U %a' ~/.k8sforge-staging && sudo -n test -f /etc/containerd/config.toml && echo installed",
         );
-        let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains(&format!("{LOGIN_USER} 700")) && text.contains("installed"),
-            "{}: {text} {}",
-            n.name,
-            String::from_utf8_lossy(&out.stderr)
+            "{n}: {text}"
         );
     }
 
@@ -435,14 +313,5 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         .iter()
         .find(|n| n.name == "controlplane-1")
         .unwrap();
-    let dialled = run.dialled();
-    assert!(
-        dialled.contains(&IpAddr::V4(cp.internal_ip)),
-        "the trace saw no connection to the nodes at all: {dialled:?}"
-    );
-    let bad: Vec<&IpAddr> = dialled.iter().filter(|a| !allowed(a)).collect();
-    assert!(
-        bad.is_empty(),
-        "k8sforge dialled outside loopback and 198.18.0.0/15: {bad:?}"
-    );
+    run.trace.assert_only_test_ranges(cp.internal_ip);
 }

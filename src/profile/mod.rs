@@ -406,7 +406,15 @@ fn allowed_fields(parent: &str) -> String {
             "artifacts",
             "ssh",
         ],
-        "provider" => &["kind", "local", "static", "aws", "gcp", "kernelExceptions"],
+        "provider" => &[
+            "kind",
+            "local",
+            "static",
+            "aws",
+            "gcp",
+            "kernelExceptions",
+            "containerNodes",
+        ],
         "provider.local" => &["bridge", "root"],
         "provider.static" => &["inventory"],
         "provider.aws" => &[

@@ -88,6 +88,11 @@ pub struct ProviderSpec {
     /// nodes are always such containers (every refusal is listed, none fails).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_exceptions: Vec<String>,
+    /// The machines are system containers (LXD, systemd-nspawn) sharing their host's kernel:
+    /// kubelet tolerates the host's swap, kube-proxy leaves conntrack sizing to the host and
+    /// containerd does not lower `oom_score_adj`, as on local nodes (always containers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub container_nodes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

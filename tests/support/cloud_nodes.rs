@@ -130,3 +130,9 @@ impl Drop for Isolation {
 pub fn reachable(ip: Ipv4Addr, port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::new(ip.into(), port), Duration::from_secs(1)).is_ok()
 }
+
+/// Ubuntu cloud images run systemd-resolved, and k8sforge hands kubelet its upstream list
+/// (`/run/systemd/resolve/resolv.conf`) on AWS and GCP; the Debian test nodes have no resolved,
+/// so the stand-ins get that file with the node's own resolver list.
+pub const RESOLVED_STAND_IN: &str = "set -eu\nmkdir -p /run/systemd/resolve\n\
+    [ -e /run/systemd/resolve/resolv.conf ] || cp /etc/resolv.conf /run/systemd/resolve/resolv.conf\n";

@@ -7,6 +7,8 @@ pub mod sshd;
 pub use placeholder_pki::*;
 pub mod aws;
 pub mod cloud_nodes;
+pub mod kube_checks;
 pub mod local_cluster;
 pub mod mirror_source;
+pub mod stand_ins;
 pub mod subnet;
