@@ -61,6 +61,9 @@ provider:
     zones: [{region}a]
     adminCIDRs: [198.18.0.0/15]
     ami: {{ owner: "{account}", name: "k8sforge-test-noble-*" }}
+    # The stand-ins boot after the first provision (their addresses come from it): that one
+    # finds no keys and must not wait; the next finds them at once (the proxy below).
+    hostKeyWaitSeconds: 0
 kubernetes:
   version: {version}
 # The training operators need images nobody can build here (tests/training_apply.rs has them).
@@ -143,16 +146,6 @@ impl Run {
         });
         (out, v)
     }
-
-    fn up_only(&self, only: &str) -> serde_json::Value {
-        let (out, v) = self.up(&["--only", only]);
-        assert!(
-            out.status.success(),
-            "up --only {only}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        v
-    }
 }
 
 const REMOTE_PHASES: [&str; 5] = ["etcd", "runtime", "control-plane", "workers", "network"];
@@ -197,8 +190,16 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     };
 
     // 1. Provision through `up` (moto on loopback).
-    let r = tokio::task::block_in_place(|| run.up_only("provision"));
+    let (out, r) = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
     assert_eq!(r["phases"][0]["outcome"], "done", "{r:#}");
+    // No instance has printed host keys yet (no stand-in runs): first contact, said so.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "no SSH host keys in the console output of controlplane-1, worker-1, worker-2"
+        ) && said.contains("pinned on first contact"),
+        "{said}"
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.home.join(&name).join("state.json")).unwrap())
             .unwrap();
@@ -230,7 +231,7 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         .filter_map(|i| {
             Some((
                 i.private_ip_address()?.to_string(),
-                i.key_name()?.to_string(),
+                i.instance_id()?.to_string(),
             ))
         })
         .collect();
@@ -248,12 +249,70 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     // The load balancer's stand-in at the address the provider recorded for the API.
     stand_ins::lb_stand_in(SocketAddr::new(IpAddr::V4(host), 6443), &inv, 6443);
 
+    // Host keys from the provider. moto's console output is one fixed text; a real instance's
+    // has cloud-init's host-key block. So the test proxy answers GetConsoleOutput for each
+    // instance with its stand-in's real host keys in that format — for worker-2 first with a key
+    // that is not its own, which must be refused by name on first contact.
+    let real = nodes.host_keys();
+    let id_of = |node: &str| {
+        let ip = inv.node(node).unwrap().internal_ip.to_string();
+        by_ip[&ip].clone()
+    };
+    for (n, keys) in &real {
+        let keys = if n == "worker-2" {
+            vec![other_host_key(work.path())]
+        } else {
+            keys.clone()
+        };
+        peer::proxy().set_console(&account, &id_of(n), &console_text(n, &keys));
+    }
+    let (out, refused) = tokio::task::block_in_place(|| run.up(&[]));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("SSH host keys of controlplane-1, worker-1, worker-2 pinned from the AWS console output"),
+        "{said}"
+    );
+    assert!(
+        format!("{refused}{said}").contains("node worker-2: SSH HOST KEY CHANGED"),
+        "{refused:#}\n{said}"
+    );
+    // The operator removes the wrong pin (ssh-keygen -R); the console now shows the real keys.
+    let kh_path = run.home.join(&name).join("known_hosts");
+    let w2 = inv.node("worker-2").unwrap().internal_ip.to_string();
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    let kept: String = kh
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{w2} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&kh_path, kept).unwrap();
+    let w2_keys = &real.iter().find(|(n, _)| n == "worker-2").unwrap().1;
+    peer::proxy().set_console(
+        &account,
+        &id_of("worker-2"),
+        &console_text("worker-2", w2_keys),
+    );
+
     // 3. A whole `up` (no `--only`): provision runs inside it like every other phase, then PKI,
     //    etcd over TLS, the runtime (kernel step, containerd, CNI, the node-local API endpoint)
     //    and — with kube binaries — the control plane, workers, network and add-ons, on the
     //    stand-in instances through their private addresses.
     let (out, full) = tokio::task::block_in_place(|| run.up(&[]));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Every node's keys came from the console: none was trusted on first contact.
+    assert!(!stderr.contains("on first contact"), "{stderr}");
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    for (n, keys) in &real {
+        let ip = inv.node(n).unwrap().internal_ip.to_string();
+        for k in keys {
+            assert!(
+                kh.lines()
+                    .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(k.as_str())),
+                "{n}: {k} not pinned in\n{kh}"
+            );
+        }
+    }
     let phases = full["phases"].as_array().unwrap();
     for (i, want) in ["provision", "pki", "etcd", "runtime"].iter().enumerate() {
         assert_eq!(phases[i]["phase"], *want, "{full:#}");
@@ -400,4 +459,35 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     // 7. Nobody dialled an address moto invented.
     let cp = inv.with_role(Role::ControlPlane).next().unwrap();
     run.trace.assert_only_test_ranges(cp.internal_ip);
+}
+
+/// Console output as cloud-init prints it on an Ubuntu instance: boot lines, then the host keys.
+fn console_text(node: &str, keys: &[String]) -> String {
+    let mut t = format!(
+        "[    0.000000] Linux version 6.8.0-1015-aws\n[   12.345678] cloud-init[812]: Cloud-init v. 24.1.3 running 'modules:final'\n\
+         -----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:placeholder root@{node} (ED25519)\n-----END SSH HOST KEY FINGERPRINTS-----\n\
+         -----BEGIN SSH HOST KEY KEYS-----\n"
+    );
+    for k in keys {
+        t.push_str(&format!("{k} root@{node}\n"));
+    }
+    t.push_str("-----END SSH HOST KEY KEYS-----\n[   13.0] cloud-init[812]: Cloud-init v. 24.1.3 finished\n");
+    t
+}
+
+/// A fresh ed25519 public key that belongs to no stand-in.
+fn other_host_key(dir: &Path) -> String {
+    let f = dir.join("not-the-host-key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&f)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let pub_key = std::fs::read_to_string(f.with_extension("pub")).unwrap();
+    pub_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

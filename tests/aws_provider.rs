@@ -28,6 +28,8 @@ fn opts() -> Options {
         wait_timeout: Duration::from_secs(300),
         dependency_timeout: Duration::from_secs(30),
         parallelism: 16,
+        // moto prints no cloud-init host-key block: one look, no wait.
+        host_key_wait: Duration::ZERO,
         ..Options::default()
     }
 }

@@ -424,6 +424,7 @@ fn allowed_fields(parent: &str) -> String {
             "ami",
             "bastion",
             "routeTableLimit",
+            "hostKeyWaitSeconds",
         ],
         "provider.aws.ami" => &["owner", "name"],
         "provider.gcp" => &["project", "region", "zone", "adminCIDRs", "image"],

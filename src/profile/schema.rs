@@ -210,6 +210,11 @@ pub struct AwsProviderSpec {
     /// Routes per VPC route table allowed for this account (AWS default 50).
     #[serde(default = "default_route_table_limit")]
     pub route_table_limit: u32,
+    /// How long provision waits for new instances' console output to show their SSH host keys
+    /// (cloud-init prints them about a minute after boot) before leaving them to first contact.
+    /// Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_wait_seconds: Option<u64>,
 }
 
 fn default_route_table_limit() -> u32 {

@@ -11,4 +11,5 @@ pub mod kube_checks;
 pub mod local_cluster;
 pub mod mirror_source;
 pub mod stand_ins;
+pub mod static_cluster;
 pub mod subnet;
