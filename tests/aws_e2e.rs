@@ -248,6 +248,9 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         tokio::task::block_in_place(|| StandIns::boot(work.path(), &inv, &key, &cluster_key));
     // The load balancer's stand-in at the address the provider recorded for the API.
     stand_ins::lb_stand_in(SocketAddr::new(IpAddr::V4(host), 6443), &inv, 6443);
+    // Instances in one VPC talk with 9001-byte frames; k8sforge's VXLAN pod MTU (8951) needs
+    // them and its unit refuses a smaller underlay.
+    nodes.set_network_mtu(host, 9001);
 
     // Host keys from the provider. moto's console output is one fixed text; a real instance's
     // has cloud-init's host-key block. So the test proxy answers GetConsoleOutput for each

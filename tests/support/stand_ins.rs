@@ -103,6 +103,38 @@ impl StandIns {
         s
     }
 
+    /// The VPC's MTU on the stand-ins' network (AWS: 9001-byte jumbo frames, which k8sforge's
+    /// VXLAN pod MTU relies on): the host bridge holding `host` and its ports, then every node's
+    /// interface.
+    pub fn set_network_mtu(&self, host: Ipv4Addr, mtu: u32) {
+        let sh = |script: &str| {
+            let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let bridge = sh(&format!(
+            "ip -o -4 addr show to {host}/32 | awk '{{print $2; exit}}'"
+        ));
+        let bridge = bridge.trim();
+        assert!(!bridge.is_empty(), "no host interface has {host}");
+        sh(&format!(
+            "for p in $(ip -o link show master {bridge} | awk -F': ' '{{print $2}}' | cut -d@ -f1); do \
+             ip link set \"$p\" mtu {mtu}; done; ip link set {bridge} mtu {mtu}"
+        ));
+        for (n, ip) in &self.nodes {
+            self.ssh_ok(
+                n,
+                &format!(
+                    "dev=$(ip -o -4 addr show to {ip}/32 | awk '{{print $2; exit}}'); sudo -n ip link set \"$dev\" mtu {mtu}"
+                ),
+            );
+        }
+    }
+
     /// Run `script` as `ubuntu` on stand-in `node` (the harness's own access, plain OpenSSH).
     pub fn ssh(&self, node: &str, script: &str) -> Output {
         let ip = self
