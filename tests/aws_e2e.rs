@@ -370,8 +370,9 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         let admin = run.home.join(&name).join("kubeconfigs/admin.kubeconfig");
         let kc = std::fs::read_to_string(&admin).unwrap();
         assert!(kc.contains(&format!("server: https://{host}:6443")), "{kc}");
-        let kubectl = kube_checks::Kubectl::new(k, admin);
-        kubectl.wait_nodes_ready(
+        let kubectl = kube_checks::kubectl(k, admin);
+        kube_checks::wait_nodes_ready(
+            &kubectl,
             &["controlplane-1", "worker-1", "worker-2"],
             Duration::from_secs(120),
         );

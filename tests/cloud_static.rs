@@ -307,12 +307,12 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             );
         }
         assert_eq!(out.status.code(), Some(0), "{stderr}");
-        let kubectl = kube_checks::Kubectl::new(
+        let kubectl = kube_checks::kubectl(
             k,
             st.home.join(&st.name).join("kubeconfigs/admin.kubeconfig"),
         );
         let names: Vec<&str> = cluster.iter().map(|(n, _)| n.as_str()).collect();
-        kubectl.wait_nodes_ready(&names, std::time::Duration::from_secs(120));
+        kube_checks::wait_nodes_ready(&kubectl, &names, std::time::Duration::from_secs(120));
         let archive = scratch.path().join("busybox.tar");
         kube_checks::busybox_archive(&m, &archive);
         for (n, _) in &cluster[1..] {

@@ -288,8 +288,9 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
             assert_eq!(phase(&full, p)["outcome"], "done", "{p}: {full:#}");
         }
         let admin = run.home.join(&name).join("kubeconfigs/admin.kubeconfig");
-        let kubectl = kube_checks::Kubectl::new(k, admin);
-        kubectl.wait_nodes_ready(
+        let kubectl = kube_checks::kubectl(k, admin);
+        kube_checks::wait_nodes_ready(
+            &kubectl,
             &["controlplane-1", "worker-1", "worker-2"],
             Duration::from_secs(120),
         );

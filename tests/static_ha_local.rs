@@ -152,8 +152,8 @@ fn static_three_control_planes_without_a_load_balancer() {
             h.name
         );
     }
-    let kubectl = Kubectl::new(&k, &admin);
-    kubectl.wait_nodes_ready(&names, Duration::from_secs(120));
+    let kubectl = kube_checks::kubectl(&k, &admin);
+    kube_checks::wait_nodes_ready(&kubectl, &names, Duration::from_secs(120));
 
     // 3. A workload across two nodes (the control planes run pods too: tolerations).
     let archive = scratch.path().join("busybox.tar");
@@ -181,7 +181,7 @@ fn static_three_control_planes_without_a_load_balancer() {
     // 5. Stop the one it names (cp-1): the recorded kubeconfig fails, `k8sforge kubeconfig`
     //    writes a live one, saying so.
     cluster.ssh("cp-1", &format!("systemctl stop {CONTROL_PLANE_UNITS}"));
-    let dead = kubectl.run(&["get", "nodes"]);
+    let dead = kubectl.output(&["get", "nodes"], None);
     assert!(
         !dead.status.success(),
         "cp-1 is stopped, yet its apiserver answered"
@@ -205,7 +205,7 @@ fn static_three_control_planes_without_a_load_balancer() {
         "{text}"
     );
     survives(
-        &Kubectl::new(&k, &picked),
+        &kube_checks::kubectl(&k, &picked),
         &["cp-2", "cp-3", "wk-1"],
         "after-cp1",
     );
@@ -235,7 +235,7 @@ fn survives(kubectl: &Kubectl, names: &[&str], tag: &str) {
             .any(|c| c["type"] == "Ready" && c["status"] == "True");
         assert!(ready, "{tag}: {n} not Ready: {node:#}");
     }
-    let ip = kubectl.running_pod_ip("web-b");
+    let ip = kube_checks::running_pod_ip(kubectl, "web-b");
     let got = kubectl.ok(&[
         "exec",
         "web-a",

@@ -5,8 +5,9 @@
 //! caller-given way in (no registry here).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+pub use super::kubectl::Kubectl;
 
 use k8sforge_testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
 use k8sforge_testkit::{mirror::TestMirror, oci};
@@ -47,114 +48,33 @@ pub fn busybox_archive(m: &TestMirror, out: &Path) {
 /// (`sudo`: the login user of cloud-image nodes is not root).
 pub const IMPORT_FROM_STDIN: &str = "cat > /tmp/busybox.tar && sudo -n ctr -n k8s.io images import /tmp/busybox.tar >/dev/null && rm -f /tmp/busybox.tar";
 
-/// kubectl of the given binaries with one kubeconfig.
-pub struct Kubectl {
-    pub bin: PathBuf,
-    pub kubeconfig: PathBuf,
+/// kubectl of the given binaries with `kubeconfig`.
+pub fn kubectl(kube: &KubeBinaries, kubeconfig: impl Into<PathBuf>) -> Kubectl {
+    Kubectl::new(kube.kubectl(), kubeconfig)
 }
 
-impl Kubectl {
-    pub fn new(kube: &KubeBinaries, kubeconfig: impl Into<PathBuf>) -> Kubectl {
-        Kubectl {
-            bin: kube.kubectl(),
-            kubeconfig: kubeconfig.into(),
-        }
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    pub fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    pub fn apply(&self, yaml: &str) {
-        let mut child = Command::new(&self.bin)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "apply failed: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Wait until `kubectl <args> -o json` satisfies `ok`, returning the parsed JSON.
-    pub fn wait_json(
-        &self,
-        args: &[&str],
-        timeout: Duration,
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut a = args.to_vec();
-            a.extend(["-o", "json"]);
-            let out = self.run(&a);
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-            if ok(&v) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {args:?}: {v:#}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-
-    /// Every one of `names` registered and Ready (within `timeout`).
-    pub fn wait_nodes_ready(&self, names: &[&str], timeout: Duration) {
-        self.wait_json(&["get", "nodes"], timeout, |v| {
-            let items = v["items"].as_array().cloned().unwrap_or_default();
-            names.iter().all(|want| {
-                items.iter().any(|n| {
-                    n["metadata"]["name"] == *want
-                        && n["status"]["conditions"].as_array().is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                        })
-                })
+/// Every one of `names` registered and Ready (within `timeout`).
+pub fn wait_nodes_ready(k: &Kubectl, names: &[&str], timeout: Duration) {
+    k.wait_json(&["get", "nodes"], timeout, |v| {
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        names.iter().all(|want| {
+            items.iter().any(|n| {
+                n["metadata"]["name"] == *want
+                    && n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
             })
-        });
-    }
+        })
+    });
+}
 
-    pub fn running_pod_ip(&self, name: &str) -> String {
-        let v = self.wait_json(&["get", "pod", name], Duration::from_secs(120), |v| {
-            v["status"]["phase"] == "Running" && v["status"]["podIP"].is_string()
-        });
-        v["status"]["podIP"].as_str().unwrap().to_string()
-    }
+/// The address of pod `name` once it runs (within 2 minutes).
+pub fn running_pod_ip(k: &Kubectl, name: &str) -> String {
+    let v = k.wait_json(&["get", "pod", name], Duration::from_secs(120), |v| {
+        v["status"]["phase"] == "Running" && v["status"]["podIP"].is_string()
+    });
+    v["status"]["podIP"].as_str().unwrap().to_string()
 }
 
 pub fn pod_yaml(name: &str, node: &str, app: &str, cmd: &str) -> String {
@@ -184,8 +104,8 @@ pub fn workload_across(k: &Kubectl, a: &str, b: &str, dns: bool) {
     let serve = "echo hello-from-$(hostname) > /tmp/index.html && httpd -f -p 8080 -h /tmp";
     k.apply(&pod_yaml("web-a", a, "web", serve));
     k.apply(&pod_yaml("web-b", b, "web", serve));
-    let ip_a = k.running_pod_ip("web-a");
-    let ip_b = k.running_pod_ip("web-b");
+    let ip_a = running_pod_ip(k, "web-a");
+    let ip_b = running_pod_ip(k, "web-b");
     let got = k.ok(&[
         "exec",
         "web-a",
@@ -212,16 +132,19 @@ spec:
     let deadline = Instant::now() + Duration::from_secs(60);
     while seen.len() < 2 {
         assert!(Instant::now() < deadline, "service reached only {seen:?}");
-        let out = k.run(&[
-            "exec",
-            "web-a",
-            "--",
-            "wget",
-            "-qO-",
-            "-T",
-            "3",
-            &format!("http://{cluster_ip}/index.html"),
-        ]);
+        let out = k.output(
+            &[
+                "exec",
+                "web-a",
+                "--",
+                "wget",
+                "-qO-",
+                "-T",
+                "3",
+                &format!("http://{cluster_ip}/index.html"),
+            ],
+            None,
+        );
         let body = String::from_utf8_lossy(&out.stdout);
         for w in ["web-a", "web-b"] {
             if body.contains(&format!("hello-from-{w}")) {
@@ -235,13 +158,16 @@ spec:
     }
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let out = k.run(&[
-            "exec",
-            "web-b",
-            "--",
-            "nslookup",
-            "web.default.svc.cluster.local",
-        ]);
+        let out = k.output(
+            &[
+                "exec",
+                "web-b",
+                "--",
+                "nslookup",
+                "web.default.svc.cluster.local",
+            ],
+            None,
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && text.contains(&cluster_ip) {
             break;

@@ -8,6 +8,7 @@ pub use placeholder_pki::*;
 pub mod aws;
 pub mod cloud_nodes;
 pub mod kube_checks;
+pub mod kubectl;
 pub mod local_cluster;
 pub mod mirror_source;
 pub mod stand_ins;
