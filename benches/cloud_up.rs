@@ -72,8 +72,10 @@ fn main() {
         .collect();
     let (_, bastion_ip) = nodes[3].clone();
     let cluster = &nodes[..3];
+    let gateway = Ipv4Addr::from(u32::from(bastion_ip) & 0xffff_ff00 | 1);
     for (n, _) in cluster {
         machines.ssh_ok(n, cloud_nodes::KERNEL_STAND_IN);
+        machines.ssh_ok(n, &cloud_nodes::resolver_stand_in(gateway));
     }
     let key = machines.state_dir().join("ssh/id_ed25519");
     let scratch = tempfile::tempdir().unwrap();

@@ -165,10 +165,12 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
 
     // 2. The cloud-image flavour.
     let pub_key = fs::read_to_string(local.key().with_extension("pub")).unwrap();
+    let gateway = Ipv4Addr::from(u32::from(bastion_ip) & 0xffff_ff00 | 1);
     for (n, _) in &nodes {
         local.root_ssh(n, &cloud_nodes::cloudify_script(LOGIN_USER, &pub_key, true));
         if *n != bastion_name {
             local.root_ssh(n, cloud_nodes::KERNEL_STAND_IN);
+            local.root_ssh(n, &cloud_nodes::resolver_stand_in(gateway));
         }
     }
     // One more login on the bastion whose sudo asks for a password.

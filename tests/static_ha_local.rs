@@ -71,8 +71,10 @@ fn static_three_control_planes_without_a_load_balancer() {
         })
         .collect();
     assert_eq!(ips.len(), 4, "{st:#}");
+    let gateway = Ipv4Addr::from(u32::from(ips[0].1) & 0xffff_ff00 | 1);
     for (n, _) in &ips {
         machines.ssh_ok(n, cloud_nodes::KERNEL_STAND_IN);
+        machines.ssh_ok(n, &cloud_nodes::resolver_stand_in(gateway));
     }
 
     // 2. The static cluster: cp-1..cp-3 (control plane + etcd), wk-1 (worker), as root.

@@ -81,7 +81,7 @@ impl StandIns {
             for script in [
                 cloud_nodes::cloudify_script(LOGIN_USER, pub_key, true),
                 cloud_nodes::KERNEL_STAND_IN.to_string(),
-                cloud_nodes::RESOLVED_STAND_IN.to_string(),
+                cloud_nodes::resolver_stand_in(Ipv4Addr::from(u32::from(cidr.network()) + 1)),
                 cloud_nodes::REVOKE_ROOT.to_string(),
             ] {
                 let out = openssh(key, "root", *ip, &script);
