@@ -244,8 +244,6 @@ fn survives(kubectl: &Kubectl, names: &[&str], tag: &str) {
         "--",
         "wget",
         "-qO-",
-        "-T",
-        "5",
         &format!("http://{ip}:8080/index.html"),
     ]);
     assert!(got.contains("hello-from-web-b"), "{tag}: {got}");

@@ -139,8 +139,6 @@ spec:
                 "--",
                 "wget",
                 "-qO-",
-                "-T",
-                "3",
                 &format!("http://{cluster_ip}/index.html"),
             ],
             None,
