@@ -526,7 +526,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             added.is_empty() && removed.is_empty(),
             "{n} not left as found:\n  added: {added:?}\n  removed: {removed:?}"
         );
-        let units = st.ssh(n, "systemctl is-active etcd.service containerd.service kubelet.service kube-apiserver.service 2>/dev/null; pgrep -f containerd-shim >/dev/null && echo shim; ip link show cni0 >/dev/null 2>&1 && echo cni0; true");
+        let units = st.ssh(n, "systemctl is-active etcd.service containerd.service kubelet.service kube-apiserver.service 2>/dev/null; pgrep -f '[c]ontainerd-shim' >/dev/null && echo shim; ip link show cni0 >/dev/null 2>&1 && echo cni0; true");
         assert!(
             !units.contains("\nactive")
                 && !units.starts_with("active")
