@@ -26,6 +26,8 @@ fn opts() -> Options {
         poll_interval: Duration::from_millis(100),
         wait_timeout: Duration::from_secs(120),
         dependency_timeout: Duration::from_secs(30),
+        // moto prints no cloud-init host-key block: one look, no wait.
+        host_key_wait: Duration::ZERO,
         ..Options::default()
     }
 }

@@ -112,6 +112,8 @@ struct ProxyState {
     /// Placement groups per account: (name, id, strategy, tags).
     placement_groups: BTreeMap<String, Vec<PlacementGroup>>,
     faults: Vec<Fault>,
+    /// Console text per (account, instance id), answered for GetConsoleOutput instead of moto's.
+    consoles: BTreeMap<(String, String), String>,
     quotas: BTreeMap<(String, String), f64>,
     /// TerminateInstances held back per account: (request bytes, describes left before applying).
     deferred: BTreeMap<String, (Vec<u8>, u32)>,
@@ -149,6 +151,15 @@ pub fn proxy() -> &'static Proxy {
 }
 
 impl Proxy {
+    /// Answer GetConsoleOutput for `instance_id` with `text` (moto's is one fixed text without
+    /// cloud-init's host-key block; real instances print theirs there).
+    pub fn set_console(&self, account: &str, instance_id: &str, text: &str) {
+        self.state.lock().unwrap().consoles.insert(
+            (account.to_string(), instance_id.to_string()),
+            text.to_string(),
+        );
+    }
+
     pub fn inject(&self, f: Fault) {
         self.state.lock().unwrap().faults.push(f);
     }
@@ -408,6 +419,24 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
             };
             respond(&mut w, f.status, "text/xml", &[], xml.as_bytes());
             continue;
+        }
+        if action == "GetConsoleOutput" {
+            let id = form_value(&body, "InstanceId").unwrap_or_default();
+            let text = st
+                .lock()
+                .unwrap()
+                .consoles
+                .get(&(account.clone(), id.clone()))
+                .cloned();
+            if let Some(text) = text {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+                let xml = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>0</requestId><instanceId>{id}</instanceId><timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{b64}</output></GetConsoleOutputResponse>"
+                );
+                respond(&mut w, 200, "text/xml", &[], xml.as_bytes());
+                continue;
+            }
         }
         if matches!(
             action.as_str(),
