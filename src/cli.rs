@@ -340,7 +340,7 @@ pub enum CertsCommand {
     },
     /// Re-issue leaf certificates and roll them out node by node without downtime
     #[command(
-        after_help = "Examples:\n  k8sforge certs rotate --dry-run\n  k8sforge certs rotate --within 30d\n  k8sforge certs rotate --only apiserver etcd/server --output json"
+        after_help = "Examples:\n  k8sforge certs rotate --dry-run\n  k8sforge certs rotate --within 30d\n  k8sforge certs rotate --only apiserver etcd/server --output json\n  k8sforge certs rotate --ca --dry-run\n  k8sforge certs rotate --ca --only-ca etcd\n  k8sforge certs rotate --sa-keys        (later: --sa-keys --finish)"
     )]
     Rotate {
         #[command(flatten)]
@@ -352,9 +352,21 @@ pub enum CertsCommand {
         /// Only certificates expiring within this long (e.g. 30d, 12h)
         #[arg(long, value_name = "DURATION")]
         within: Option<String>,
-        /// Rotate the CAs (new CA into every trust bundle first, old one removed last)
-        #[arg(long)]
+        /// Rotate the CAs in stages: new CA into every trust bundle, leaves re-issued from it,
+        /// old CA removed last; resumable (run it again after a failure or crash)
+        #[arg(long, conflicts_with_all = ["only", "within", "sa_keys"])]
         ca: bool,
+        /// With --ca: only these CAs (repeatable; default all three)
+        #[arg(long, value_enum, value_name = "CA", requires = "ca")]
+        only_ca: Vec<CaName>,
+        /// Rotate the service-account signing key: the apiservers accept the old and the new
+        /// public key, then the new key signs; the old key stays accepted until --finish
+        #[arg(long, conflicts_with_all = ["only", "within"])]
+        sa_keys: bool,
+        /// With --sa-keys: stop accepting the previous service-account public key (tokens
+        /// signed by it stop working)
+        #[arg(long, requires = "sa_keys")]
+        finish: bool,
         /// Print the plan (certificates, nodes, files, units, order) and change nothing
         #[arg(long)]
         dry_run: bool,
@@ -364,6 +376,17 @@ pub enum CertsCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+}
+
+/// A CA, as `--only-ca` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaName {
+    /// The cluster CA (pki/ca): apiserver, kubelets, clients, service-account tokens' ca.crt
+    Kubernetes,
+    /// The etcd CA (pki/etcd/ca): etcd members and the apiservers' etcd client
+    Etcd,
+    /// The front-proxy CA (pki/front-proxy-ca): the aggregation layer
+    FrontProxy,
 }
 
 #[derive(Debug, Subcommand)]

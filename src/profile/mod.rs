@@ -5,6 +5,7 @@ pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
 pub mod efa_layout;
+pub mod gpu_nic_layout;
 pub mod overrides;
 pub mod schema;
 pub mod site_release;
@@ -408,7 +409,15 @@ fn allowed_fields(parent: &str) -> String {
             "artifacts",
             "ssh",
         ],
-        "provider" => &["kind", "local", "static", "aws", "gcp", "kernelExceptions"],
+        "provider" => &[
+            "kind",
+            "local",
+            "static",
+            "aws",
+            "gcp",
+            "kernelExceptions",
+            "containerNodes",
+        ],
         "provider.local" => &["bridge", "root"],
         "provider.static" => &["inventory"],
         "provider.aws" => &[
@@ -418,6 +427,7 @@ fn allowed_fields(parent: &str) -> String {
             "ami",
             "bastion",
             "routeTableLimit",
+            "hostKeyWaitSeconds",
         ],
         "provider.aws.ami" => &["owner", "name"],
         "provider.gcp" => &["project", "region", "zone", "adminCIDRs", "image"],
