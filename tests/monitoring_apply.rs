@@ -37,7 +37,15 @@ async fn the_stack_is_accepted_by_a_real_apiserver_and_reapplies_as_a_no_op() {
         println!("{}", kube_prometheus::skip_line());
         return;
     };
-    let mut api = apiserver::ApiServer::start(&bin, "gpu-dev", TEST_KUBERNETES, "*").await;
+    // The workload and disruption controllers are off: their status writes would bump the
+    // resourceVersion between the two applies, which is how "changed" is measured.
+    let mut api = apiserver::ApiServer::start(
+        &bin,
+        "gpu-dev",
+        TEST_KUBERNETES,
+        "*,-deployment,-daemonset,-replicaset,-disruption",
+    )
+    .await;
     assert!(api.admin.is_file(), "admin kubeconfig");
     let loaded = k8sforge::profile::load("gpu-dev", &api.profile_sets).unwrap();
     let p = loaded.profile;
@@ -51,8 +59,7 @@ async fn the_stack_is_accepted_by_a_real_apiserver_and_reapplies_as_a_no_op() {
     // certificates Secret), as the addons phase applies them.
     let mut own = monitoring::render(&p, &inv).unwrap();
     own.push(monitoring::tls_secret(&k8sforge::pki::layout::pki_dir(&api.cluster_dir)).unwrap());
-    let own_objects =
-        k8skube::validate_all(own.iter().map(|m| (m.name, m.yaml.as_str()))).unwrap();
+    let own_objects = k8skube::validate_all(own.iter().map(|m| (m.name, m.yaml.as_str()))).unwrap();
     let first = k8skube::apply(&api.cluster, &own_objects).await.unwrap();
     assert_eq!(first.count(Change::Created), own_objects.len());
     // No workload can become Available here (no kubelet, no images): wait = false.
@@ -73,7 +80,9 @@ async fn the_stack_is_accepted_by_a_real_apiserver_and_reapplies_as_a_no_op() {
         assert_eq!(k8skube::crds::not_established(&crd), None, "{name}");
     }
     // Second apply: nothing written.
-    let again = install::install(&api.cluster, &objects, false).await.unwrap();
+    let again = install::install(&api.cluster, &objects, false)
+        .await
+        .unwrap();
     let written = again.applied.count(Change::Created) + again.applied.count(Change::Changed);
     assert_eq!(
         written,

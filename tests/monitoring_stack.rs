@@ -49,10 +49,22 @@ fn every_object_of_each_pinned_release_validates_with_the_overlays() {
         assert_eq!(kinds("CustomResourceDefinition"), 10, "{release}");
         assert_eq!(kinds("Prometheus"), 1, "{release}");
         assert_eq!(kinds("Alertmanager"), 1, "{release}");
-        assert_eq!(kinds("PrometheusRule"), 9, "{release}: 8 upstream + k8sforge's");
+        assert_eq!(
+            kinds("PrometheusRule"),
+            9,
+            "{release}: 8 upstream + k8sforge's"
+        );
         assert_eq!(kinds("DaemonSet"), 1, "{release}: node-exporter");
-        assert_eq!(kinds("APIService"), 0, "{release}: prometheus-adapter left out");
-        assert_eq!(kinds("Namespace"), 0, "{release}: k8sforge's monitoring.yaml owns it");
+        assert_eq!(
+            kinds("APIService"),
+            0,
+            "{release}: prometheus-adapter left out"
+        );
+        assert_eq!(
+            kinds("Namespace"),
+            0,
+            "{release}: k8sforge's monitoring.yaml owns it"
+        );
         // Deployments: operator, kube-state-metrics, Grafana.
         let deployments: BTreeSet<String> = objects
             .iter()
@@ -71,7 +83,12 @@ fn every_object_of_each_pinned_release_validates_with_the_overlays() {
             .filter(|o| o.spec.resource.kind == "ServiceMonitor")
             .map(|o| o.object.metadata.name.clone().unwrap())
             .collect();
-        for gone in ["kube-apiserver", "kubelet", "kube-controller-manager", "kube-scheduler"] {
+        for gone in [
+            "kube-apiserver",
+            "kubelet",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ] {
             assert!(!monitors.contains(gone), "{release}: {gone} ServiceMonitor");
         }
         assert!(monitors.contains("node-exporter"), "{release}");
@@ -112,9 +129,16 @@ fn every_object_of_each_pinned_release_validates_with_the_overlays() {
         let claim = &spec["storage"]["volumeClaimTemplate"]["spec"];
         assert_eq!(claim["resources"]["requests"]["storage"], "200Gi");
         assert_eq!(claim["storageClassName"], "fast");
-        let prefer = &spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
-        assert_eq!(prefer["preference"]["matchExpressions"][0]["key"], "k8sforge.io/gpu");
-        assert_eq!(prefer["preference"]["matchExpressions"][0]["operator"], "NotIn");
+        let prefer =
+            &spec["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0];
+        assert_eq!(
+            prefer["preference"]["matchExpressions"][0]["key"],
+            "k8sforge.io/gpu"
+        );
+        assert_eq!(
+            prefer["preference"]["matchExpressions"][0]["operator"],
+            "NotIn"
+        );
         // node-exporter stays on every node (GPU nodes included).
         let ne = get("DaemonSet", "node-exporter");
         assert!(ne["spec"]["template"]["spec"]["affinity"].is_null());
@@ -145,7 +169,12 @@ fn every_object_of_each_pinned_release_validates_with_the_overlays() {
             .flat_map(|g| g["rules"].as_array().unwrap())
             .map(|r| r["alert"].as_str().unwrap())
             .collect();
-        for a in ["GpuNodeNotReady", "GpuXidError", "GpuIdleWhileAllocated", "NodeLinkSlow"] {
+        for a in [
+            "GpuNodeNotReady",
+            "GpuXidError",
+            "GpuIdleWhileAllocated",
+            "NodeLinkSlow",
+        ] {
             assert!(alerts.contains(&a), "{a}");
         }
     }
@@ -164,7 +193,9 @@ fn a_custom_resource_against_its_crd_schema_is_refused() {
         .find(|r| r.name == "k8sforge/prometheus-rules.yaml")
         .unwrap();
     // `groups` must be an array of objects with a `name`: the CRD schema says so.
-    rules.yaml = rules.yaml.replace("\"groups\":[", "\"groups\":[{\"rules\":[]},");
+    rules.yaml = rules
+        .yaml
+        .replace("\"groups\":[", "\"groups\":[{\"rules\":[]},");
     let e = install::validate(&rendered).unwrap_err().to_string();
     assert!(
         e.contains("k8sforge/prometheus-rules.yaml") && e.contains("name"),
@@ -194,8 +225,12 @@ fn a_tampered_upstream_file_is_refused() {
     let text = std::fs::read_to_string(&target).unwrap();
     std::fs::write(&target, text.replace("replicas: 2", "replicas: 9")).unwrap();
     let home = tempfile::tempdir().unwrap();
-    let e = upstream::materialize(home.path(), &Mirror::Dir(copy.path().to_path_buf()), release)
-        .unwrap_err()
-        .to_string();
+    let e = upstream::materialize(
+        home.path(),
+        &Mirror::Dir(copy.path().to_path_buf()),
+        release,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("prometheus-prometheus.yaml"), "{e}");
 }

@@ -192,10 +192,7 @@ fn idle_gpus() -> Dashboard {
                 "Unallocated GPUs",
                 Stat,
                 "short",
-                vec![q(
-                    r#"count(DCGM_FI_DEV_GPU_UTIL{pod=""}) or vector(0)"#,
-                    "",
-                )],
+                vec![q(r#"count(DCGM_FI_DEV_GPU_UTIL{pod=""}) or vector(0)"#, "")],
             ),
             panel(
                 "GPUs requested vs allocatable",
@@ -223,8 +220,8 @@ fn idle_gpus() -> Dashboard {
 }
 
 fn network() -> Dashboard {
-    use PanelKind::*;
     use crate::netprobe::{ERRORS_METRIC, EXPECTED_METRIC, RTT_METRIC, THROUGHPUT_METRIC};
+    use PanelKind::*;
     Dashboard {
         uid: "k8sforge-network",
         title: "k8sforge / Node-to-node network",
@@ -236,7 +233,10 @@ fn network() -> Dashboard {
                     matrix: Some(("source", "target")),
                 },
                 "bps",
-                vec![q(format!("max by (source, target) ({THROUGHPUT_METRIC})"), "")],
+                vec![q(
+                    format!("max by (source, target) ({THROUGHPUT_METRIC})"),
+                    "",
+                )],
             ),
             panel(
                 "Round-trip time matrix",
@@ -433,7 +433,11 @@ mod tests {
                 .collect();
             let mut ids = BTreeSet::new();
             for p in v["panels"].as_array().unwrap() {
-                assert!(ids.insert(p["id"].as_u64().unwrap()), "{}: panel ids", d.uid);
+                assert!(
+                    ids.insert(p["id"].as_u64().unwrap()),
+                    "{}: panel ids",
+                    d.uid
+                );
                 assert!(
                     ["timeseries", "stat", "table"].contains(&p["type"].as_str().unwrap()),
                     "{}",

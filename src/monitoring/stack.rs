@@ -109,6 +109,9 @@ pub fn render(local: &LocalRelease, profile: &Profile) -> Result<Vec<Rendered>, 
                 mount_dashboards(d, &dashboards);
                 saw_grafana = true;
             }
+            if matches!(kind(d), "Deployment" | "DaemonSet") {
+                drop_empty_container_lists(d);
+            }
             if matches!(
                 kind(d),
                 "Prometheus" | "Alertmanager" | "Deployment" | "StatefulSet"
@@ -178,7 +181,8 @@ fn overlay_prometheus(p: &mut Value, profile: &Profile) {
     spec["retention"] = json!(m.retention);
     spec["scrapeInterval"] = json!(m.scrape_interval);
     spec["evaluationInterval"] = json!(m.scrape_interval);
-    spec["additionalScrapeConfigs"] = json!({"name": super::SCRAPE_SECRET, "key": super::SCRAPE_KEY});
+    spec["additionalScrapeConfigs"] =
+        json!({"name": super::SCRAPE_SECRET, "key": super::SCRAPE_KEY});
     let mut secrets: Vec<Value> = spec["secrets"].as_array().cloned().unwrap_or_default();
     if !secrets.iter().any(|s| s == super::scrape::TLS_SECRET) {
         secrets.push(json!(super::scrape::TLS_SECRET));
@@ -194,6 +198,20 @@ fn overlay_prometheus(p: &mut Value, profile: &Profile) {
             claim["storageClassName"] = json!(class);
         }
         spec["storage"] = json!({"volumeClaimTemplate": {"spec": claim}});
+    }
+}
+
+/// Upstream's Grafana container says `env: []`. The API server stores no empty list, so a
+/// server-side apply of one rewrites the object every time (seen against a real apiserver:
+/// the resourceVersion moves on every apply); leaving the empty lists out means the same.
+fn drop_empty_container_lists(o: &mut Value) {
+    let pod = &mut o["spec"]["template"]["spec"];
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = pod[list].as_array_mut() {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                c.retain(|_, v| !v.as_array().is_some_and(Vec::is_empty));
+            }
+        }
     }
 }
 

@@ -146,7 +146,9 @@ mod tests {
         for r in Release::ALL {
             let files = r.files();
             assert_eq!(files.len(), 95, "{r}");
-            assert!(files.iter().any(|(p, _)| p.ends_with("manifests/setup/namespace.yaml")));
+            assert!(files
+                .iter()
+                .any(|(p, _)| p.ends_with("manifests/setup/namespace.yaml")));
         }
         assert_eq!(Release::for_kubernetes("v1.28.7"), Ok(Release::V0_14));
         assert_eq!(Release::for_kubernetes("v1.34.2"), Ok(Release::V0_18));
@@ -155,6 +157,9 @@ mod tests {
             assert!(Release::for_kubernetes(k).is_ok(), "{k}");
         }
         let e = Release::for_kubernetes("v1.32.1").unwrap_err();
-        assert!(e.contains("v1.32.1") && e.contains("v0.14.0 for v1.26–v1.31"), "{e}");
+        assert!(
+            e.contains("v1.32.1") && e.contains("v0.14.0 for v1.26–v1.31"),
+            "{e}"
+        );
     }
 }
