@@ -10,13 +10,13 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8sforge_testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
 use k8sforge_testkit::{mirror, oci};
 
+use support::kubectl::Kubectl;
 use support::local_cluster::{phase, LocalCluster};
 
 const BUSYBOX: &str = "k8sforge.test/busybox:1";
@@ -35,66 +35,23 @@ impl std::ops::Deref for Cluster {
 }
 
 impl Cluster {
-    fn kubeconfig(&self, identity: &str) -> PathBuf {
-        self.state_dir()
-            .join("kubeconfigs")
-            .join(format!("{identity}.kubeconfig"))
+    /// kubectl as `identity`, pointed at the admin's API address (see `LocalCluster::kubectl_as`).
+    fn kubectl_as(&self, identity: &str, args: &[&str]) -> Output {
+        self.lc
+            .kubectl_as(&self.kube.kubectl(), identity)
+            .output(args, None)
     }
 
-    /// kubectl from the given binaries with `identity`'s kubeconfig. Node identities' kubeconfigs
-    /// name the node-local endpoint (127.0.0.1 on the node), so from the host they are pointed at
-    /// the admin's API address instead.
-    fn kubectl_as(&self, identity: &str, args: &[&str]) -> Output {
-        let admin = std::fs::read_to_string(self.kubeconfig("admin")).unwrap();
-        let server = admin
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("server: "))
-            .unwrap()
-            .to_string();
-        Command::new(self.kube.kubectl())
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig(identity))
-            .arg(format!("--server={server}"))
-            .arg("--request-timeout=20s")
-            .args(args)
-            .output()
-            .unwrap()
+    fn admin(&self) -> Kubectl {
+        self.lc.kubectl(&self.kube.kubectl())
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.kubectl_as("admin", args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.admin().ok(args)
     }
 
     fn apply(&self, yaml: &str) {
-        let mut child = Command::new(self.kube.kubectl())
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig("admin"))
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(yaml.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "apply failed: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.admin().apply(yaml)
     }
 }
 
@@ -165,30 +122,14 @@ fn import_busybox(c: &Cluster, nodes: &[&str]) {
     }
 }
 
-/// Wait until `kubectl get` of `what` satisfies `ok`, returning the parsed JSON.
+/// Wait until `kubectl get` of `args` satisfies `ok`, returning the parsed JSON.
 fn wait_json(
     c: &Cluster,
     args: &[&str],
     timeout: Duration,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let out = c.kubectl_as("admin", &a);
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {args:?}: {v:#}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    c.admin().wait_json(args, timeout, ok)
 }
 
 fn pod_yaml(name: &str, node: &str, app: &str, cmd: &str) -> String {

@@ -23,73 +23,15 @@ mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use k8sforge_testkit::http::FileServer;
 use k8sforge_testkit::mirror;
 use k8sforge_testkit::registry::Registry;
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+use support::local_cluster::{phase, LocalCluster};
+
 const MIB: u64 = 1 << 20;
-
-struct Cluster {
-    home: tempfile::TempDir,
-    name: String,
-    cidr: String,
-    sets: Vec<String>,
-    _subnet_lock: std::fs::File,
-}
-
-impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            .arg(args[0])
-            .args(["--profile", "local-3"])
-            .args(["--set", &format!("name={}", self.name)])
-            .args(["--set", &format!("network.nodeCIDR={}", self.cidr)])
-            // Two nodes: a control plane and one worker.
-            .args(["--set", "workers[0].count=1"]);
-        for s in &self.sets {
-            c.args(["--set", s]);
-        }
-        c.args(&args[1..]);
-        c
-    }
-
-    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
-        let mut args = vec!["up", "--trust-mirror-checksums", "-o", "json"];
-        args.extend_from_slice(extra);
-        let out = self.cmd(&args).output().unwrap();
-        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out, report)
-    }
-
-    fn ssh(&self, node: &str, script: &str) -> String {
-        let out = self.cmd(&["ssh", node, "--", script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::env::var_os("K8SFORGE_TEST_KEEP").is_none() {
-            let _ = self.cmd(&["teardown"]).output();
-        }
-    }
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
-}
 
 /// Bytes sent over SSH per node, summed over every phase of `report`.
 fn bytes_per_node(report: &serde_json::Value) -> std::collections::BTreeMap<String, u64> {
@@ -156,15 +98,10 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         );
     }
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let (x, lock) = support::subnet::reserve_subnet();
+    // Two nodes: a control plane and one worker.
+    let mut c = LocalCluster::reserved("fetch", "local-3").with_set("workers[0].count=1");
+    let x: u8 = c.cidr.split('.').nth(2).unwrap().parse().unwrap();
     let bridge = Ipv4Addr::new(198, 19, x, 1);
-    let mut c = Cluster {
-        home: tempfile::tempdir().unwrap(),
-        name: format!("fetch-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        sets: Vec::new(),
-        _subnet_lock: lock,
-    };
     let _ = c.cmd(&["teardown"]).output();
     let (out, report) = c.up(&["--only", "provision"]);
     assert!(
@@ -186,12 +123,12 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         "artifacts.registryMirrors=[{{registry: registry.k8s.io, endpoints: [\"http://{}\"], fallbackToUpstream: false}}]",
         registry.addr
     );
-    c.sets = vec![
+    c.sets.extend([
         format!("artifacts.mirror={}", http.url()),
         "artifacts.delivery=fetch".into(),
         mirrors.clone(),
         format!("artifacts.images.pause={pause_ref}"),
-    ];
+    ]);
 
     // 1. The whole run: etcd and the runtime complete with every node downloading for itself;
     //    the control plane stops the run: the node cannot get the Kubernetes server archive
@@ -234,7 +171,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         );
     }
     let worker_ip = c
-        .ssh("worker-1", "hostname -I")
+        .ssh_ok("worker-1", "hostname -I")
         .trim()
         .split(' ')
         .next()
@@ -246,10 +183,11 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     );
     // The runtime is the one fetched; pause came from the registry, by digest.
     assert_eq!(
-        c.ssh("worker-1", "systemctl is-active containerd").trim(),
+        c.ssh_ok("worker-1", "systemctl is-active containerd")
+            .trim(),
         "active"
     );
-    let hosts = c.ssh(
+    let hosts = c.ssh_ok(
         "worker-1",
         "cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml",
     );
@@ -257,10 +195,10 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         hosts.contains(&format!("[host.\"http://{}\"]", registry.addr)),
         "{hosts}"
     );
-    let images = c.ssh("worker-1", "ctr -n k8s.io images ls -q");
+    let images = c.ssh_ok("worker-1", "ctr -n k8s.io images ls -q");
     assert!(images.contains(&pause_digest), "{images}");
     assert!(
-        c.ssh(
+        c.ssh_ok(
             "worker-1",
             "ls /var/lib/k8sforge/images/ 2>/dev/null | wc -l"
         )
@@ -276,7 +214,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
             "v1.10.1",
         )
         .unwrap();
-    c.ssh(
+    c.ssh_ok(
         "worker-1",
         &format!(
             "ctr -n k8s.io images pull --hosts-dir /etc/containerd/certs.d registry.k8s.io/coredns/coredns:v1.10.1@{coredns_digest} >/dev/null"
@@ -299,7 +237,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
 
     // 3. A digest the registry does not hold: the node and the image are named.
     let wrong = format!("registry.k8s.io/pause:3.9@sha256:{}", "0".repeat(64));
-    c.sets[3] = format!("artifacts.images.pause={wrong}");
+    c.sets[4] = format!("artifacts.images.pause={wrong}");
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(!out.status.success());
     let why = phase(&report, "runtime")["failed_nodes"].to_string();
@@ -307,7 +245,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         why.contains("worker-1") && why.contains("cannot pull image pause") && why.contains(&wrong),
         "{why}"
     );
-    c.sets[3] = format!("artifacts.images.pause={pause_ref}");
+    c.sets[4] = format!("artifacts.images.pause={pause_ref}");
 
     // 4. A corrupted file at the source: checksum mismatch named with node, artifact and URL;
     //    the installed runc is untouched; after the source is repaired a re-run finishes.
@@ -315,8 +253,8 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         .url(m.version(k8sforge::artifacts::Component::Runc).unwrap())
         .trim_start_matches("https://")
         .to_string();
-    let before = c.ssh("worker-1", "sha256sum /usr/local/sbin/runc");
-    c.ssh("worker-1", "rm -rf /var/lib/k8sforge/artifacts");
+    let before = c.ssh_ok("worker-1", "sha256sum /usr/local/sbin/runc");
+    c.ssh_ok("worker-1", "rm -rf /var/lib/k8sforge/artifacts");
     let orig = corrupt(served.path(), &runc_rel);
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(!out.status.success());
@@ -325,7 +263,10 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         why.contains("worker-1") && why.contains("runc") && why.contains("checksum mismatch"),
         "{why}"
     );
-    assert_eq!(c.ssh("worker-1", "sha256sum /usr/local/sbin/runc"), before);
+    assert_eq!(
+        c.ssh_ok("worker-1", "sha256sum /usr/local/sbin/runc"),
+        before
+    );
     restore(served.path(), &runc_rel, &orig);
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(out.status.success(), "{report:#}");
@@ -334,8 +275,8 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     //     which is not the nodes'): named with node, artifact and URL; nothing installed; the
     //     re-run with the reachable source finishes.
     let loopback = FileServer::start("127.0.0.1:0".parse().unwrap(), served.path()).unwrap();
-    c.ssh("worker-1", "rm -rf /var/lib/k8sforge/artifacts");
-    c.sets[0] = format!("artifacts.mirror={}", loopback.url());
+    c.ssh_ok("worker-1", "rm -rf /var/lib/k8sforge/artifacts");
+    c.sets[1] = format!("artifacts.mirror={}", loopback.url());
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(!out.status.success());
     let why = phase(&report, "runtime")["failed_nodes"].to_string();
@@ -347,8 +288,11 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
             && why.to_lowercase().contains("connect"),
         "{why}"
     );
-    assert_eq!(c.ssh("worker-1", "sha256sum /usr/local/sbin/runc"), before);
-    c.sets[0] = format!("artifacts.mirror={}", http.url());
+    assert_eq!(
+        c.ssh_ok("worker-1", "sha256sum /usr/local/sbin/runc"),
+        before
+    );
+    c.sets[1] = format!("artifacts.mirror={}", http.url());
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(out.status.success(), "{report:#}");
 
@@ -374,12 +318,12 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         )
     };
     for n in ["controlplane-1", "worker-1"] {
-        c.ssh(
+        c.ssh_ok(
             n,
             "ctr -n k8s.io images ls -q | grep pause | xargs -r ctr -n k8s.io images rm >/dev/null",
         );
     }
-    c.sets[2] = private_mirrors("");
+    c.sets[3] = private_mirrors("");
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(!out.status.success());
     let why = phase(&report, "runtime")["failed_nodes"].to_string();
@@ -392,7 +336,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     );
     let pw = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(pw.path(), format!("{secret}\n")).unwrap();
-    c.sets[2] = private_mirrors(&format!(
+    c.sets[3] = private_mirrors(&format!(
         ", username: puller, passwordFile: {}",
         pw.path().display()
     ));
@@ -405,10 +349,10 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     assert!(out.status.success(), "{printed}");
     assert!(!printed.contains(secret), "the password was printed");
     assert!(c
-        .ssh("worker-1", "ctr -n k8s.io images ls -q")
+        .ssh_ok("worker-1", "ctr -n k8s.io images ls -q")
         .contains(&pause_digest));
     assert_eq!(
-        c.ssh(
+        c.ssh_ok(
             "worker-1",
             "stat -c %a /etc/containerd/certs.d/registry.k8s.io/hosts.toml"
         )
@@ -416,12 +360,12 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         "600"
     );
     drop(report);
-    c.sets[2] = mirrors.clone();
+    c.sets[3] = mirrors.clone();
 
     // 5. Seed mode: the source answers only the seed (controlplane-1); the worker gets every
     //    artifact from the seed over the cluster network, verified again.
     let seed_ip: IpAddr = c
-        .ssh("controlplane-1", "hostname -I")
+        .ssh_ok("controlplane-1", "hostname -I")
         .trim()
         .split(' ')
         .next()
@@ -432,9 +376,9 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
     http.allow_only(Some(vec![seed_ip, IpAddr::V4(bridge)]));
     http.clear_log();
     for n in ["controlplane-1", "worker-1"] {
-        c.ssh(n, "rm -rf /var/lib/k8sforge/artifacts");
+        c.ssh_ok(n, "rm -rf /var/lib/k8sforge/artifacts");
     }
-    c.sets[1] = "artifacts.delivery=seed".into();
+    c.sets[2] = "artifacts.delivery=seed".into();
     c.sets.push("artifacts.seeds=1".into());
     let (out, report) = c.up(&["--only", "runtime"]);
     assert!(
@@ -454,7 +398,7 @@ fn nodes_fetch_artifacts_and_pull_images_themselves() {
         "{reqs:?}"
     );
     assert!(phase(&report, "runtime")["bytes_fetched"].as_u64().unwrap() > MIB);
-    let stored = c.ssh(
+    let stored = c.ssh_ok(
         "worker-1",
         "ls /var/lib/k8sforge/artifacts | grep -vc '\\.' || true",
     );

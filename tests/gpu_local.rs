@@ -20,112 +20,22 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
-
 use k8sforge_testkit::kube::{self, KUBE_BIN_ENV};
 use k8sforge_testkit::mirror;
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+use support::kubectl::{advertise_extended, Kubectl};
+use support::local_cluster::{phase, LocalCluster};
 
-struct Cluster {
-    name: String,
-    cidr: String,
-    home: tempfile::TempDir,
-    mirror: PathBuf,
-    kubectl: Option<PathBuf>,
-    kube_version: Option<String>,
-    extra: Vec<String>,
-}
-
-impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", self.home.path())
-            // A fake GPU count is patched in by the test; no need to wait long for a wrong one.
-            .env("K8SFORGE_GPU_GATE_TIMEOUT", "10")
-            .arg(args[0])
-            .args([
-                "--profile",
-                "local-3",
-                "--set",
-                &format!("name={}", self.name),
-                "--set",
-                &format!("network.nodeCIDR={}", self.cidr),
-                "--set",
-                "workers[0].gpusPerNode=2",
-            ]);
-        if let Some(v) = &self.kube_version {
-            c.args(["--set", &format!("kubernetes.version={v}")]);
-        }
-        for e in &self.extra {
-            c.args(["--set", e]);
-        }
-        c.args(&args[1..]);
-        c
-    }
-
-    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
-        let mirror = self.mirror.display().to_string();
-        let mut args = vec![
-            "up",
-            "--mirror",
-            &mirror,
-            "--trust-mirror-checksums",
-            "-o",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.cmd(&args).output().unwrap();
-        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out, report)
-    }
-
-    fn ssh_ok(&self, node: &str, script: &str) -> String {
-        let out = self.cmd(&["ssh", node, "--", script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        let kc = self
-            .home
-            .path()
-            .join(&self.name)
-            .join("kubeconfigs/admin.kubeconfig");
-        let out = Command::new(self.kubectl.as_ref().unwrap())
-            .arg("--kubeconfig")
-            .arg(kc)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["teardown"]).output();
-    }
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
+/// local-3 with two GPUs per worker, from `mirror`.
+fn gpu_cluster(prefix: &str, mirror: std::path::PathBuf) -> LocalCluster {
+    LocalCluster::reserved(prefix, "local-3")
+        .with_mirror(mirror)
+        // A fake GPU count is patched in by the test; no need to wait long for a wrong one.
+        .with_env("K8SFORGE_GPU_GATE_TIMEOUT", "10")
+        .with_set("workers[0].gpusPerNode=2")
+        // GPU groups turn monitoring on by default; its images (DCGM exporter, …) cannot be had
+        // here, and monitoring has its own live tests.
+        .with_set("monitoring.enabled=false")
 }
 
 fn root() {
@@ -140,17 +50,8 @@ fn root() {
 #[test]
 fn gpu_worker_containerd_merges_the_nvidia_drop_in() {
     root();
-    let (x, _lock) = support::subnet::reserve_subnet();
     let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
-    let c = Cluster {
-        name: format!("e2e-gpurt-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        home: tempfile::tempdir().unwrap(),
-        mirror: m.root.clone(),
-        kubectl: None,
-        kube_version: None,
-        extra: Vec::new(),
-    };
+    let c = gpu_cluster("e2e-gpurt", m.root.clone());
     let _ = c.cmd(&["teardown"]).output();
 
     // Everything up to the control plane (the mirror has no Kubernetes binaries).
@@ -232,10 +133,8 @@ fn gpu_worker_containerd_merges_the_nvidia_drop_in() {
     assert!(!dump.contains("SystemdCgroup = false"), "{dump}");
 }
 
-fn taint_keys(c: &Cluster, node: &str) -> Vec<String> {
-    let v: serde_json::Value =
-        serde_json::from_str(&c.kubectl(&["get", "node", node, "-o", "json"])).unwrap();
-    v["spec"]["taints"]
+fn taint_keys(k: &Kubectl, node: &str) -> Vec<String> {
+    k.json(&["get", "node", node])["spec"]["taints"]
         .as_array()
         .map(|a| {
             a.iter()
@@ -245,33 +144,8 @@ fn taint_keys(c: &Cluster, node: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The documented way to advertise an extended resource: patch the node's status capacity.
-fn fake_gpus(c: &Cluster, node: &str, n: u32) {
-    c.kubectl(&[
-        "patch",
-        "node",
-        node,
-        "--subresource=status",
-        "--type=json",
-        "-p",
-        &format!(
-            "[{{\"op\":\"add\",\"path\":\"/status/capacity/nvidia.com~1gpu\",\"value\":\"{n}\"}}]"
-        ),
-    ]);
-    // The kubelet copies capacity into allocatable on its next status update.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v: serde_json::Value =
-            serde_json::from_str(&c.kubectl(&["get", "node", node, "-o", "json"])).unwrap();
-        if v["status"]["allocatable"]["nvidia.com/gpu"].as_str() == Some(n.to_string().as_str()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{node}: allocatable not updated: {v:#}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+fn fake_gpus(k: &Kubectl, node: &str, n: u32) {
+    advertise_extended(k, node, "nvidia.com/gpu", n);
 }
 
 const GATE: &str = "k8sforge.io/gpu-unverified";
@@ -289,21 +163,15 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
         Err(e) => panic!("{e}"),
     };
     root();
-    let (x, _lock) = support::subnet::reserve_subnet();
     let cache = mirror::default_cache_dir();
     let base = mirror::build(&cache).expect("test mirror");
     let m = kube::cluster_mirror(&base, &kube, &cache).expect("cluster mirror");
-    let c = Cluster {
-        name: format!("e2e-gpugate-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        home: tempfile::tempdir().unwrap(),
-        mirror: m.root.clone(),
-        kubectl: Some(kube.kubectl()),
-        kube_version: Some(kube.version.clone()),
+    let c = gpu_cluster("e2e-gpugate", m.root.clone())
+        .with_set(format!("kubernetes.version={}", kube.version))
         // The contract: the preflight command is replaceable; this one passes once the test
         // says so on that node.
-        extra: vec!["gpu.health.preflightCommand=/usr/local/bin/test-gpu-preflight".into()],
-    };
+        .with_set("gpu.health.preflightCommand=/usr/local/bin/test-gpu-preflight");
+    let k = c.kubectl(&kube.kubectl());
     let _ = c.cmd(&["teardown"]).output();
     let (_, report) = c.up(&["--only", "provision"]);
     assert_eq!(phase(&report, "provision")["outcome"], "done", "{report:#}");
@@ -335,13 +203,13 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
             "{detail}"
         );
         assert!(
-            taint_keys(&c, w).contains(&GATE.to_string()),
+            taint_keys(&k, w).contains(&GATE.to_string()),
             "{w} joined untainted"
         );
     }
-    assert!(!taint_keys(&c, "controlplane-1").contains(&GATE.to_string()));
+    assert!(!taint_keys(&k, "controlplane-1").contains(&GATE.to_string()));
     // The device plugin runs on both GPU nodes despite the taint, through the nvidia runtime.
-    let pods = c.kubectl(&[
+    let pods = k.ok(&[
         "-n",
         "kube-system",
         "get",
@@ -357,8 +225,8 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
     );
 
     // 2. Fewer GPUs than the profile on worker-2: the gate names it (and only it).
-    fake_gpus(&c, "worker-1", 2);
-    fake_gpus(&c, "worker-2", 1);
+    fake_gpus(&k, "worker-1", 2);
+    fake_gpus(&k, "worker-2", 1);
     let (_, report) = c.up(&["--only", "addons"]);
     let addons = phase(&report, "addons");
     assert_eq!(addons["outcome"], "failed", "{report:#}");
@@ -373,7 +241,7 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
 
     // 3. The right counts: the gate passes, the preflight fails on both; the taints stay and
     //    each node is named with what failed.
-    fake_gpus(&c, "worker-2", 2);
+    fake_gpus(&k, "worker-2", 2);
     let (_, report) = c.up(&["--only", "addons"]);
     let addons = phase(&report, "addons");
     assert_eq!(addons["outcome"], "failed", "{report:#}");
@@ -385,7 +253,7 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
             why.contains(&format!("test preflight: GPU health not confirmed on {n}")),
             "{why}"
         );
-        assert!(taint_keys(&c, n).contains(&GATE.to_string()));
+        assert!(taint_keys(&k, n).contains(&GATE.to_string()));
     }
     let status = c.cmd(&["status"]).output().unwrap();
     let table = String::from_utf8_lossy(&status.stdout);
@@ -400,15 +268,15 @@ fn gpu_gate_and_health_taint_on_a_local_cluster() {
     let (_, report) = c.up(&["--only", "addons"]);
     let addons = phase(&report, "addons");
     assert_eq!(addons["outcome"], "failed", "{report:#}");
-    assert!(!taint_keys(&c, "worker-1").contains(&GATE.to_string()));
-    assert!(taint_keys(&c, "worker-2").contains(&GATE.to_string()));
+    assert!(!taint_keys(&k, "worker-1").contains(&GATE.to_string()));
+    assert!(taint_keys(&k, "worker-2").contains(&GATE.to_string()));
 
     // 5. Both pass: the phase is done, no GPU node is tainted, status shows both verified.
     c.ssh_ok("worker-2", "touch /run/test-gpu-healthy");
     let (_, report) = c.up(&["--only", "addons"]);
     assert_eq!(phase(&report, "addons")["outcome"], "done", "{report:#}");
     for w in ["worker-1", "worker-2"] {
-        assert!(!taint_keys(&c, w).contains(&GATE.to_string()), "{w}");
+        assert!(!taint_keys(&k, w).contains(&GATE.to_string()), "{w}");
     }
     let status = c.cmd(&["status"]).output().unwrap();
     let table = String::from_utf8_lossy(&status.stdout);

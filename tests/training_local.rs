@@ -23,13 +23,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
 use k8sforge_testkit::kube::{self, KUBE_BIN_ENV};
 use k8sforge_testkit::{mirror, training};
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+use support::kubectl::{advertise_extended, until, until_or, Kubectl};
+use support::local_cluster::{phase, LocalCluster};
 
 fn upstream_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("K8SFORGE_TEST_UPSTREAM")
@@ -40,148 +40,48 @@ fn upstream_dir() -> Option<PathBuf> {
         .then_some(dir)
 }
 
+/// The local cluster with kubectl from the given binaries.
 struct Cluster {
-    name: String,
-    cidr: String,
-    home: tempfile::TempDir,
-    mirror: PathBuf,
-    kubectl: PathBuf,
-    sets: Vec<String>,
+    lc: LocalCluster,
+    kubectl: Kubectl,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = LocalCluster;
+    fn deref(&self) -> &LocalCluster {
+        &self.lc
+    }
 }
 
 impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        // `team add …`: the profile flags belong to the sub-command.
-        let verb = if matches!(args[0], "team" | "user") {
-            2
-        } else {
-            1
-        };
-        c.env("K8SFORGE_HOME", self.home.path()).args(&args[..verb]);
-        c.args(["--profile", "local-3"]);
-        for s in [
-            format!("name={}", self.name),
-            format!("network.nodeCIDR={}", self.cidr),
-        ]
-        .iter()
-        .chain(&self.sets)
-        {
-            c.args(["--set", s]);
-        }
-        c.args(&args[verb..]);
-        c
-    }
-
-    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
-        let mirror = self.mirror.display().to_string();
-        let mut args = vec![
-            "up",
-            "--mirror",
-            &mirror,
-            "--trust-mirror-checksums",
-            "-o",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let out = self.cmd(&args).output().unwrap();
-        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out, report)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cmd(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-
     fn kubectl_out(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let kc = self
-            .home
-            .path()
-            .join(&self.name)
-            .join("kubeconfigs/admin.kubeconfig");
-        let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig")
-            .arg(kc)
-            .arg("--request-timeout=30s")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        if let Some(s) = stdin {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-        }
-        child.wait_with_output().unwrap()
+        self.kubectl.output(args, stdin)
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        let out = self.kubectl_out(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.kubectl.ok(args)
     }
 
     fn create(&self, obj: &serde_json::Value) {
-        let out = self.kubectl_out(&["create", "-f", "-"], Some(&obj.to_string()));
-        assert!(
-            out.status.success(),
-            "creating {obj}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.kubectl.create(obj)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        serde_json::from_str(&self.kubectl(&a)).unwrap()
+        self.kubectl.json(args)
     }
 
-    /// Wait until `f` returns Some (polling every second), or panic with `what`.
-    fn until<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs} s: {what}"
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
+    fn until<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        until(what, secs, f)
     }
 
-    /// [`Cluster::until`], with `why()` in the timeout message.
     fn until_or<T>(
         &self,
         what: &str,
         secs: u64,
         why: &dyn Fn() -> String,
-        mut f: impl FnMut() -> Option<T>,
+        f: impl FnMut() -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs} s: {what}\n{}",
-                why()
-            );
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        until_or(what, secs, why, f)
     }
 
     fn pod_phase(&self, ns: &str, name: &str) -> String {
@@ -204,43 +104,8 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::env::var_os("K8SFORGE_TEST_KEEP").is_none() {
-            let _ = self.cmd(&["teardown"]).output();
-        }
-    }
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
-}
-
-/// The documented way to advertise an extended resource: patch the node's status capacity.
 fn advertise_gpus(c: &Cluster, node: &str, n: u32) {
-    c.kubectl(&[
-        "patch",
-        "node",
-        node,
-        "--subresource=status",
-        "--type=json",
-        "-p",
-        &format!(
-            "[{{\"op\":\"add\",\"path\":\"/status/capacity/nvidia.com~1gpu\",\"value\":\"{n}\"}}]"
-        ),
-    ]);
-    c.until(
-        &format!("{node} allocatable nvidia.com/gpu={n}"),
-        90,
-        || {
-            let v = c.json(&["get", "node", node]);
-            (v["status"]["allocatable"]["nvidia.com/gpu"].as_str() == Some(n.to_string().as_str()))
-                .then_some(())
-        },
-    );
+    advertise_extended(&c.kubectl, node, "nvidia.com/gpu", n);
 }
 
 /// A pod of the smoke program with the PyTorchJob rendezvous variables.
@@ -316,7 +181,6 @@ fn training_stack_storage_gpu_quota_and_smoke_on_a_local_cluster() {
         0,
         "boots systemd-nspawn nodes: run as root"
     );
-    let (x, _lock) = support::subnet::reserve_subnet();
     let cache = mirror::default_cache_dir();
     let base = mirror::build(&cache).expect("test mirror");
     let cm = kube::cluster_mirror(&base, &kube, &cache).expect("cluster mirror");
@@ -325,17 +189,15 @@ fn training_stack_storage_gpu_quota_and_smoke_on_a_local_cluster() {
     let (tm, controllers) =
         training::training_mirror(&cm, &upstream, release, &scratch.path().join("mirror"))
             .expect("training mirror");
-    let mut sets = vec![format!("kubernetes.version={}", kube.version)];
+    let mut lc = LocalCluster::reserved("e2e-train", "local-3")
+        .with_mirror(tm.root.clone())
+        .with_set(format!("kubernetes.version={}", kube.version));
     if !controllers {
-        sets.push("training.waitForControllers=false".into());
+        lc = lc.with_set("training.waitForControllers=false");
     }
     let c = Cluster {
-        name: format!("e2e-train-{x}"),
-        cidr: format!("198.19.{x}.0/24"),
-        home: tempfile::tempdir().unwrap(),
-        mirror: tm.root.clone(),
-        kubectl: kube.kubectl(),
-        sets,
+        kubectl: lc.kubectl(&kube.kubectl()),
+        lc,
     };
     let _ = c.cmd(&["teardown"]).output();
 

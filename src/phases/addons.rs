@@ -42,18 +42,7 @@ pub struct Addons;
 /// (the same references the runtime phase imported into containerd).
 fn images(ctx: &Context) -> Result<AddonImages, PhaseError> {
     let p = &ctx.loaded.profile;
-    let pinned = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
-        PhaseError::Failed(format!(
-            "no pinned release for Kubernetes {}",
-            p.kubernetes.version
-        ))
-    })?;
-    let source = crate::artifacts::ArtifactSource::from_profile(
-        &p.artifacts,
-        ctx.mirror.as_deref(),
-        ctx.trust_mirror_checksums,
-    )
-    .map_err(|e| PhaseError::Failed(e.to_string()))?;
+    let (pinned, source) = ctx.release_and_source()?;
     let refs = crate::artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)
         .map_err(|e| PhaseError::Failed(e.to_string()))?;
     Ok(AddonImages::from(&refs))

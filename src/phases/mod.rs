@@ -58,6 +58,32 @@ impl Context<'_> {
         self.limit_nodes.as_ref().is_none_or(|l| l.contains(node))
     }
 
+    /// The profile's pinned release and the artifact source (profile + `--mirror` flags).
+    pub fn release_and_source(
+        &self,
+    ) -> Result<
+        (
+            &'static crate::artifacts::Release,
+            crate::artifacts::ArtifactSource,
+        ),
+        PhaseError,
+    > {
+        let p = &self.loaded.profile;
+        let release = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
+            PhaseError::Failed(format!(
+                "no pinned release for Kubernetes {}",
+                p.kubernetes.version
+            ))
+        })?;
+        let source = crate::artifacts::ArtifactSource::from_profile(
+            &p.artifacts,
+            self.mirror.as_deref(),
+            self.trust_mirror_checksums,
+        )
+        .map_err(|e| PhaseError::Failed(e.to_string()))?;
+        Ok((release, source))
+    }
+
     /// Render the bundle on first use.
     pub fn bundle(&mut self) -> Result<&crate::render::Bundle, PhaseError> {
         if self.bundle.is_none() {
@@ -65,18 +91,7 @@ impl Context<'_> {
                 phase: PhaseName::Workers,
             })?;
             let p = &self.loaded.profile;
-            let pinned = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
-                PhaseError::Failed(format!(
-                    "no pinned release for Kubernetes {}",
-                    p.kubernetes.version
-                ))
-            })?;
-            let source = crate::artifacts::ArtifactSource::from_profile(
-                &p.artifacts,
-                self.mirror.as_deref(),
-                self.trust_mirror_checksums,
-            )
-            .map_err(|e| PhaseError::Failed(e.to_string()))?;
+            let (pinned, source) = self.release_and_source()?;
             let release = crate::artifacts::source::effective_release(pinned, &source)
                 .map_err(|e| PhaseError::Failed(e.to_string()))?;
             let images =

@@ -7,33 +7,13 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use super::{Context, Outcome, PhaseError, PhaseName, PhaseSummary};
-use crate::artifacts::{self, images, ArtifactSource, ClusterImage, Component};
+use crate::artifacts::{self, images, ClusterImage, Component};
 use crate::profile::schema::Delivery;
 use crate::remote::sync::{FileSource, NodePlan, SyncFile};
 use crate::remote::{Executor, PhaseReport};
 use crate::render::node::IMAGES_UNIT;
 
 pub use super::step::{executor, RemoteStep};
-
-/// The profile's pinned release and the artifact source (profile + `--mirror` flags).
-fn release_and_source(
-    ctx: &Context,
-) -> Result<(&'static artifacts::Release, ArtifactSource), PhaseError> {
-    let p = &ctx.loaded.profile;
-    let release = artifacts::release(&p.kubernetes.version).ok_or_else(|| {
-        PhaseError::Failed(format!(
-            "no pinned release for Kubernetes {}",
-            p.kubernetes.version
-        ))
-    })?;
-    let source = ArtifactSource::from_profile(
-        &p.artifacts,
-        ctx.mirror.as_deref(),
-        ctx.trust_mirror_checksums,
-    )
-    .map_err(|e| PhaseError::Failed(e.to_string()))?;
-    Ok((release, source))
-}
 
 /// Fetch (cached, verified) and extract the artifacts of `components`.
 fn artifact_files(
@@ -43,7 +23,7 @@ fn artifact_files(
     if components.is_empty() {
         return Ok(Vec::new());
     }
-    let (release, source) = release_and_source(ctx)?;
+    let (release, source) = ctx.release_and_source()?;
     let wanted: Vec<Component> = components.iter().map(|(c, _)| *c).collect();
     let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
     let prepared = artifacts::prepare(home, release, &source, &wanted)
@@ -67,7 +47,7 @@ fn artifact_files(
 /// The image archives every pod-running node holds: those the mirror lists. Images it does not
 /// list are pulled online by digest (through `artifacts.registryMirrors` when set).
 fn image_files(ctx: &Context) -> Result<Vec<SyncFile>, PhaseError> {
-    let (release, source) = release_and_source(ctx)?;
+    let (release, source) = ctx.release_and_source()?;
     let fail = |e: artifacts::ArtifactError| PhaseError::Failed(e.to_string());
     let listed = artifacts::source::load_manifest(&source.mirror)
         .map_err(fail)?
@@ -102,7 +82,7 @@ pub fn plans(
     ctx: &mut Context,
     step: &RemoteStep,
 ) -> Result<(BTreeMap<String, NodePlan>, Option<PhaseReport>), PhaseError> {
-    let (release, source) = release_and_source(ctx)?;
+    let (release, source) = ctx.release_and_source()?;
     let push = super::node_fetch::delivery(ctx, &source) == Delivery::Push;
     let binaries = if push {
         artifact_files(ctx, step.components)?
@@ -238,7 +218,7 @@ pub fn prepull_images(
     exec: &Executor,
     report: &mut PhaseReport,
 ) -> Result<(), PhaseError> {
-    let (release, source) = release_and_source(ctx)?;
+    let (release, source) = ctx.release_and_source()?;
     super::image_pull::prepull(ctx, exec, release, &source, report)
 }
 

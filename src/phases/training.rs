@@ -50,18 +50,7 @@ impl Phase for Training {
                 "training stack disabled (training.enabled: false)".into(),
             ));
         }
-        let pinned = crate::artifacts::release(&p.kubernetes.version).ok_or_else(|| {
-            PhaseError::Failed(format!(
-                "no pinned release for Kubernetes {}",
-                p.kubernetes.version
-            ))
-        })?;
-        let source = crate::artifacts::ArtifactSource::from_profile(
-            &p.artifacts,
-            ctx.mirror.as_deref(),
-            ctx.trust_mirror_checksums,
-        )
-        .map_err(|e| fail(&e))?;
+        let (pinned, source) = ctx.release_and_source()?;
         let images = crate::artifacts::ImageRefs::for_source(pinned, &p.artifacts.images, &source)
             .map_err(|e| fail(&e))?;
         let kustomize = Kustomize::locate().map_err(|e| fail(&e))?;

@@ -7,7 +7,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::kubectl::{server_of, Kubectl};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
+
+/// Verbs whose sub-command comes before the profile flags.
+const NESTED_VERBS: [&str; 4] = ["certs", "team", "user", "node"];
 
 pub struct LocalCluster {
     pub name: String,
@@ -88,23 +93,60 @@ impl LocalCluster {
             .join(node)
     }
 
-    /// The verb, then the profile and the sets, then the verb's own arguments (`ssh NODE -- CMD`
-    /// ends with a trailing command that must come last).
+    /// The kubeconfig of `identity` (`admin`, a node name, …) in the state directory.
+    pub fn kubeconfig(&self, identity: &str) -> PathBuf {
+        self.state_dir()
+            .join("kubeconfigs")
+            .join(format!("{identity}.kubeconfig"))
+    }
+
+    /// kubectl `bin` as the admin.
+    pub fn kubectl(&self, bin: &Path) -> Kubectl {
+        Kubectl::new(bin, self.kubeconfig("admin"))
+    }
+
+    /// kubectl `bin` as `identity`. Node identities' kubeconfigs name the node-local endpoint
+    /// (127.0.0.1 on the node), so from the host they are pointed at the admin's API address.
+    pub fn kubectl_as(&self, bin: &Path, identity: &str) -> Kubectl {
+        Kubectl::new(bin, self.kubeconfig(identity))
+            .with_server(server_of(&self.kubeconfig("admin")))
+    }
+
+    /// The verb (two words for verbs with sub-commands: `team add`, `certs rotate`, …), then the
+    /// profile and the sets, then the verb's own arguments (`ssh NODE -- CMD` ends with a
+    /// trailing command that must come last).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.env("K8SFORGE_HOME", self.home());
         for (k, v) in &self.envs {
             c.env(k, v);
         }
-        c.arg(args[0])
+        let verb = if NESTED_VERBS.contains(&args[0]) && args.len() > 1 {
+            2
+        } else {
+            1
+        };
+        c.args(&args[..verb])
             .args(["--profile", self.profile])
             .args(["--set", &format!("name={}", self.name)])
             .args(["--set", &format!("network.nodeCIDR={}", self.cidr)]);
         for s in &self.sets {
             c.args(["--set", s]);
         }
-        c.args(&args[1..]);
+        c.args(&args[verb..]);
         c
+    }
+
+    /// stdout and stderr of a k8sforge command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
     /// `up -o json` (with the mirror, trusting its checksums) plus `extra`; the report is `Null`
