@@ -195,12 +195,7 @@ fn monitoring_stack(
     }
     let fail = |e: &dyn std::fmt::Display| PhaseError::Failed(format!("monitoring stack: {e}"));
     let release = upstream::Release::for_kubernetes(&p.kubernetes.version).map_err(|e| fail(&e))?;
-    let source = crate::artifacts::ArtifactSource::from_profile(
-        &p.artifacts,
-        ctx.mirror.as_deref(),
-        ctx.trust_mirror_checksums,
-    )
-    .map_err(|e| fail(&e))?;
+    let (_, source) = ctx.release_and_source()?;
     let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
     let local = upstream::materialize(home, &source.mirror, release).map_err(|e| fail(&e))?;
     let rendered = stack::render(&local, p).map_err(|e| fail(&e))?;
