@@ -30,12 +30,15 @@ fn opts() -> Options {
         poll_interval: Duration::from_millis(100),
         wait_timeout: Duration::from_secs(600),
         dependency_timeout: Duration::from_secs(30),
+        // moto prints no cloud-init host-key block: one look, no wait.
+        host_key_wait: Duration::ZERO,
         ..Options::default()
     }
 }
 
-fn profile_for(account: &str, routing: &str) -> Profile {
-    let sets = [format!("network.podRouting={routing}")];
+fn profile_for(account: &str, routing: &str, extra: &[String]) -> Profile {
+    let mut sets = vec![format!("network.podRouting={routing}")];
+    sets.extend(extra.iter().cloned());
     let mut p = profile::load("gpu-1000", &sets).expect("profile").profile;
     p.provider.aws.as_mut().expect("aws").ami = AmiLookup {
         owner: account.into(),
@@ -48,10 +51,14 @@ fn profile_for(account: &str, routing: &str) -> Profile {
 const NODES: u64 = 1003;
 
 fn table(title: &str, counts: &BTreeMap<String, u64>, secs: f64) {
+    table_n(title, counts, secs, NODES)
+}
+
+fn table_n(title: &str, counts: &BTreeMap<String, u64>, secs: f64, nodes: u64) {
     let total: u64 = counts.values().sum();
     println!(
         "\n{title}: {total} calls ({:.2} per node), {secs:.1} s",
-        total as f64 / NODES as f64
+        total as f64 / nodes as f64
     );
     for (k, v) in counts {
         println!("  {k:<34} {v:>6}");
@@ -59,9 +66,14 @@ fn table(title: &str, counts: &BTreeMap<String, u64>, secs: f64) {
 }
 
 async fn batched(account: &str, routing: &str) {
+    batched_with(account, routing, &[], NODES).await
+}
+
+/// `extra`: profile overrides; `nodes`: the node count they make (for the per-node figure).
+async fn batched_with(account: &str, routing: &str, extra: &[String], nodes: u64) {
     let c = peer::clients(account);
     peer::register_ami(&c, "k8sforge-bench-1").await;
-    let p = profile_for(account, routing);
+    let p = profile_for(account, routing, extra);
     let planned = k8sforge::inventory::planned(&p, &BTreeMap::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ctx = ProvisionContext {
@@ -77,19 +89,21 @@ async fn batched(account: &str, routing: &str) {
     proxy.reset(account);
     let t = Instant::now();
     provider.provision_outcome(&ctx).await.expect("provision");
-    table(
+    table_n(
         &format!("k8sforge provision (batched, {routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
+        nodes,
     );
 
     proxy.reset(account);
     let t = Instant::now();
     provider.provision_outcome(&ctx).await.expect("second up");
-    table(
+    table_n(
         &format!("k8sforge second up (adopt, {routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
+        nodes,
     );
 
     proxy.reset(account);
@@ -98,10 +112,11 @@ async fn batched(account: &str, routing: &str) {
         .teardown_report(&ctx, false)
         .await
         .expect("teardown");
-    table(
+    table_n(
         &format!("k8sforge teardown ({routing})"),
         &proxy.counts(account),
         t.elapsed().as_secs_f64(),
+        nodes,
     );
 }
 
@@ -110,7 +125,7 @@ async fn batched(account: &str, routing: &str) {
 async fn naive(account: &str) {
     let c = peer::clients(account);
     peer::register_ami(&c, "k8sforge-bench-1").await;
-    let p = profile_for(account, "hostRoutes");
+    let p = profile_for(account, "hostRoutes", &[]);
     let planned = k8sforge::inventory::planned(&p, &BTreeMap::new()).unwrap();
     let s = Session::new(c.clone(), opts(), &p.name);
     let pl = plan::plan(&p, &planned, peer::REGION).unwrap();
@@ -214,6 +229,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    // `-- --bench efa [N]`: p5 workers launched with their 32 EFA interfaces each (N workers,
+    // default 1000), vxlan.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "efa") {
+        let workers: u64 = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(1000);
+        let extra = [
+            "workers[0].aws.efa=true".to_string(),
+            format!("workers[0].count={workers}"),
+        ];
+        rt.block_on(batched_with("200000000004", "vxlan", &extra, workers + 3));
+        return;
+    }
     rt.block_on(async {
         batched("200000000001", "vxlan").await;
         batched("200000000003", "hostRoutes").await;

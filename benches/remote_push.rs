@@ -10,7 +10,9 @@
 //! Env: K8SFORGE_BENCH_NODES (default 20), K8SFORGE_BENCH_CONCURRENCY (default 64),
 //! K8SFORGE_BENCH_PROGRESS (set: draw the executor's progress bars),
 //! K8SFORGE_BENCH_VIA_BASTION (set: every node through ONE connection to a second local sshd
-//! acting as the bastion; with K8SFORGE_BENCH_CLUSTER_DIR, `user@host:port` of the bastion).
+//! acting as the bastion; with K8SFORGE_BENCH_CLUSTER_DIR, `user@host:port` of the bastion),
+//! K8SFORGE_BENCH_CONFIGS_ONLY (set: no binaries, only configs and certificate-sized files — what
+//! the operator's machine sends at scale, where nodes fetch binaries themselves).
 //!
 //! Against real nodes instead (e.g. the local provider's nspawn nodes), with the files at their
 //! real paths: K8SFORGE_BENCH_CLUSTER_DIR=<$K8SFORGE_HOME/<cluster>> (its state.json inventory,
@@ -83,7 +85,12 @@ fn main() {
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let installed: Vec<_> = prepared.into_iter().flat_map(|(_, f)| f).collect();
+    let configs_only = std::env::var_os("K8SFORGE_BENCH_CONFIGS_ONLY").is_some();
+    let installed: Vec<_> = if configs_only {
+        Vec::new()
+    } else {
+        prepared.into_iter().flat_map(|(_, f)| f).collect()
+    };
     let bytes_per_node: u64 = installed
         .iter()
         .map(|f| std::fs::metadata(&f.local).map(|m| m.len()).unwrap_or(0))
@@ -132,7 +139,14 @@ fn main() {
                 format!("{{\"cniVersion\":\"1.0.0\",\"name\":\"bridge\",\"subnet\":\"10.200.{i}.0/24\"}}\n"),
             ),
             ("/etc/cni/net.d/99-loopback.conf", "{\"type\":\"loopback\"}\n".into()),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            // Certificate-sized files (a kubelet's cert, key, CA, kubeconfigs): ~1.5 KB each.
+            (0..6)
+                .filter(|_| configs_only)
+                .map(|c| (["/var/lib/kubelet/kubelet.crt", "/var/lib/kubelet/kubelet.key", "/var/lib/kubernetes/ca.crt", "/var/lib/kubelet/kubeconfig", "/var/lib/kube-proxy/kubeconfig", "/etc/kubernetes/kubelet-config.yaml"][c], format!("{}\n", format!("{i:04}-{c}-").repeat(150)))),
+        ) {
             files.push(SyncFile::from_bundle(&BundleFile {
                 path: format!("{prefix}{path}"),
                 mode: 0o644,

@@ -317,6 +317,22 @@ pub fn build(
         });
         bar.inc(1);
     }
+    // Entries this run did not handle stay listed while their archive is intact: above all the
+    // packed smoke image (`k8sforge smoke --pack`), which no registry serves, but also images of
+    // another profile mirrored into the same directory. A mirror only grows.
+    if let Some(prev) = &previous {
+        for e in &prev.images {
+            if images.iter().any(|i| i.name == e.name) {
+                continue;
+            }
+            if verified(&out.join(&e.file), &Digest::Sha256(e.sha256.clone())) {
+                images.push(e.clone());
+            } else {
+                tracing::warn!(image = %e.name, file = %e.file,
+                    "listed by the previous run but its archive is missing or changed: dropped from the list");
+            }
+        }
+    }
     let manifest = MirrorManifest {
         artifacts: entries,
         images,

@@ -130,6 +130,32 @@ pub enum Command {
     #[command(subcommand)]
     Node(NodeCommand),
 
+    /// Move the cluster to another Kubernetes release (one minor at a time), node by node
+    #[command(
+        after_help = "Order: etcd (when the release row changes it), control planes one by one, then kubelet/kube-proxy (control planes first, workers in batches, cordoned and drained). Preflight: version skew, deprecated APIs in use. Resumes after a crash.\n\nExamples:\n  k8sforge upgrade --to v1.28.8 --dry-run\n  k8sforge upgrade --to v1.28.8 --batch 5 --output json"
+    )]
+    Upgrade {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Target Kubernetes version (a built-in release row or one of kubernetes.extraReleases)
+        #[arg(long, value_name = "vX.Y.Z")]
+        to: String,
+        /// Worker nodes per batch (each batch is cordoned and drained together)
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        batch: usize,
+        /// Run the preflight, print the plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Artifact mirror (directory or URL) to take the target's binaries from
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        /// Verify binaries against the mirror's own k8sforge-artifacts.json
+        #[arg(long)]
+        trust_mirror_checksums: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+
     /// Delete every resource the cluster owns (found by its cluster tag), and nothing else
     Teardown {
         #[command(flatten)]
@@ -314,7 +340,7 @@ pub enum CertsCommand {
     },
     /// Re-issue leaf certificates and roll them out node by node without downtime
     #[command(
-        after_help = "Examples:\n  k8sforge certs rotate --dry-run\n  k8sforge certs rotate --within 30d\n  k8sforge certs rotate --only apiserver etcd/server --output json"
+        after_help = "Examples:\n  k8sforge certs rotate --dry-run\n  k8sforge certs rotate --within 30d\n  k8sforge certs rotate --only apiserver etcd/server --output json\n  k8sforge certs rotate --ca --dry-run\n  k8sforge certs rotate --ca --only-ca etcd\n  k8sforge certs rotate --sa-keys        (later: --sa-keys --finish)"
     )]
     Rotate {
         #[command(flatten)]
@@ -326,9 +352,21 @@ pub enum CertsCommand {
         /// Only certificates expiring within this long (e.g. 30d, 12h)
         #[arg(long, value_name = "DURATION")]
         within: Option<String>,
-        /// Rotate the CAs (new CA into every trust bundle first, old one removed last)
-        #[arg(long)]
+        /// Rotate the CAs in stages: new CA into every trust bundle, leaves re-issued from it,
+        /// old CA removed last; resumable (run it again after a failure or crash)
+        #[arg(long, conflicts_with_all = ["only", "within", "sa_keys"])]
         ca: bool,
+        /// With --ca: only these CAs (repeatable; default all three)
+        #[arg(long, value_enum, value_name = "CA", requires = "ca")]
+        only_ca: Vec<CaName>,
+        /// Rotate the service-account signing key: the apiservers accept the old and the new
+        /// public key, then the new key signs; the old key stays accepted until --finish
+        #[arg(long, conflicts_with_all = ["only", "within"])]
+        sa_keys: bool,
+        /// With --sa-keys: stop accepting the previous service-account public key (tokens
+        /// signed by it stop working)
+        #[arg(long, requires = "sa_keys")]
+        finish: bool,
         /// Print the plan (certificates, nodes, files, units, order) and change nothing
         #[arg(long)]
         dry_run: bool,
@@ -338,6 +376,17 @@ pub enum CertsCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+}
+
+/// A CA, as `--only-ca` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaName {
+    /// The cluster CA (pki/ca): apiserver, kubelets, clients, service-account tokens' ca.crt
+    Kubernetes,
+    /// The etcd CA (pki/etcd/ca): etcd members and the apiservers' etcd client
+    Etcd,
+    /// The front-proxy CA (pki/front-proxy-ca): the aggregation layer
+    FrontProxy,
 }
 
 #[derive(Debug, Subcommand)]

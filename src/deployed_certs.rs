@@ -54,6 +54,14 @@ pub struct DeployedCert {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub not_after: String,
     pub days_left: i64,
+    /// Subject key identifier (hex) of the (first) certificate.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
+    /// Authority key identifier (hex): the key id of the CA that signed it (empty for a CA).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub issuer_key_id: String,
+    /// Certificates in the file (more than one: a trust bundle mid CA rotation).
+    pub count: usize,
     /// Same certificate as the state directory's.
     pub matches_state: bool,
     pub status: DeployedStatus,
@@ -140,6 +148,25 @@ fn script(paths: &[&str]) -> String {
     s
 }
 
+/// (subject key id, authority key id) in hex; empty when absent.
+fn key_ids(x: &X509Certificate<'_>) -> (String, String) {
+    use x509_parser::extensions::ParsedExtension;
+    let hex = |b: &[u8]| b.iter().map(|v| format!("{v:02x}")).collect::<String>();
+    let (mut ski, mut aki) = (String::new(), String::new());
+    for e in x.extensions() {
+        match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => ski = hex(k.0),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                if let Some(k) = &a.key_identifier {
+                    aki = hex(k.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    (ski, aki)
+}
+
 fn inspect(
     path: &str,
     deployed: Option<&[u8]>,
@@ -153,6 +180,9 @@ fn inspect(
         serial: String::new(),
         not_after: String::new(),
         days_left: 0,
+        key_id: String::new(),
+        issuer_key_id: String::new(),
+        count: 0,
         matches_state: false,
         status: DeployedStatus::Missing,
     };
@@ -163,16 +193,24 @@ fn inspect(
     let parsed = issue::pem_to_der(pem).ok().and_then(|der| {
         let (_, x) = X509Certificate::from_der(&der).ok()?;
         let na = x.validity().not_after.to_datetime();
+        let (ski, aki) = key_ids(&x);
         Some((
             x.subject().to_string(),
             x.raw_serial_as_string().replace(':', ""),
             na,
+            ski,
+            aki,
         ))
     });
-    let Some((subject, serial, na)) = parsed else {
+    let Some((subject, serial, na, ski, aki)) = parsed else {
         c.status = DeployedStatus::Invalid;
         return c;
     };
+    c.key_id = ski;
+    c.issuer_key_id = aki;
+    c.count = String::from_utf8_lossy(pem)
+        .matches("-----BEGIN CERTIFICATE-----")
+        .count();
     c.subject = subject;
     c.serial = serial;
     c.not_after = na.format(&Rfc3339).unwrap_or_default();

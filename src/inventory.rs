@@ -257,6 +257,13 @@ pub fn planned(
                 .entry(EFA_LABEL_KEY.to_string())
                 .or_insert_with(|| EFA_LABEL_VALUE.to_string());
         }
+        if crate::profile::gpu_nic_layout::group_has_tcpx(profile, g) {
+            // A3 High with GPU NICs: the TCPX receive daemon and plugin installer run here.
+            use crate::profile::gpu_nic_layout::{TCPX_LABEL_KEY, TCPX_LABEL_VALUE};
+            labels
+                .entry(TCPX_LABEL_KEY.to_string())
+                .or_insert_with(|| TCPX_LABEL_VALUE.to_string());
+        }
         for i in 1..=g.count {
             push(
                 worker_node_name(&g.name, i),

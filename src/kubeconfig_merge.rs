@@ -86,8 +86,27 @@ fn merge_named(dst: &mut Mapping, src: &Mapping, key: &str) {
 /// Merge `admin` into `target` (created 0600 if missing) and make its context current.
 /// Returns the name of the context.
 pub fn merge_into(admin: &Path, target: &Path) -> Result<String, MergeError> {
+    merge_into_with_server(admin, target, None)
+}
+
+/// [`merge_into`], with every cluster entry of `admin` pointed at `server` when given (a live
+/// control plane picked by the caller).
+pub fn merge_into_with_server(
+    admin: &Path,
+    target: &Path,
+    server: Option<&str>,
+) -> Result<String, MergeError> {
     let src = read_yaml(admin)?;
-    let src = src.as_mapping().cloned().unwrap_or_default();
+    let mut src = src.as_mapping().cloned().unwrap_or_default();
+    if let Some(server) = server {
+        if let Some(Value::Sequence(clusters)) = src.get_mut("clusters") {
+            for c in clusters {
+                if let Some(Value::Mapping(cluster)) = c.get_mut("cluster") {
+                    cluster.insert(Value::from("server"), Value::from(server));
+                }
+            }
+        }
+    }
     let context = src
         .get("current-context")
         .and_then(Value::as_str)

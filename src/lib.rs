@@ -29,3 +29,4 @@ pub mod sshkeys;
 pub mod state;
 pub mod status;
 pub mod training;
+pub mod upgrade;

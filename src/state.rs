@@ -75,6 +75,13 @@ pub struct State {
     /// Kept as JSON: its shape is `rotate::RotationRecord`'s, a layer above the state file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<serde_json::Value>,
+    /// A `k8sforge upgrade` in progress (`upgrade::UpgradeRecord`, kept as JSON like `rotation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<serde_json::Value>,
+    /// The Kubernetes version the last finished `upgrade` left every node on: from then on the
+    /// profile must name it (`up` refuses to move the cluster back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
     /// Artifact files (binaries, image archives) each remote phase installed, and on which
     /// nodes: with the rendered bundle, what static-host teardown removes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

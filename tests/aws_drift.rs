@@ -26,6 +26,8 @@ fn opts() -> Options {
         poll_interval: Duration::from_millis(100),
         wait_timeout: Duration::from_secs(120),
         dependency_timeout: Duration::from_secs(30),
+        // moto prints no cloud-init host-key block: one look, no wait.
+        host_key_wait: Duration::ZERO,
         ..Options::default()
     }
 }
@@ -244,4 +246,83 @@ async fn changed_type_disk_or_image_is_refused_by_instance_and_replaced_only_whe
         .teardown_report(&e.ctx(&changed, &inv2, false), false)
         .await
         .expect("teardown");
+}
+
+/// p5 workers running without their EFA interfaces (launched before `aws.efa` was turned on)
+/// are drift: each named with the interface counts and the flag to replace it; replaced only
+/// when asked, relaunched with the 32 EFA-only interfaces, and a further run changes nothing.
+/// moto keeps interfaces by device index only, so the test proxy reports the launched
+/// interfaces' types as EC2 does (`support/aws.rs`, `with_efa_interfaces`). Only a real p5
+/// shows the EFA devices in the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p5_without_its_efa_interfaces_is_drift() {
+    let e = Env::new("100000000031").await;
+    let plain = profile(
+        &e.account,
+        "k8sforge-test-noble-*",
+        &["workers[1].aws.instanceType=p5.48xlarge"],
+    );
+    let inv = planned(&plain);
+    e.provider
+        .provision_outcome(&e.ctx(&plain, &inv, false))
+        .await
+        .expect("p5 without EFA");
+
+    let efa = profile(
+        &e.account,
+        "k8sforge-test-noble-*",
+        &[
+            "workers[1].aws.instanceType=p5.48xlarge",
+            "workers[1].aws.efa=true",
+        ],
+    );
+    let inv2 = planned(&efa);
+    peer::proxy().reset(&e.account);
+    let err = e
+        .provider
+        .provision_outcome(&e.ctx(&efa, &inv2, false))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, AwsError::Drift(_)), "{msg}");
+    for needle in [
+        "2 adopted machine(s) differ from the profile",
+        "gpu-1 (i-",
+        "workers[gpu].aws.efa is 0 EFA interface(s), the profile asks for 32 (one per network card of p5.48xlarge)",
+        "--replace-drifted",
+    ] {
+        assert!(msg.contains(needle), "missing {needle:?} in:\n{msg}");
+    }
+    assert!(!msg.contains("cpu-1"), "{msg}");
+    assert_eq!(
+        mutating(&e.account),
+        BTreeMap::new(),
+        "a refusal changes nothing"
+    );
+
+    let out = e
+        .provider
+        .provision_outcome(&e.ctx(&efa, &inv2, true))
+        .await
+        .expect("replace");
+    assert_eq!(out.replaced.len(), 2, "{:?}", out.replaced);
+    let launches = peer::proxy().launches(&e.account);
+    let last = launches.last().unwrap();
+    assert_eq!(last["InstanceType"], "p5.48xlarge");
+    assert_eq!(
+        last.iter()
+            .filter(|(k, v)| k.ends_with(".InterfaceType") && *v == "efa-only")
+            .count(),
+        32
+    );
+
+    // Converged: the relaunched instances report their 32 EFA interfaces.
+    peer::proxy().reset(&e.account);
+    let again = e
+        .provider
+        .provision_outcome(&e.ctx(&efa, &inv2, false))
+        .await
+        .expect("converged");
+    assert!(again.created.is_empty() && again.replaced.is_empty());
+    assert_eq!(mutating(&e.account), BTreeMap::new());
 }

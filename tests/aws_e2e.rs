@@ -15,28 +15,38 @@
 //! outside loopback and 198.18.0.0/15 was ever dialled (moto invents public IPs; they must never
 //! be reached).
 //!
-//! `up` runs every phase up to the control plane, which stops the run naming the Kubernetes
-//! archive the test mirror lacks (no registry here ships it), as tests/up_local.rs does; nodes
-//! Ready on these stand-ins with `K8SFORGE_TEST_KUBE_BIN` is not built yet.
+//! With Kubernetes binaries (K8SFORGE_TEST_KUBE_BIN, see DEVELOPERS.md) `up` runs every phase
+//! to nodes Ready and the test checks pods on the two workers reaching each other, a Service and
+//! DNS; without them (CI) `up` stops at the control plane naming the Kubernetes archive the test
+//! mirror lacks, as tests/up_local.rs does, after printing one line saying the rest was skipped.
+//! The stand-ins are containers on this machine's kernel: the profile says so
+//! (`provider.containerNodes`, `provider.kernelExceptions`).
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use k8sforge::inventory::Inventory;
-use k8sforge::provider::local::{LocalConfig, LocalProvider};
-use k8sforge::provider::ProvisionContext;
-use k8sforge_testkit::mirror;
+use k8sforge::inventory::{Inventory, Role};
+use k8sforge_testkit::{kube, mirror};
 use support::aws as peer;
 use support::cloud_nodes::{self, LOGIN_USER};
+use support::kube_checks;
+use support::local_cluster::phase;
+use support::stand_ins::{self, ConnectTrace, StandIns};
 
-const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
-
-fn write_profile(dir: &Path, name: &str, account: &str, cidr: &str, api: &str) -> String {
+fn write_profile(
+    dir: &Path,
+    name: &str,
+    account: &str,
+    cidr: &str,
+    api: &str,
+    version: &str,
+) -> String {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &path,
@@ -45,13 +55,20 @@ fn write_profile(dir: &Path, name: &str, account: &str, cidr: &str, api: &str) -
 provider:
   kind: aws
   kernelExceptions: [{exceptions}]
+  containerNodes: true
   aws:
     region: {region}
     zones: [{region}a]
     adminCIDRs: [198.18.0.0/15]
     ami: {{ owner: "{account}", name: "k8sforge-test-noble-*" }}
+    # The stand-ins boot after the first provision (their addresses come from it): that one
+    # finds no keys and must not wait; the next finds them at once (the proxy below).
+    hostKeyWaitSeconds: 0
 kubernetes:
-  version: v1.34.2
+  version: {version}
+# The training operators need images nobody can build here (tests/training_apply.rs has them).
+training:
+  enabled: false
 network:
   nodeCIDR: {cidr}
   podCIDR: 10.200.0.0/16
@@ -85,16 +102,14 @@ struct Run {
     account: String,
     profile: String,
     mirror: String,
-    trace: std::path::PathBuf,
+    trace: ConnectTrace,
 }
 
 impl Run {
-    /// `k8sforge <args>` under strace, every connect(2) of every thread appended to the trace.
+    /// `k8sforge <args>` under strace (support::stand_ins::ConnectTrace).
     fn k8sforge(&self, args: &[&str]) -> Output {
-        Command::new("strace")
-            .args(["-f", "-qq", "-e", "trace=connect", "-o"])
-            .arg(self.trace.with_extension(format!("{}", rand_suffix())))
-            .arg(BIN)
+        self.trace
+            .k8sforge()
             .args(args)
             .args(["--profile", &self.profile])
             .env("K8SFORGE_HOME", &self.home)
@@ -111,91 +126,29 @@ impl Run {
             .expect("strace (apt-get install strace)")
     }
 
-    fn up(&self, only: &str) -> serde_json::Value {
-        let out = self.k8sforge(&[
+    /// `up` (plus `extra`) with the mirror; the JSON report, whatever the exit status.
+    fn up(&self, extra: &[&str]) -> (Output, serde_json::Value) {
+        let mut args = vec![
             "up",
             "--mirror",
             &self.mirror,
             "--trust-mirror-checksums",
             "-o",
             "json",
-            "--only",
-            only,
-        ]);
-        assert!(
-            out.status.success(),
-            "up --only {only}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    /// Every IPv4/IPv6 address any traced run dialled.
-    fn dialled(&self) -> Vec<IpAddr> {
-        let dir = self.trace.parent().unwrap();
-        let stem = self
-            .trace
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if !e.file_name().to_string_lossy().starts_with(&stem) {
-                continue;
-            }
-            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
-                for key in ["inet_addr(\"", "inet_pton(AF_INET6, \""] {
-                    if let Some(rest) = line.split(key).nth(1) {
-                        if let Some(a) = rest.split('"').next().and_then(|a| a.parse().ok()) {
-                            out.push(a);
-                        }
-                    }
-                }
-            }
-        }
-        out
+        ];
+        args.extend_from_slice(extra);
+        let out = self.k8sforge(&args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "up {extra:?}: no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out, v)
     }
 }
 
-/// OpenSSH as `user` with the cluster key (the harness's own access; k8sforge is not involved).
-fn openssh(key: &Path, user: &str, ip: Ipv4Addr, script: &str) -> Output {
-    Command::new("ssh")
-        .arg("-i")
-        .arg(key)
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            "ConnectTimeout=10",
-        ])
-        .arg(format!("{user}@{ip}"))
-        .arg(script)
-        .output()
-        .expect("ssh (openssh-client)")
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn allowed(a: &IpAddr) -> bool {
-    let test: Ipv4Net = "198.18.0.0/15".parse().unwrap();
-    match a {
-        IpAddr::V4(v) => v.is_loopback() || test.contains(v) || v.is_unspecified(),
-        IpAddr::V6(v) => v.is_loopback() || v.is_unspecified(),
-    }
-}
+const REMOTE_PHASES: [&str; 5] = ["etcd", "runtime", "control-plane", "workers", "network"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
@@ -205,6 +158,7 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         0,
         "this test boots systemd-nspawn nodes: run as root"
     );
+    let kube = kube_checks::kube_binaries("aws_up_on_local_nodes_standing_in_for_the_instances");
     let (x, _lock) = support::subnet::reserve_subnet();
     let cidr: Ipv4Net = format!("198.19.{x}.0/24").parse().unwrap();
     let host = Ipv4Addr::from(u32::from(cidr.network()) + 1);
@@ -213,7 +167,13 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     let clients = peer::clients(&account);
     peer::register_ami(&clients, "k8sforge-test-noble-20260101").await;
     let work = tempfile::tempdir().unwrap();
-    let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
+    let cache = mirror::default_cache_dir();
+    let base = mirror::build(&cache).expect("test mirror");
+    let m = match &kube {
+        Some(k) => kube::cluster_mirror(&base, k, &cache).expect("cluster mirror"),
+        None => base,
+    };
+    let version = kube.as_ref().map_or("v1.34.2", |k| k.version.as_str());
     let run = Run {
         home: work.path().join("home"),
         profile: write_profile(
@@ -222,15 +182,24 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
             &account,
             &cidr.to_string(),
             &host.to_string(),
+            version,
         ),
         account: account.clone(),
         mirror: m.root.display().to_string(),
-        trace: work.path().join("connects"),
+        trace: ConnectTrace::new(work.path().join("connects")),
     };
 
     // 1. Provision through `up` (moto on loopback).
-    let r = tokio::task::block_in_place(|| run.up("provision"));
+    let (out, r) = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
     assert_eq!(r["phases"][0]["outcome"], "done", "{r:#}");
+    // No instance has printed host keys yet (no stand-in runs): first contact, said so.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "no SSH host keys in the console output of controlplane-1, worker-1, worker-2"
+        ) && said.contains("pinned on first contact"),
+        "{said}"
+    );
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.home.join(&name).join("state.json")).unwrap())
             .unwrap();
@@ -250,8 +219,9 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     }
     assert_eq!(inv.api.host, host.to_string());
 
-    // 2. The harness: one local node per instance moto reports, at its private address, with the
-    //    launch's key pair (the cluster key k8sforge imported) authorized for root.
+    // 2. The harness: one local node per running instance moto reports, at its private
+    //    address, with the launch's key pair (the cluster key k8sforge imported) authorized for
+    //    `ubuntu` (support::stand_ins).
     let described = clients.ec2.describe_instances().send().await.unwrap();
     let by_ip: BTreeMap<String, String> = described
         .reservations()
@@ -261,7 +231,7 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         .filter_map(|i| {
             Some((
                 i.private_ip_address()?.to_string(),
-                i.key_name()?.to_string(),
+                i.instance_id()?.to_string(),
             ))
         })
         .collect();
@@ -273,112 +243,84 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         );
     }
     let key = std::fs::read_to_string(run.home.join(&name).join("ssh/id_ed25519.pub")).unwrap();
-    let hosts_name = format!("{name}-hosts");
-    let local_profile = k8sforge::profile::load(
-        "local-3",
-        &[
-            format!("name={hosts_name}"),
-            format!("network.nodeCIDR={cidr}"),
-        ],
-    )
-    .unwrap()
-    .profile;
-    let mut cfg = LocalConfig::from_profile(&local_profile).unwrap();
-    cfg.launcher_exe = BIN.into();
-    let hosts = LocalProvider::new(cfg);
-    let mut planned = inv.clone();
-    planned.cluster = hosts_name.clone();
-    let hosts_dir = work.path().join("hosts");
-    std::fs::create_dir_all(&hosts_dir).unwrap();
-    struct Stop<'a>(&'a LocalProvider);
-    impl Drop for Stop<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.teardown_all(false);
-        }
-    }
-    let _ = hosts.teardown_all(false);
-    let ctx = ProvisionContext::new(&local_profile, &planned, hosts_dir, key.trim().to_string());
-    tokio::task::block_in_place(|| hosts.provision_nodes(&ctx))
-        .expect("boot the stand-in instances");
-    let _stop = Stop(&hosts);
-
-    // The cloud-image flavour: the launch's key pair authorized for `ubuntu` only (passwordless
-    // sudo), the kernel values kubelet checks as a cloud kernel has them, root login refused.
     let cluster_key = run.home.join(&name).join("ssh/id_ed25519");
-    for n in &inv.nodes {
-        for script in [
-            cloud_nodes::cloudify_script(LOGIN_USER, &key, true),
-            cloud_nodes::KERNEL_STAND_IN.to_string(),
-            cloud_nodes::REVOKE_ROOT.to_string(),
-        ] {
-            let out = openssh(&cluster_key, "root", n.internal_ip, &script);
-            assert!(
-                out.status.success(),
-                "{} as root: {script}\n{}",
-                n.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let root = openssh(&cluster_key, "root", n.internal_ip, "true");
-        assert!(
-            !root.status.success(),
-            "{}: root login must be refused",
-            n.name
-        );
-        let user = openssh(&cluster_key, LOGIN_USER, n.internal_ip, "sudo -n true");
-        assert!(
-            user.status.success(),
-            "{}: {LOGIN_USER} with passwordless sudo: {}",
-            n.name,
-            String::from_utf8_lossy(&user.stderr)
-        );
-    }
+    let nodes =
+        tokio::task::block_in_place(|| StandIns::boot(work.path(), &inv, &key, &cluster_key));
+    // The load balancer's stand-in at the address the provider recorded for the API.
+    stand_ins::lb_stand_in(SocketAddr::new(IpAddr::V4(host), 6443), &inv, 6443);
+    // Instances in one VPC talk with 9001-byte frames; k8sforge's VXLAN pod MTU (8951) needs
+    // them and its unit refuses a smaller underlay.
+    nodes.set_network_mtu(host, 9001);
 
-    // The load balancer's stand-in: a TCP balancer at the API endpoint, to the control plane.
-    let cp = inv
-        .nodes
-        .iter()
-        .find(|n| n.name == "controlplane-1")
-        .unwrap();
-    let backend = SocketAddr::new(IpAddr::V4(cp.internal_ip), 6443);
-    let listen = SocketAddr::new(IpAddr::V4(host), 6443);
-    std::thread::spawn(move || k8sforge::provider::local::api_proxy::run(listen, vec![backend]));
+    // Host keys from the provider. moto's console output is one fixed text; a real instance's
+    // has cloud-init's host-key block. So the test proxy answers GetConsoleOutput for each
+    // instance with its stand-in's real host keys in that format — for worker-2 first with a key
+    // that is not its own, which must be refused by name on first contact.
+    let real = nodes.host_keys();
+    let id_of = |node: &str| {
+        let ip = inv.node(node).unwrap().internal_ip.to_string();
+        by_ip[&ip].clone()
+    };
+    for (n, keys) in &real {
+        let keys = if n == "worker-2" {
+            vec![other_host_key(work.path())]
+        } else {
+            keys.clone()
+        };
+        peer::proxy().set_console(&account, &id_of(n), &console_text(n, &keys));
+    }
+    let (out, refused) = tokio::task::block_in_place(|| run.up(&[]));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("SSH host keys of controlplane-1, worker-1, worker-2 pinned from the AWS console output"),
+        "{said}"
+    );
+    assert!(
+        format!("{refused}{said}").contains("node worker-2: SSH HOST KEY CHANGED"),
+        "{refused:#}\n{said}"
+    );
+    // The operator removes the wrong pin (ssh-keygen -R); the console now shows the real keys.
+    let kh_path = run.home.join(&name).join("known_hosts");
+    let w2 = inv.node("worker-2").unwrap().internal_ip.to_string();
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    let kept: String = kh
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{w2} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&kh_path, kept).unwrap();
+    let w2_keys = &real.iter().find(|(n, _)| n == "worker-2").unwrap().1;
+    peer::proxy().set_console(
+        &account,
+        &id_of("worker-2"),
+        &console_text("worker-2", w2_keys),
+    );
 
     // 3. A whole `up` (no `--only`): provision runs inside it like every other phase, then PKI,
-    //    etcd over TLS and the runtime (containerd, CNI, the node-local API endpoint) on the
-    //    stand-in instances, through their private addresses.
-    let out = tokio::task::block_in_place(|| {
-        run.k8sforge(&[
-            "up",
-            "--mirror",
-            &run.mirror,
-            "--trust-mirror-checksums",
-            "-o",
-            "json",
-        ])
-    });
-    let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "up: no JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    //    etcd over TLS, the runtime (kernel step, containerd, CNI, the node-local API endpoint)
+    //    and — with kube binaries — the control plane, workers, network and add-ons, on the
+    //    stand-in instances through their private addresses.
+    let (out, full) = tokio::task::block_in_place(|| run.up(&[]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Every node's keys came from the console: none was trusted on first contact.
+    assert!(!stderr.contains("on first contact"), "{stderr}");
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    for (n, keys) in &real {
+        let ip = inv.node(n).unwrap().internal_ip.to_string();
+        for k in keys {
+            assert!(
+                kh.lines()
+                    .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(k.as_str())),
+                "{n}: {k} not pinned in\n{kh}"
+            );
+        }
+    }
     let phases = full["phases"].as_array().unwrap();
     for (i, want) in ["provision", "pki", "etcd", "runtime"].iter().enumerate() {
         assert_eq!(phases[i]["phase"], *want, "{full:#}");
-        assert_eq!(phases[i]["outcome"], "done", "{want}: {full:#}");
+        assert_eq!(phases[i]["outcome"], "done", "{want}: {full:#}\n{stderr}");
     }
-    // The test mirror has no Kubernetes binaries (none can be downloaded here): the run stops
-    // at the control plane naming the archive, as tests/up_local.rs does for local nodes.
-    assert_eq!(phases[4]["phase"], "control-plane", "{full:#}");
-    assert_eq!(phases[4]["outcome"], "failed", "{full:#}");
-    assert!(
-        phases[4]["detail"]
-            .as_str()
-            .unwrap()
-            .contains("kubernetes-server-linux-amd64.tar.gz"),
-        "{full:#}"
-    );
     // The runtime phase's kernel step read every setting back on every node (the container's
     // exceptions listed in the profile).
     assert!(
@@ -388,30 +330,70 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
             .contains("kernel settings read back on 3 nodes"),
         "{full:#}"
     );
+    if kube.is_none() {
+        // The test mirror has no Kubernetes binaries (none can be downloaded here): the run
+        // stops at the control plane naming the archive, as tests/up_local.rs does.
+        assert_eq!(phases[4]["phase"], "control-plane", "{full:#}");
+        assert_eq!(phases[4]["outcome"], "failed", "{full:#}");
+        assert!(
+            phases[4]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("kubernetes-server-linux-amd64.tar.gz"),
+            "{full:#}"
+        );
+    } else {
+        for p in ["control-plane", "workers", "network", "addons"] {
+            assert_eq!(
+                phase(&full, p)["outcome"],
+                "done",
+                "{p}: {full:#}\n{stderr}"
+            );
+        }
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
     // Everything ran as `ubuntu` under sudo: k8sforge's staging directory is that user's.
-    for n in &inv.nodes {
-        let out = openssh(
-            &cluster_key,
-            LOGIN_USER,
-            n.internal_ip,
+    for (n, _) in &nodes.nodes {
+        let text = nodes.ssh_ok(
+            n,
             "stat -c '%U %a' ~/.k8sforge-staging && sudo -n test -f /etc/etcd/ca.crt -o -f /etc/containerd/config.toml && echo installed",
         );
-        let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains(&format!("{LOGIN_USER} 700")) && text.contains("installed"),
-            "{}: {text} {}",
-            n.name,
-            String::from_utf8_lossy(&out.stderr)
+            "{n}: {text}"
         );
     }
-    let apiserver = std::fs::read(run.home.join(&name).join("pki/apiserver.crt")).unwrap();
-    assert!(!apiserver.is_empty());
 
-    // 4. A second run creates nothing and changes nothing.
+    // 4. With the binaries: every node Ready through the node-local endpoint (kubelets never
+    //    dial the balancer), pods on the two workers reach each other, a Service, DNS.
+    if let Some(k) = &kube {
+        let admin = run.home.join(&name).join("kubeconfigs/admin.kubeconfig");
+        let kc = std::fs::read_to_string(&admin).unwrap();
+        assert!(kc.contains(&format!("server: https://{host}:6443")), "{kc}");
+        let kubectl = kube_checks::kubectl(k, admin);
+        kube_checks::wait_nodes_ready(
+            &kubectl,
+            &["controlplane-1", "worker-1", "worker-2"],
+            Duration::from_secs(120),
+        );
+        let kubelet = nodes.ssh_ok("worker-1", "sudo -n cat /etc/kubernetes/kubelet.kubeconfig");
+        assert!(
+            kubelet.contains("server: https://127.0.0.1:6443"),
+            "{kubelet}"
+        );
+        let archive = work.path().join("busybox.tar");
+        kube_checks::busybox_archive(&m, &archive);
+        for w in ["worker-1", "worker-2"] {
+            nodes.ssh_stdin_ok(w, kube_checks::IMPORT_FROM_STDIN, &archive);
+        }
+        kube_checks::workload_across(&kubectl, "worker-1", "worker-2", k.coredns.is_some());
+    }
+
+    // 5. A second run creates nothing on AWS and changes nothing on the nodes.
     peer::proxy().reset(&account);
-    let again = tokio::task::block_in_place(|| run.up("provision"));
+    let (out, again) = tokio::task::block_in_place(|| run.up(&[]));
     assert!(
-        again["phases"][0]["detail"]
+        phase(&again, "provision")["detail"]
             .as_str()
             .unwrap()
             .contains("0 resources created"),
@@ -423,11 +405,28 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
         .filter(|a| !a.starts_with("Describe") && !a.starts_with("Get") && !a.starts_with('('))
         .collect();
     assert_eq!(mutating, Vec::<String>::new());
-    let etcd = tokio::task::block_in_place(|| run.up("etcd"));
-    assert_eq!(etcd["phases"][0]["files_changed"], 0, "{etcd:#}");
-    assert_eq!(etcd["phases"][0]["units_restarted"], 0, "{etcd:#}");
+    let remote: &[&str] = if kube.is_some() {
+        &REMOTE_PHASES
+    } else {
+        &REMOTE_PHASES[..2]
+    };
+    for p in remote {
+        let ph = phase(&again, p);
+        assert!(
+            ph["outcome"] == "unchanged"
+                || (ph["outcome"] == "done"
+                    && ph["files_changed"] == 0
+                    && ph["units_restarted"] == 0),
+            "{p} changed on the second up: {ph:#}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if kube.is_some() {
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(phase(&again, "addons")["files_changed"], 0, "{again:#}");
+    }
 
-    // 5. teardown: nothing tagged is left.
+    // 6. teardown: nothing tagged is left (the harness stops the nodes when `nodes` drops).
     let out = tokio::task::block_in_place(|| run.k8sforge(&["teardown"]));
     assert!(
         out.status.success(),
@@ -441,21 +440,58 @@ async fn aws_up_on_local_nodes_standing_in_for_the_instances() {
     let vpcs = clients
         .ec2
         .describe_vpcs()
-        .filters(tag)
+        .filters(tag.clone())
         .send()
         .await
         .unwrap();
     assert!(vpcs.vpcs().is_empty());
+    let left = clients
+        .ec2
+        .describe_instances()
+        .filters(tag)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        left.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .all(|i| i.state().and_then(|s| s.name()).map(|s| s.as_str()) == Some("terminated")),
+        "{left:?}"
+    );
 
-    // 6. Nobody dialled an address moto invented.
-    let dialled = run.dialled();
-    assert!(
-        dialled.contains(&IpAddr::V4(cp.internal_ip)),
-        "the trace saw no connection to the nodes at all: {dialled:?}"
+    // 7. Nobody dialled an address moto invented.
+    let cp = inv.with_role(Role::ControlPlane).next().unwrap();
+    run.trace.assert_only_test_ranges(cp.internal_ip);
+}
+
+/// Console output as cloud-init prints it on an Ubuntu instance: boot lines, then the host keys.
+fn console_text(node: &str, keys: &[String]) -> String {
+    let mut t = format!(
+        "[    0.000000] Linux version 6.8.0-1015-aws\n[   12.345678] cloud-init[812]: Cloud-init v. 24.1.3 running 'modules:final'\n\
+         -----BEGIN SSH HOST KEY FINGERPRINTS-----\n256 SHA256:placeholder root@{node} (ED25519)\n-----END SSH HOST KEY FINGERPRINTS-----\n\
+         -----BEGIN SSH HOST KEY KEYS-----\n"
     );
-    let bad: Vec<&IpAddr> = dialled.iter().filter(|a| !allowed(a)).collect();
-    assert!(
-        bad.is_empty(),
-        "k8sforge dialled outside loopback and 198.18.0.0/15: {bad:?}"
-    );
+    for k in keys {
+        t.push_str(&format!("{k} root@{node}\n"));
+    }
+    t.push_str("-----END SSH HOST KEY KEYS-----\n[   13.0] cloud-init[812]: Cloud-init v. 24.1.3 finished\n");
+    t
+}
+
+/// A fresh ed25519 public key that belongs to no stand-in.
+fn other_host_key(dir: &Path) -> String {
+    let f = dir.join("not-the-host-key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&f)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let pub_key = std::fs::read_to_string(f.with_extension("pub")).unwrap();
+    pub_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -28,6 +28,8 @@ provider:
     zones: [{region}a]
     adminCIDRs: [198.18.0.0/15]
     ami: {{ owner: "{account}", name: "k8sforge-test-noble-*" }}
+    # moto prints no cloud-init host-key block: one look, no wait.
+    hostKeyWaitSeconds: 0
 kubernetes:
   version: v1.28.7
 network:

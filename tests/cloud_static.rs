@@ -19,19 +19,29 @@
 //! - static `teardown` removes every path and unit k8sforge installed and leaves the hosts'
 //!   filesystems as they were before `up` (compared file by file).
 //!
-//! Like tests/up_local.rs the mirror has no Kubernetes binaries, so `up` stops at the control
-//! plane. Own names and a reserved 198.19.X.0/24. Needs root, systemd-container, debootstrap and
-//! apt access (test mirror, cached under /var/cache/k8sforge-testkit).
+//! With Kubernetes binaries (K8SFORGE_TEST_KUBE_BIN, see DEVELOPERS.md) `up` goes on to a
+//! working cluster through the bastion as `ubuntu` — nodes Ready, pods on two workers reaching
+//! each other, a Service, DNS (support::kube_checks; kubectl from this machine reaches the API
+//! port of the control plane, the one port a cloud firewall opens to the admin) — a second `up`
+//! changes nothing in any remote phase, and teardown removes the Kubernetes units and state too.
+//! Without them (CI) the mirror has no Kubernetes binaries and `up` stops at the control plane,
+//! as in tests/up_local.rs. The nodes are containers on this machine's kernel: the profile says
+//! so (`provider.containerNodes`, `provider.kernelExceptions`). Own names and a reserved
+//! 198.19.X.0/24. Needs root, systemd-container, debootstrap and apt access (test mirror,
+//! cached under /var/cache/k8sforge-testkit).
 
 mod support;
 
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use k8sforge_testkit::mirror;
+use k8sforge_testkit::{kube, mirror};
 use support::cloud_nodes::{self, LOGIN_USER};
+use support::kube_checks;
+use support::local_cluster::phase;
+use support::static_cluster::{write_static, Host, Static};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
@@ -82,107 +92,21 @@ impl Drop for Local {
     }
 }
 
-/// A static cluster over some of the nodes.
-struct Static {
-    home: PathBuf,
-    dir: PathBuf,
-    name: String,
-    mirror: String,
-}
-
-impl Static {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("K8SFORGE_HOME", &self.home)
-            .arg(args[0])
-            .arg("--profile")
-            .arg(self.dir.join("profile.yaml"))
-            .args(&args[1..]);
-        c
-    }
-
-    fn up(&self) -> (Output, serde_json::Value) {
-        let out = self
-            .cmd(&[
-                "up",
-                "--mirror",
-                &self.mirror,
-                "--trust-mirror-checksums",
-                "-o",
-                "json",
-            ])
-            .output()
-            .unwrap();
-        let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        (out, report)
-    }
-
-    /// `k8sforge ssh` as the login user (through the bastion when the host has one).
-    fn ssh(&self, node: &str, script: &str) -> String {
-        let out = self.cmd(&["ssh", node, "--", script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "on {node}: {script}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn known_hosts(&self) -> PathBuf {
-        self.home.join(&self.name).join("known_hosts")
-    }
-}
-
-struct Host {
-    name: String,
-    ip: Ipv4Addr,
-    roles: &'static str,
-    user: &'static str,
-    bastion: Option<Ipv4Addr>,
-}
-
-fn write_static(dir: &Path, name: &str, cidr: &str, key: &Path, hosts: &[Host], workers: usize) {
-    fs::create_dir_all(dir).unwrap();
-    let exceptions = cloud_nodes::CONTAINER_KERNEL_EXCEPTIONS.join(", ");
-    let profile = format!(
-        "name: {name}\n\
-         provider:\n  kind: static\n  kernelExceptions: [{exceptions}]\n  static:\n    inventory: hosts.yaml\n\
-         kubernetes:\n  version: v1.34.2\n\
-         network:\n  nodeCIDR: {cidr}\n  podCIDR: 10.200.0.0/16\n  podPrefixPerNode: 24\n  serviceCIDR: 10.32.0.0/24\n  dnsServiceIP: 10.32.0.10\n\
-         controlPlane:\n  count: 1\n\
-         workers:\n  - name: worker\n    count: {workers}\n"
-    );
-    fs::write(dir.join("profile.yaml"), profile).unwrap();
-    let mut h = String::from("hosts:\n");
-    for host in hosts {
-        h.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [{}]\n    ssh: {{ user: {}, key: {}{} }}\n",
-            host.name,
-            host.ip,
-            host.roles,
-            host.user,
-            key.display(),
-            host.bastion
-                .map(|b| format!(", bastion: \"{LOGIN_USER}@{b}:22\""))
-                .unwrap_or_default()
-        ));
-    }
-    fs::write(dir.join("hosts.yaml"), h).unwrap();
-}
-
-fn phase<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["phases"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["phase"] == name))
-        .unwrap_or_else(|| panic!("no phase {name} in {report:#}"))
-}
-
 /// Every file and directory under the places k8sforge installs to, with type and mode: the
 /// "as found" picture of a host. Paths other programs change on their own are left out.
 const SNAPSHOT: &str = "find /etc /usr/local /opt /var/lib /home -xdev \
     -path /var/lib/systemd -prune -o -path /var/lib/sudo -prune -o -path /var/lib/dhcp -prune -o \
     -path /etc/ld.so.cache -prune -o -printf '%y %m %u %p\\n' 2>/dev/null | sort";
+
+/// Directories whose contents the running components change on their own (etcd's WAL, pods,
+/// images, IP allocations): left out when comparing what k8sforge installed between runs.
+const RUNTIME_STATE: &[&str] = &[
+    "/var/lib/etcd",
+    "/var/lib/kubelet",
+    "/var/lib/containerd",
+    "/var/lib/cni",
+    "/var/lib/kube-proxy",
+];
 
 #[test]
 fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
@@ -192,7 +116,14 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
         0,
         "this test boots systemd-nspawn nodes: run as root"
     );
-    let m = mirror::build(&mirror::default_cache_dir()).expect("test mirror");
+    let kube = kube_checks::kube_binaries("cloud_image_nodes_through_a_bastion_as_ubuntu");
+    let cache = mirror::default_cache_dir();
+    let base = mirror::build(&cache).expect("test mirror");
+    let m = match &kube {
+        Some(k) => kube::cluster_mirror(&base, k, &cache).expect("cluster mirror"),
+        None => base,
+    };
+    let version = kube.as_ref().map_or("v1.34.2", |k| k.version.as_str());
     let (x, _lock) = support::subnet::reserve_subnet();
     let scratch = tempfile::tempdir().unwrap();
     let local = Local {
@@ -234,10 +165,12 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
 
     // 2. The cloud-image flavour.
     let pub_key = fs::read_to_string(local.key().with_extension("pub")).unwrap();
+    let gateway = Ipv4Addr::from(u32::from(bastion_ip) & 0xffff_ff00 | 1);
     for (n, _) in &nodes {
         local.root_ssh(n, &cloud_nodes::cloudify_script(LOGIN_USER, &pub_key, true));
         if *n != bastion_name {
             local.root_ssh(n, cloud_nodes::KERNEL_STAND_IN);
+            local.root_ssh(n, &cloud_nodes::resolver_stand_in(gateway));
         }
     }
     // One more login on the bastion whose sudo asks for a password.
@@ -254,7 +187,10 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
         local.root_ssh(n, cloud_nodes::REVOKE_ROOT);
     }
     let ips: Vec<Ipv4Addr> = cluster.iter().map(|(_, ip)| *ip).collect();
-    let _isolation = cloud_nodes::Isolation::new(&ips, &[]);
+    // With a control plane to reach, its API port stays open to this machine (the admin), as a
+    // cloud firewall opens it to the admin ranges; SSH still only reaches the bastion.
+    let api_open: Vec<(Ipv4Addr, u16)> = kube.iter().map(|_| (ips[0], 6443)).collect();
+    let _isolation = cloud_nodes::Isolation::new(&ips, &api_open);
     for ip in &ips {
         assert!(
             !cloud_nodes::reachable(*ip, 22),
@@ -289,6 +225,18 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             .map(|(n, _)| st.ssh(n, &format!("sudo -n sh -c \"{SNAPSHOT}\"")))
             .collect()
     };
+    // What k8sforge installed, without what the running components write on their own.
+    let installed = |st: &Static| -> Vec<String> {
+        snapshot(st)
+            .into_iter()
+            .map(|snap| {
+                snap.lines()
+                    .filter(|l| !RUNTIME_STATE.iter().any(|d| l.contains(&format!(" {d}/"))))
+                    .map(|l| format!("{l}\n"))
+                    .collect()
+            })
+            .collect()
+    };
 
     // 3. The static cluster through the bastion as ubuntu.
     let st = Static {
@@ -312,7 +260,15 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             bastion: Some(bastion_ip),
         })
         .collect();
-    write_static(&st.dir, &st.name, &local.cidr, &local.key(), &hosts, 2);
+    write_static(
+        &st.dir,
+        &st.name,
+        &local.cidr,
+        &local.key(),
+        &hosts,
+        2,
+        version,
+    );
     // `plan` pins nothing and connects nowhere; it also gives us the bundle to check against.
     let bundle_dir = scratch.path().join("bundle");
     let out = st
@@ -343,10 +299,39 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
     for ip in ips.iter().chain([&bastion_ip]) {
         assert!(kh.contains(&format!("{ip}")), "{ip} pinned in\n{kh}");
     }
-    // No control-plane binaries in this mirror: the run stops there, naming why.
-    assert_ne!(phase(&report, "control-plane")["outcome"], "done");
+    if let Some(k) = &kube {
+        // 3b. A working cluster, through the bastion as ubuntu.
+        for p in ["control-plane", "workers", "network", "addons"] {
+            assert_eq!(
+                phase(&report, p)["outcome"],
+                "done",
+                "{p}: {stderr}\n{report:#}"
+            );
+        }
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let kubectl = kube_checks::kubectl(
+            k,
+            st.home.join(&st.name).join("kubeconfigs/admin.kubeconfig"),
+        );
+        let names: Vec<&str> = cluster.iter().map(|(n, _)| n.as_str()).collect();
+        kube_checks::wait_nodes_ready(&kubectl, &names, std::time::Duration::from_secs(120));
+        let archive = scratch.path().join("busybox.tar");
+        kube_checks::busybox_archive(&m, &archive);
+        for (n, _) in &cluster[1..] {
+            let ok = st
+                .cmd(&["ssh", n, "--", kube_checks::IMPORT_FROM_STDIN])
+                .stdin(fs::File::open(&archive).unwrap())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "import busybox on {n} through the bastion");
+        }
+        kube_checks::workload_across(&kubectl, &cluster[1].0, &cluster[2].0, k.coredns.is_some());
+    } else {
+        // No control-plane binaries in this mirror: the run stops there, naming why.
+        assert_ne!(phase(&report, "control-plane")["outcome"], "done");
+    }
     // The installed picture, for the second up to leave exactly as it is.
-    let snap_before = snapshot(&st);
+    let snap_before = installed(&st);
 
     // 4. Kernel settings on every node, read back by the phase and checked here.
     let detail = phase(&report, "runtime")["detail"]
@@ -385,7 +370,12 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
     // 5. A second up changes nothing; status is read-only.
     let (out, report2) = st.up();
     let stderr2 = String::from_utf8_lossy(&out.stderr);
-    for p in ["etcd", "runtime"] {
+    let remote: &[&str] = if kube.is_some() {
+        &["etcd", "runtime", "control-plane", "workers", "network"]
+    } else {
+        &["etcd", "runtime"]
+    };
+    for p in remote {
         let ph = phase(&report2, p);
         assert!(
             ph["outcome"] == "unchanged"
@@ -396,7 +386,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
         );
     }
     assert_eq!(
-        snapshot(&st),
+        installed(&st),
         snap_before,
         "second up changed files on the nodes"
     );
@@ -449,6 +439,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             bastion: None,
         }],
         1,
+        version,
     );
     let (out, report) = pw.up();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -470,7 +461,7 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             && dry_text.contains("would remove file /usr/local/bin/containerd"),
         "{dry_text}"
     );
-    assert_eq!(snapshot(&st), snap_before, "dry run changed something");
+    assert_eq!(installed(&st), snap_before, "dry run changed something");
     let td = st.cmd(&["teardown"]).output().unwrap();
     assert!(
         td.status.success(),
@@ -516,6 +507,10 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             "/var/lib/etcd",
             "/var/lib/k8sforge",
             "/etc/cni/net.d",
+            "/usr/local/bin/kubelet",
+            "/usr/local/bin/kube-apiserver",
+            "/var/lib/kubelet",
+            "/etc/kubernetes",
         ] {
             assert!(
                 !after[i].lines().any(|l| l.ends_with(&format!(" {p}"))),
@@ -531,9 +526,12 @@ fn cloud_image_nodes_through_a_bastion_as_ubuntu() {
             added.is_empty() && removed.is_empty(),
             "{n} not left as found:\n  added: {added:?}\n  removed: {removed:?}"
         );
-        let units = st.ssh(n, "systemctl is-active etcd.service containerd.service 2>/dev/null; ip link show cni0 >/dev/null 2>&1 && echo cni0; true");
+        let units = st.ssh(n, "systemctl is-active etcd.service containerd.service kubelet.service kube-apiserver.service 2>/dev/null; pgrep -f '[c]ontainerd-shim' >/dev/null && echo shim; ip link show cni0 >/dev/null 2>&1 && echo cni0; true");
         assert!(
-            !units.contains("\nactive") && !units.starts_with("active") && !units.contains("cni0"),
+            !units.contains("\nactive")
+                && !units.starts_with("active")
+                && !units.contains("cni0")
+                && !units.contains("shim"),
             "{n}: {units}"
         );
     }

@@ -195,3 +195,62 @@ async fn drifted_instances_are_refused_by_name_and_replaced_only_when_asked() {
     assert!(last.created.is_empty() && last.replaced.is_empty());
     assert_eq!(mutating(&fake), Vec::<String>::new());
 }
+
+/// An A3 High instance created with nic0 only (before k8sforge gave A3 its GPU NICs, or by
+/// hand) where the profile wants nic0 + 4 GPU gVNICs: drift, named with both counts and the
+/// flag to replace it; replaced only when asked, with all 5 NICs. Only a real A3 shows that
+/// the replaced VM's GPU NICs come up in the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_instance_without_its_gpu_nics_is_drift() {
+    let fake = Fake::start(World::default()).await;
+    let p = small(&[]);
+    up(&fake, &p, false).await.expect("provision");
+    let mut inst = fake
+        .all("instances")
+        .into_iter()
+        .find(|i| i["name"] == "drift-gpu-1")
+        .expect("drift-gpu-1");
+    assert_eq!(inst["networkInterfaces"].as_array().unwrap().len(), 5);
+    let link = inst["selfLink"].as_str().unwrap().to_string();
+    let zone = link
+        .split("/zones/")
+        .nth(1)
+        .and_then(|z| z.split('/').next())
+        .unwrap()
+        .to_string();
+    let mut nic0 = inst["networkInterfaces"][0].clone();
+    nic0.as_object_mut().unwrap().remove("nicType");
+    inst["networkInterfaces"] = serde_json::json!([nic0]);
+    fake.seed(&format!("zones/{zone}/instances"), "drift-gpu-1", inst);
+
+    fake.clear_calls();
+    let err = up(&fake, &p, false).await.expect_err("NIC drift refused");
+    for needle in [
+        "1 adopted machine(s) differ from the profile",
+        "gpu-1 (drift-gpu-1): network interfaces is 1 (0 gVNIC), the profile asks for 5 gVNICs (nic0 + 4 GPU NICs of a3-highgpu-8g)",
+        "--replace-drifted",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(!err.contains("gpu-2"), "{err}");
+    assert_eq!(
+        mutating(&fake),
+        Vec::<String>::new(),
+        "a refusal changes nothing"
+    );
+
+    let out = up(&fake, &p, true).await.expect("replace");
+    assert_eq!(out.replaced.len(), 1, "{:?}", out.replaced);
+    let inst = fake
+        .all("instances")
+        .into_iter()
+        .find(|i| i["name"] == "drift-gpu-1")
+        .expect("recreated");
+    let nics = inst["networkInterfaces"].as_array().unwrap();
+    assert_eq!(nics.len(), 5);
+    assert!(nics.iter().all(|n| n["nicType"] == "GVNIC"), "{nics:?}");
+    fake.clear_calls();
+    let last = up(&fake, &p, false).await.expect("converged");
+    assert!(last.created.is_empty() && last.replaced.is_empty());
+    assert_eq!(mutating(&fake), Vec::<String>::new());
+}

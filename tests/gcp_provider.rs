@@ -506,6 +506,57 @@ async fn quota_shortfall_is_explained_and_nothing_is_created() {
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
 
+/// An A3 High cluster creates 5 VPC networks (its own and one per GPU NIC): a project that
+/// already uses 12 of its 15 (the default NETWORKS quota) is told so before anything is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_quota_for_a3_gpu_networks_is_checked_before_creating() {
+    let fake = Fake::start(World::default()).await;
+    for i in 1..=12 {
+        fake.seed(
+            "global/networks",
+            &format!("other-team-net-{i}"),
+            serde_json::json!({"autoCreateSubnetworks": false}),
+        );
+    }
+    let p = load("gpu-1000", &[]);
+    let inv = planned(&p);
+    let gcp = provider(&fake, &p);
+    fake.clear_calls();
+    let err = gcp
+        .preflight(&ctx(&p, &inv))
+        .await
+        .expect_err("5 networks do not fit in 3")
+        .to_string();
+    for needle in [
+        "NETWORKS in project-wide (all regions): this run needs 5, allowed 3 (limit 15, already in use 12)",
+        "this cluster creates 5 (gpu-1000-net, gpu-1000-gpunet-1, gpu-1000-gpunet-2, gpu-1000-gpunet-3, gpu-1000-gpunet-4)",
+        "A3 High needs its own network for each of its 4 GPU NICs",
+        "nothing was created",
+        "--quota-id=NETWORKS-per-project --preferred-value=17",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert_eq!(mutating_calls(&fake), Vec::<String>::new());
+    assert_eq!(
+        fake.call_counts().get("compute.networks.list"),
+        Some(&1),
+        "one list call"
+    );
+    // Room for exactly 5: passes.
+    let fake = Fake::start(World::default()).await;
+    for i in 1..=10 {
+        fake.seed(
+            "global/networks",
+            &format!("other-team-net-{i}"),
+            serde_json::json!({"autoCreateSubnetworks": false}),
+        );
+    }
+    let gcp = provider(&fake, &p);
+    gcp.preflight(&ctx(&p, &inv))
+        .await
+        .expect("10 + 5 fit in 15");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_accelerator_type_is_reported_before_creating() {
     let mut world = World::default();

@@ -51,6 +51,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "certificate rotation: plan, staged rollout, resumable record",
         &["rotate"],
     ),
+    (
+        "Kubernetes upgrades: preflight, plan, node-by-node steps, resumable record",
+        &["upgrade"],
+    ),
     ("command-line definitions", &["cli"]),
     ("one module per verb", &["commands"]),
     ("programs beside k8sforge (the network probe's main)", &["bin"]),

@@ -394,4 +394,29 @@ fn mirror_pulls_binaries_and_images_and_resumes() {
         );
         assert!(String::from_utf8_lossy(&o.stderr).contains("not mirrored (no digest pin"));
     }
+
+    // 10. A smoke image packed into the mirror (`k8sforge smoke --pack`) survives the next
+    // `k8sforge mirror`: it has no registry to come from, so mirror keeps its entry and archive.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let smoke_bin = bin_dir.path().join("k8sforge-smoke");
+    std::fs::write(&smoke_bin, b"#!/bin/true\n").unwrap();
+    let packed = k8sforge::artifacts::smoke_image::add_to_mirror(
+        out.path(),
+        &smoke_bin,
+        &k8sforge::artifacts::smoke_image::default_reference(),
+    )
+    .unwrap();
+    let (o, _) = run(out.path(), &http.url(), &sets);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = list_of(out.path());
+    let kept = after
+        .images
+        .iter()
+        .find(|i| i.name == "k8sforge-smoke")
+        .unwrap_or_else(|| panic!("the packed smoke image was dropped: {after:?}"));
+    assert_eq!(kept, &packed);
+    let sha = hex::encode(sha2::Sha256::digest(
+        std::fs::read(out.path().join(&kept.file)).unwrap(),
+    ));
+    assert_eq!(sha, packed.sha256, "its archive is still there, unchanged");
 }

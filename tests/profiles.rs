@@ -442,16 +442,38 @@ fn unknown_profile_name_lists_builtins() {
 }
 
 #[test]
-fn unimplemented_verbs_say_so_and_fail() {
+fn ca_rotation_flags_are_checked_and_need_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_k8sforge"))
-        .arg("--home")
-        .arg(dir.path())
-        .args(["certs", "rotate", "--ca"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_k8sforge"))
+            .arg("--home")
+            .arg(dir.path())
+            .args(["certs", "rotate"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // No cluster yet: a clear error, nothing created.
+    let out = run(&["--ca"]);
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(3), "still not implemented");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    // Flags that do not go together are refused by the parser, naming them.
+    for (args, needle) in [
+        (&["--ca", "--only", "apiserver"][..], "--only"),
+        (&["--only-ca", "etcd"][..], "--ca"),
+        (
+            &["--ca", "--only-ca", "vault"][..],
+            "kubernetes, etcd, front-proxy",
+        ),
+        (&["--finish"][..], "--sa-keys"),
+        (&["--ca", "--sa-keys"][..], "--sa-keys"),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 #[test]

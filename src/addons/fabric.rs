@@ -1,6 +1,6 @@
 //! The fast-network add-ons of GPU clusters: on AWS nodes launched with EFA interfaces, the
-//! `aws-efa-k8s-device-plugin` DaemonSet (resource `vpc.amazonaws.com/efa`), and the NCCL /
-//! libfabric environment defaults published for training jobs as the ConfigMap
+//! `aws-efa-k8s-device-plugin` DaemonSet (resource `vpc.amazonaws.com/efa`); on GCP A3 High
+//! nodes, GPUDirect-TCPX (`super::tcpx`); and the NCCL / libfabric environment defaults published for training jobs as the ConfigMap
 //! [`FABRIC_ENV_CONFIGMAP`] (a pod takes them with `envFrom: [{configMapRef: {name:
 //! k8sforge-fabric-env}}]`).
 //!
@@ -67,7 +67,9 @@ pub struct FabricCtx {
     pub efa_label_value: &'static str,
     pub efa_resource: &'static str,
     pub efa_device_plugin_image: &'static str,
-    pub env: Vec<EnvDefault>,
+    /// GPUDirect-TCPX on GCP A3 High groups.
+    pub tcpx: Option<super::tcpx::TcpxCtx>,
+    pub env: Vec<super::tcpx::OwnedEnv>,
     pub env_configmap: &'static str,
     pub env_namespace: &'static str,
 }
@@ -82,17 +84,28 @@ pub fn has_efa(profile: &Profile) -> bool {
 }
 
 /// The environment defaults of `profile`'s fast network (empty when it has none).
-pub fn env_defaults(profile: &Profile) -> Vec<EnvDefault> {
+pub fn env_defaults(profile: &Profile) -> Vec<super::tcpx::OwnedEnv> {
     if has_efa(profile) {
-        EFA_ENV.to_vec()
+        EFA_ENV
+            .iter()
+            .map(|e| super::tcpx::OwnedEnv {
+                name: e.name,
+                value: e.value.to_string(),
+                why: e.why,
+            })
+            .collect()
+    } else if crate::profile::gpu_nic_layout::cluster_has_tcpx(profile) {
+        super::tcpx::env_defaults()
     } else {
         Vec::new()
     }
 }
 
 impl FabricCtx {
-    pub fn new(profile: &Profile) -> FabricCtx {
+    /// `pause_image`: the holder container of the TCPX plugin installer.
+    pub fn new(profile: &Profile, pause_image: &str) -> FabricCtx {
         FabricCtx {
+            tcpx: super::tcpx::TcpxCtx::new(profile, pause_image),
             efa: has_efa(profile),
             efa_label_key: EFA_LABEL_KEY,
             efa_label_value: EFA_LABEL_VALUE,

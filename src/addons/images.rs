@@ -13,6 +13,8 @@ use crate::artifacts::Release;
 pub struct AddonImages {
     pub coredns: String,
     pub device_plugin: String,
+    /// The holder container of DaemonSets whose work is done by an init container.
+    pub pause: String,
 }
 
 impl AddonImages {
@@ -21,6 +23,7 @@ impl AddonImages {
         AddonImages {
             coredns: ClusterImage::CoreDns.default_reference(release),
             device_plugin: ClusterImage::NvidiaDevicePlugin.default_reference(release),
+            pause: ClusterImage::Pause.default_reference(release),
         }
     }
 
@@ -46,6 +49,7 @@ impl From<&ImageRefs> for AddonImages {
         AddonImages {
             coredns: refs.coredns.clone(),
             device_plugin: refs.nvidia_device_plugin.clone(),
+            pause: refs.pause.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod fabric;
 pub mod images;
+pub mod tcpx;
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +99,7 @@ pub fn render(profile: &Profile, images: &AddonImages) -> Result<Vec<Manifest>, 
         apiserver_kubelet_client_user: apiserver_kubelet_client_user()?,
         forward_upstream: profile.provider.kind != crate::profile::ProviderKind::Local,
         images,
-        fabric: fabric::FabricCtx::new(profile),
+        fabric: fabric::FabricCtx::new(profile, &images.pause),
     };
     let base = context! { addons => Value::from(Serde(&ctx)) };
     ADDONS
@@ -520,5 +521,152 @@ mod tests {
             .name
             .as_deref()
             .is_some_and(|n| n.starts_with("aws-efa") || n == fabric::FABRIC_ENV_CONFIGMAP)));
+    }
+
+    /// GCP A3 High groups: the NCCL TCPX plugin installer and the TCPX receive daemon on the
+    /// TCPX-labelled nodes only, and the NCCL environment in the fabric-env ConfigMap, all valid
+    /// against the typed API. What only a real A3 High proves: that the installer's script writes
+    /// the plugin to /var/lib/tcpx/lib64, that RxDM's `auto` preset pairs each GPU with its NIC
+    /// on Ubuntu, that the Ubuntu interface names are the ones published, and NCCL's bandwidth.
+    #[test]
+    fn a3_groups_get_tcpx_daemons_and_nccl_env() {
+        use crate::profile::gpu_nic_layout::{TCPX_LABEL_KEY, TCPX_LABEL_VALUE};
+        let p = crate::profile::load(
+            "gpu-dev",
+            &[
+                "provider.kind=gcp".to_string(),
+                "workers[1].gcp.machineType=a3-highgpu-8g".to_string(),
+                "workers[1].gcp.acceleratorType=nvidia-h100-80gb".to_string(),
+            ],
+        )
+        .unwrap()
+        .profile;
+        let release = crate::artifacts::release(&p.kubernetes.version).unwrap();
+        let m = render_for_release(&p, release).unwrap();
+        let objs = crate::kube::validate_all(m.iter().map(|m| (m.name, m.yaml.as_str()))).unwrap();
+        let selector = BTreeMap::from([(TCPX_LABEL_KEY.to_string(), TCPX_LABEL_VALUE.to_string())]);
+
+        let inst: DaemonSet = typed(&objs, "DaemonSet", "nccl-tcpx-installer");
+        assert_eq!(inst.metadata.namespace.as_deref(), Some("kube-system"));
+        let pod = inst.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.as_ref(), Some(&selector));
+        assert_eq!(
+            pod.tolerations.unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        let init = &pod.init_containers.as_ref().unwrap()[0];
+        assert_eq!(init.image.as_deref(), Some(tcpx::NCCL_PLUGIN_IMAGE));
+        assert!(init
+            .command
+            .as_ref()
+            .unwrap()
+            .join(" ")
+            .contains("/scripts/container_entry.sh install --install-nccl"));
+        assert_eq!(
+            init.volume_mounts.as_ref().unwrap()[0].mount_path,
+            tcpx::TCPX_LIB_HOST_DIR
+        );
+        let vol = &pod.volumes.as_ref().unwrap()[0];
+        let hp = vol.host_path.as_ref().unwrap();
+        assert_eq!(
+            (hp.path.as_str(), hp.type_.as_deref()),
+            (tcpx::TCPX_LIB_HOST_DIR, Some("DirectoryOrCreate"))
+        );
+        // The holder is the release's pinned pause image (by digest).
+        let holder = pod.containers[0].image.as_deref().unwrap();
+        assert_eq!(
+            holder,
+            crate::artifacts::images::ClusterImage::Pause.default_reference(release)
+        );
+        assert!(holder.contains("@sha256:"), "{holder}");
+
+        let rxdm: DaemonSet = typed(&objs, "DaemonSet", "tcpx-rxdm");
+        let pod = rxdm.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.node_selector.as_ref(), Some(&selector));
+        assert_eq!(pod.host_network, Some(true));
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some(tcpx::RXDM_IMAGE));
+        assert_eq!(
+            c.command.as_ref().unwrap(),
+            &[
+                "/tcpgpudmarxd/build/app/tcpgpudmarxd",
+                "--gpu_nic_preset",
+                "auto",
+                "--gpu_shmem_type",
+                "fd",
+                "--uds_path",
+                tcpx::TCPX_SOCKET_DIR,
+                "--setup_param",
+                "--verbose 128 2 0",
+            ]
+            .map(String::from)
+        );
+        assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+        // Every GPU visible without a nvidia.com/gpu request (training pods keep all 8).
+        assert!(c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .is_none());
+        let env = c.env.as_ref().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "NVIDIA_VISIBLE_DEVICES" && e.value.as_deref() == Some("all")));
+        assert_eq!(
+            c.volume_mounts.as_ref().unwrap()[0].mount_path,
+            tcpx::TCPX_SOCKET_DIR
+        );
+        assert_eq!(
+            pod.volumes.as_ref().unwrap()[0]
+                .host_path
+                .as_ref()
+                .unwrap()
+                .path,
+            tcpx::TCPX_SOCKET_DIR
+        );
+
+        let cm: ConfigMap = typed(&objs, "ConfigMap", fabric::FABRIC_ENV_CONFIGMAP);
+        let data = cm.data.unwrap();
+        let want: BTreeMap<String, String> = tcpx::env_defaults()
+            .into_iter()
+            .map(|e| (e.name.to_string(), e.value))
+            .collect();
+        assert_eq!(data, want);
+        for (k, v) in [
+            ("NCCL_SOCKET_IFNAME", "enp0s12"),
+            ("NCCL_GPUDIRECTTCPX_CTRL_DEV", "enp0s12"),
+            ("NCCL_GPUDIRECTTCPX_SOCKET_IFNAME", "enp6s0,enp12s0,enp134s0,enp140s0"),
+            ("NCCL_GPUDIRECTTCPX_UNIX_CLIENT_PREFIX", "/run/tcpx"),
+            ("NCCL_NET", "GPUDirectTCPX_v7"),
+            ("NCCL_CROSS_NIC", "0"),
+            ("NCCL_GPUDIRECTTCPX_RX_BINDINGS", "enp6s0:22-35,126-139;enp12s0:22-35,126-139;enp134s0:74-87,178-191;enp140s0:74-87,178-191"),
+        ] {
+            assert_eq!(data.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert!(!data.contains_key("FI_PROVIDER"), "no EFA settings on GCP");
+        assert!(!objs
+            .iter()
+            .any(|o| o.object.metadata.name.as_deref()
+                == Some("aws-efa-k8s-device-plugin-daemonset")));
+
+        // Only the A3 group's nodes carry the label the DaemonSets select on.
+        let inv = crate::inventory::planned(&p, &BTreeMap::new()).unwrap();
+        for n in &inv.nodes {
+            assert_eq!(
+                n.labels.get(TCPX_LABEL_KEY).map(String::as_str),
+                (n.group == "gpu").then_some(TCPX_LABEL_VALUE),
+                "{}",
+                n.name
+            );
+        }
+
+        // An a2 (no GPU NICs) on GCP, or AWS: none of it.
+        for sets in [vec!["provider.kind=gcp".to_string()], vec![]] {
+            let p = crate::profile::load("gpu-dev", &sets).unwrap().profile;
+            let m = render_for_release(&p, release).unwrap();
+            let all: String = m.iter().map(|m| m.yaml.as_str()).collect();
+            assert!(!all.contains("tcpx"), "{sets:?}");
+        }
     }
 }

@@ -138,6 +138,11 @@ pub const SMOKE_IMAGE_TAG: &str = "0.1.0";
 /// - training-operator v1-93c5489, Trainer v2.3.0, Kueue v0.19.2: no upstream text with their
 ///   index digests was found, so they have no pin and `k8sforge mirror` cannot mirror them
 ///   verifiably (it names them and skips them; `artifacts.images.<name>` takes a pinned reference).
+///   Searched again (session 12): Kueue's promotion PR (kubernetes/k8s.io #9856, "Kueue: Promote
+///   v0.19.2") shows only the Helm charts' digests in searchable text, not the `kueue` image's;
+///   Trainer's "Prepare Release v2.3.0" (kubeflow/trainer #3859) and "Release Training Operator
+///   Image for v1.9.4" (#3947) publish tags, no digests. A digest copied from anything weaker
+///   than those would be a guess, so the tag pins stay.
 /// - NVIDIA device plugin v0.17.1: `nvcr.io/nvidia/k8s-device-plugin:v0.17.1@sha256:af31e2b7…`
 ///   in two projects' image locks. Re-verify against the registry when one is reachable
 ///   (`k8sforge mirror` does, by pulling by digest).

@@ -18,6 +18,7 @@ pub mod oci_pack;
 pub mod pinned_tree;
 pub mod pins;
 pub mod registry;
+pub mod site_rows;
 pub mod smoke_image;
 pub mod source;
 pub mod spec;
@@ -99,12 +100,18 @@ pub const RELEASES: &[Release] = &[
     },
 ];
 
+/// The built-in row of `kubernetes`, else a site row the profile registered (`site_rows`).
 pub fn release(kubernetes: &str) -> Option<&'static Release> {
-    RELEASES.iter().find(|r| r.kubernetes == kubernetes)
+    RELEASES
+        .iter()
+        .find(|r| r.kubernetes == kubernetes)
+        .or_else(|| site_rows::find(kubernetes))
 }
 
 pub fn known_kubernetes_versions() -> Vec<&'static str> {
-    RELEASES.iter().map(|r| r.kubernetes).collect()
+    let mut v: Vec<&'static str> = RELEASES.iter().map(|r| r.kubernetes).collect();
+    v.extend(site_rows::versions());
+    v
 }
 
 /// `v1.34.2` → (1, 34).

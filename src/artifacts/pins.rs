@@ -207,6 +207,7 @@ pub fn pinned(component: Component, version: &str) -> Option<Digest> {
             Algo::Sha256 => Digest::Sha256((*hex).to_string()),
             Algo::Sha512 => Digest::Sha512((*hex).to_string()),
         })
+        .or_else(|| super::site_rows::pinned(component, bare))
 }
 
 #[cfg(test)]

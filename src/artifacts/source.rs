@@ -320,7 +320,15 @@ pub fn resolve(
     for &c in components {
         let entry = match &manifest {
             Some((file, m)) => {
-                let mut found = m.artifacts.iter().filter(|e| e.name == c.name());
+                // Kubernetes binaries follow the release's version: a mirror may carry several
+                // (the running one and an upgrade's target), each its own entry.
+                let follows_release = matches!(
+                    c,
+                    Component::KubernetesServer | Component::Kubelet | Component::Kubectl
+                );
+                let mut found = m.artifacts.iter().filter(|e| {
+                    e.name == c.name() && (!follows_release || e.version == release.kubernetes)
+                });
                 let first = found.next();
                 if found.next().is_some() {
                     return Err(ArtifactError::BadManifest {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::inputs::{inventory_for, load_profile};
-use crate::cli::{OutputFormat, ProfileArgs};
+use crate::cli::{CaName, OutputFormat, ProfileArgs};
 use crate::deployed_certs::{DeployedStatus, NodeCerts};
 use crate::pki::check::{CheckReport, Status, EXIT_ATTENTION};
 use crate::pki::rotate::Selection;
@@ -128,6 +128,9 @@ pub struct RotateArgs<'a> {
     pub only: &'a [String],
     pub within: Option<&'a str>,
     pub ca: bool,
+    pub only_ca: &'a [CaName],
+    pub sa_keys: bool,
+    pub finish: bool,
     pub dry_run: bool,
     pub batch: usize,
     pub output: OutputFormat,
@@ -156,8 +159,8 @@ pub fn parse_window(s: &str) -> Result<time::Duration, String> {
 /// `certs rotate`: flags → options, the locked state directory, output.
 pub fn rotate(home: &Path, args: &RotateArgs) -> Result<ExitCode> {
     let loaded = load_profile(args.profile)?;
-    if args.ca {
-        return super::exit::not_implemented("`certs rotate --ca` (CA rotation)");
+    if args.ca || args.sa_keys {
+        return rotate_ca(home, &loaded, args);
     }
     let selection = match (args.only.is_empty(), args.within) {
         (false, Some(_)) => anyhow::bail!("--only and --within cannot be combined"),
@@ -168,6 +171,9 @@ pub fn rotate(home: &Path, args: &RotateArgs) -> Result<ExitCode> {
     // Refuse a missing cluster before creating anything.
     ClusterDir::existing(home, &loaded.profile.name)?;
     let dir = ClusterDir::open(home, &loaded.profile.name)?;
+    if let Some(why) = crate::upgrade::refusal(&dir.load_state()?, &loaded, "certs rotate")? {
+        anyhow::bail!(why);
+    }
     let opts = RotateOptions {
         selection,
         batch: args.batch,
@@ -186,6 +192,76 @@ pub fn rotate(home: &Path, args: &RotateArgs) -> Result<ExitCode> {
     match args.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         OutputFormat::Text => print_rotate(&report),
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `certs rotate --ca` / `--sa-keys [--finish]`.
+fn rotate_ca(
+    home: &Path,
+    loaded: &crate::profile::LoadedProfile,
+    args: &RotateArgs,
+) -> Result<ExitCode> {
+    use crate::pki::table::CaId;
+    use crate::rotate::ca::{self, Flow};
+    let flow = match (args.ca, args.finish) {
+        (true, _) => Flow::Ca,
+        (false, false) => Flow::SaKeys,
+        (false, true) => Flow::SaFinish,
+    };
+    let mut cas: Vec<CaId> = args
+        .only_ca
+        .iter()
+        .map(|c| match c {
+            CaName::Kubernetes => CaId::Kubernetes,
+            CaName::Etcd => CaId::Etcd,
+            CaName::FrontProxy => CaId::FrontProxy,
+        })
+        .collect();
+    if cas.is_empty() {
+        cas = CaId::ALL.to_vec();
+    }
+    cas.sort();
+    cas.dedup();
+    ClusterDir::existing(home, &loaded.profile.name)?;
+    let dir = ClusterDir::open(home, &loaded.profile.name)?;
+    let opts = RotateOptions {
+        selection: Selection::All,
+        batch: args.batch,
+        dry_run: args.dry_run,
+        timeouts: Default::default(),
+        progress: args.output == OutputFormat::Text
+            && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = ca::run(loaded, &dir, flow, &cas, &opts)?;
+    match args.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        OutputFormat::Text => {
+            if report.dry_run {
+                println!(
+                    "certs rotate{} {} (dry run){}:",
+                    flow.resume_flags(),
+                    report.cluster,
+                    if flow == Flow::Ca {
+                        format!(" of {}", report.cas.join(", "))
+                    } else {
+                        String::new()
+                    }
+                );
+                print!("{}", ca::describe(&report));
+                println!("dry run: nothing was changed");
+            } else if let Some(m) = &report.message {
+                if report.ok {
+                    eprintln!("{m} in {:.1} s", report.elapsed_secs);
+                } else {
+                    eprintln!("k8sforge: {m}");
+                }
+            }
+        }
     }
     Ok(if report.ok {
         ExitCode::SUCCESS

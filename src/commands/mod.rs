@@ -25,6 +25,7 @@ mod status;
 pub mod team;
 mod teardown;
 mod up;
+mod upgrade;
 
 pub use inputs::{inventory_for, load_profile};
 
@@ -87,6 +88,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             only,
             within,
             ca,
+            only_ca,
+            sa_keys,
+            finish,
             dry_run,
             batch,
             output,
@@ -97,6 +101,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 only: &only,
                 within: within.as_deref(),
                 ca,
+                only_ca: &only_ca,
+                sa_keys,
+                finish,
                 dry_run,
                 batch,
                 output,
@@ -135,6 +142,26 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 output,
             },
             &nodes,
+        ),
+        Command::Upgrade {
+            profile,
+            to,
+            batch,
+            dry_run,
+            mirror,
+            trust_mirror_checksums,
+            output,
+        } => upgrade::run(
+            &home,
+            &upgrade::UpgradeArgs {
+                profile: &profile,
+                to: &to,
+                batch,
+                dry_run,
+                mirror,
+                trust_mirror_checksums,
+                output,
+            },
         ),
         Command::Teardown { profile, dry_run } => teardown::run(&home, &profile, dry_run),
         Command::Status { profile, output } => status::run(&home, &profile, output),

@@ -74,6 +74,9 @@ fn open(home: &Path, args: &NodeArgs, verb: &str) -> Result<Option<Opened>> {
     if let Some(rec) = crate::rotate::RotationRecord::of(&state)? {
         bail!(rec.refusal(&name, verb, &loaded.cli_arg()));
     }
+    if let Some(why) = crate::upgrade::refusal(&state, &loaded, verb)? {
+        bail!(why);
+    }
     let provisioned = state.phases.contains_key(PhaseName::Provision.as_str());
     let Some(inventory) = state
         .inventory

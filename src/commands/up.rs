@@ -29,6 +29,9 @@ pub fn run(
     if let Some(rec) = crate::rotate::RotationRecord::of(&st)? {
         anyhow::bail!(rec.refusal(&loaded.profile.name, "up", &loaded.cli_arg()));
     }
+    if let Some(why) = crate::upgrade::refusal(&st, &loaded, "up")? {
+        anyhow::bail!(why);
+    }
     super::inputs::apply_worker_counts(&mut loaded, &st);
     eprintln!(
         "Creating cluster {:?} ({} provider) ...",

@@ -59,6 +59,21 @@ fn phase_for(name: PhaseName) -> Option<Box<dyn Phase>> {
     }
 }
 
+/// Test builds only: `K8SFORGE_TEST_KILL_AFTER_WORK=<phase>` SIGKILLs this process once that
+/// phase has done its work on the nodes and before its completion is recorded, the worst moment
+/// for a crash (the failure-matrix test re-runs `up` from there). Release builds ignore it.
+fn crash_hook(name: PhaseName) {
+    if cfg!(debug_assertions)
+        && std::env::var("K8SFORGE_TEST_KILL_AFTER_WORK").is_ok_and(|v| v == name.as_str())
+    {
+        eprintln!("K8SFORGE_TEST_KILL_AFTER_WORK={name}: killing k8sforge now (test hook)");
+        // SAFETY: kill(2) of our own process id.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
 fn now() -> String {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -129,6 +144,7 @@ pub fn run_up(
                 }
             }
             let s = phase.run(&mut ctx)?;
+            crash_hook(name);
             if s.outcome == Outcome::Done {
                 ctx.state.phases.insert(
                     name.as_str().to_string(),

@@ -56,8 +56,34 @@ impl Phase for Runtime {
         let started = Instant::now();
         let exec = remote_step::executor(ctx)?;
         let kernel = node_prep::run(ctx, &exec)?;
-        if !kernel.failed_pairs().is_empty() {
-            return Ok(node_prep::summary(&kernel, started));
+        let refused = kernel.failed_pairs();
+        if !refused.is_empty() {
+            // The nodes that are ready still get their runtime (a re-run then only has the
+            // failed ones left); the phase fails naming the others.
+            let bad: std::collections::BTreeSet<&str> =
+                refused.iter().map(|(n, _)| n.as_str()).collect();
+            let rest: std::collections::BTreeSet<String> = ctx
+                .inventory
+                .iter()
+                .flat_map(|i| &i.nodes)
+                .filter(|n| ctx.in_scope(&n.name) && !bad.contains(n.name.as_str()))
+                .map(|n| n.name.clone())
+                .collect();
+            let mut s = node_prep::summary(&kernel, started);
+            if !rest.is_empty() {
+                let saved = ctx.limit_nodes.replace(rest);
+                let applied = remote_step::apply_with(ctx, &STEP, &exec);
+                ctx.limit_nodes = saved;
+                let report = applied?;
+                s.files_changed += report.files_changed;
+                s.units_restarted += report.units_restarted;
+                s.failed_nodes.extend(report.failed_pairs());
+                s.detail = format!(
+                    "{}; containerd, runc, CNI on the {} other nodes",
+                    s.detail, report.nodes_ok
+                );
+            }
+            return Ok(s);
         }
         let mut report = remote_step::apply_with(ctx, &STEP, &exec)?;
         remote_step::prepull_images(ctx, &exec, &mut report)?;

@@ -8,6 +8,7 @@
 //! (node by node, in a safe order), never a side effect of `up` or `plan`. Kubeconfigs and the encryption config are derived files,
 //! written only when their content changes, so a re-run leaves every file untouched.
 
+pub mod ca_rotate;
 pub mod check;
 pub mod encryption;
 pub mod issue;
@@ -221,10 +222,15 @@ pub fn ensure_at(
 
     // Kubeconfigs embed the CA and client material; rebuild them from what is now current and
     // write those whose bytes differ.
-    let kube_ca = cas
-        .get(&CaId::Kubernetes)
-        .map(|c| c.cert_pem.as_str())
-        .unwrap_or_default();
+    // What clients trust: the CA, or old and new while the CA rotates (`layout::trust_path`).
+    let kube_ca = match read_optional(&layout::trust_path(&pki, layout::CA))? {
+        Some(bundle) => String::from_utf8_lossy(&bundle).into_owned(),
+        None => cas
+            .get(&CaId::Kubernetes)
+            .map(|c| c.cert_pem.clone())
+            .unwrap_or_default(),
+    };
+    let kube_ca = kube_ca.as_str();
     let kubeconfig_files: Vec<(PathBuf, Vec<u8>)> = leaves
         .par_iter()
         .zip(&leaf_material)
@@ -394,7 +400,9 @@ fn service_account(pki: &Path, profile: &Profile) -> Result<Option<(String, Stri
     let pub_pem = read_optional(&layout::service_account_public(pki))?;
     if let (Some(k), Some(p)) = (key_pem, pub_pem) {
         if let Ok(key) = issue::load_key(&k) {
-            if issue::key_is(&key, alg) && key.public_key_pem().as_bytes() == p.as_slice() {
+            // sa.pub may also hold the previous public key while a rotation is not finished.
+            let accepted = String::from_utf8_lossy(&p);
+            if issue::key_is(&key, alg) && accepted.contains(key.public_key_pem().trim()) {
                 return Ok(None);
             }
         }

@@ -13,7 +13,9 @@ use crate::inventory::{Inventory, Node, Role};
 use crate::profile::{KeyAlgorithm, Profile};
 
 /// The three certificate authorities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 pub enum CaId {
     Kubernetes,
     Etcd,

@@ -5,8 +5,10 @@ pub mod addressing;
 pub mod builtin;
 pub mod diagnostic;
 pub mod efa_layout;
+pub mod gpu_nic_layout;
 pub mod overrides;
 pub mod schema;
+pub mod site_release;
 pub mod source_map;
 pub mod storage;
 pub mod storage_check;
@@ -181,6 +183,7 @@ pub fn parse(text: &str, file: &str, sets: &[String]) -> Result<(Profile, String
                     allowed: String::new(),
                 }])
             })?;
+            site_release::register(&p.kubernetes.extra_releases);
             Ok((p, canonical))
         }
         _ => Err(fail(diagnostics)),
@@ -406,7 +409,15 @@ fn allowed_fields(parent: &str) -> String {
             "artifacts",
             "ssh",
         ],
-        "provider" => &["kind", "local", "static", "aws", "gcp", "kernelExceptions"],
+        "provider" => &[
+            "kind",
+            "local",
+            "static",
+            "aws",
+            "gcp",
+            "kernelExceptions",
+            "containerNodes",
+        ],
         "provider.local" => &["bridge", "root"],
         "provider.static" => &["inventory"],
         "provider.aws" => &[
@@ -416,6 +427,7 @@ fn allowed_fields(parent: &str) -> String {
             "ami",
             "bastion",
             "routeTableLimit",
+            "hostKeyWaitSeconds",
         ],
         "provider.aws.ami" => &["owner", "name"],
         "provider.gcp" => &["project", "region", "zone", "adminCIDRs", "image"],

@@ -88,6 +88,11 @@ pub struct ProviderSpec {
     /// nodes are always such containers (every refusal is listed, none fails).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_exceptions: Vec<String>,
+    /// The machines are system containers (LXD, systemd-nspawn) sharing their host's kernel:
+    /// kubelet tolerates the host's swap, kube-proxy leaves conntrack sizing to the host and
+    /// containerd does not lower `oom_score_adj`, as on local nodes (always containers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub container_nodes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -205,6 +210,11 @@ pub struct AwsProviderSpec {
     /// Routes per VPC route table allowed for this account (AWS default 50).
     #[serde(default = "default_route_table_limit")]
     pub route_table_limit: u32,
+    /// How long provision waits for new instances' console output to show their SSH host keys
+    /// (cloud-init prints them about a minute after boot) before leaving them to first contact.
+    /// Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_wait_seconds: Option<u64>,
 }
 
 fn default_route_table_limit() -> u32 {
@@ -238,6 +248,9 @@ pub struct GcpProviderSpec {
 pub struct KubernetesSpec {
     pub version: String,
     pub cluster_domain: String,
+    /// Release rows for versions without a built-in one (`super::site_release`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra_releases: Vec<super::site_release::ExtraRelease>,
 }
 
 impl Default for KubernetesSpec {
@@ -245,6 +258,7 @@ impl Default for KubernetesSpec {
         KubernetesSpec {
             version: crate::artifacts::DEFAULT_KUBERNETES_VERSION.to_string(),
             cluster_domain: "cluster.local".to_string(),
+            extra_releases: Vec::new(),
         }
     }
 }

@@ -351,14 +351,24 @@ fn check_admin_cidrs(path: &str, cidrs: &[Ipv4Net], r: &mut Reporter) {
 }
 
 fn check_kubernetes(p: &Profile, r: &mut Reporter) {
-    if artifacts::release(&p.kubernetes.version).is_none() {
+    super::site_release::validate(&p.kubernetes.extra_releases, r);
+    if !super::site_release::is_known(&p.kubernetes.version, &p.kubernetes.extra_releases) {
         r.error(
             "kubernetes.version",
             "unknown Kubernetes version",
             &p.kubernetes.version,
             format!(
-                "one of {}",
-                artifacts::known_kubernetes_versions().join(", ")
+                "one of {}{}",
+                artifacts::RELEASES
+                    .iter()
+                    .map(|r| r.kubernetes)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.kubernetes
+                    .extra_releases
+                    .iter()
+                    .map(|r| format!(", {}", r.kubernetes))
+                    .collect::<String>()
             ),
         );
     }

@@ -604,38 +604,69 @@ impl Conn {
                 }
             }
         };
-        let written = match source {
-            FileSource::Bytes(b) => {
-                remote.write_all(b).map_err(io_map)?;
-                b.len() as u64
-            }
-            FileSource::Local(path) => {
-                let mut f = std::fs::File::open(path).map_err(|source| RemoteError::Local {
-                    node: node.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
-                let mut buf = vec![0u8; CHUNK];
-                let mut total = 0u64;
-                loop {
-                    let n = f.read(&mut buf).map_err(|source| RemoteError::Local {
+        let mut write = || -> Result<u64, RemoteError> {
+            let written = match source {
+                FileSource::Bytes(b) => {
+                    remote.write_all(b).map_err(io_map)?;
+                    b.len() as u64
+                }
+                FileSource::Local(path) => {
+                    let mut f = std::fs::File::open(path).map_err(|source| RemoteError::Local {
                         node: node.clone(),
                         path: path.clone(),
                         source,
                     })?;
-                    if n == 0 {
-                        break;
+                    let mut buf = vec![0u8; CHUNK];
+                    let mut total = 0u64;
+                    loop {
+                        let n = f.read(&mut buf).map_err(|source| RemoteError::Local {
+                            node: node.clone(),
+                            path: path.clone(),
+                            source,
+                        })?;
+                        if n == 0 {
+                            break;
+                        }
+                        remote.write_all(&buf[..n]).map_err(io_map)?;
+                        total += n as u64;
                     }
-                    remote.write_all(&buf[..n]).map_err(io_map)?;
-                    total += n as u64;
+                    total
                 }
-                total
-            }
+            };
+            remote.fsync().map_err(map)?;
+            remote.close().map_err(map)?;
+            Ok(written)
         };
-        remote.fsync().map_err(map)?;
-        remote.close().map_err(map)?;
-        self.count(written);
-        Ok(written)
+        match write() {
+            Ok(written) => {
+                self.count(written);
+                Ok(written)
+            }
+            Err(e) => {
+                // A failed write (a full disk, a dropped connection) must not leave a partial
+                // temp file behind on the node: remove it, best effort.
+                let _ = sftp.unlink(Path::new(&dest));
+                // SFTP reports a full disk as a bare "failure": say what it was.
+                let dir = dest.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+                let free = self
+                    .exec_status(
+                        &format!("df -Pk {} | awk 'NR==2 {{print $4}}'", shell_quote(dir)),
+                        Duration::from_secs(15),
+                    )
+                    .ok()
+                    .and_then(|o| o.stdout.trim().parse::<u64>().ok());
+                match free {
+                    Some(kib) if kib < 64 => Err(RemoteError::Ssh {
+                        node: self.node.clone(),
+                        what,
+                        reason: format!(
+                            "no space left on the filesystem of {dir} ({kib} KiB free; {e}); the partial file was removed: free space on the node and run again"
+                        ),
+                    }),
+                    _ => Err(e),
+                }
+            }
+        }
     }
 }
 

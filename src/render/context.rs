@@ -72,6 +72,8 @@ pub struct ClusterCtx {
     pub provider: &'static str,
     /// systemd-nspawn nodes: the container-specific workarounds apply.
     pub local: bool,
+    /// The nodes are containers on a shared kernel (local, or `provider.containerNodes`).
+    pub container: bool,
     /// Pod MTU for the CNI bridge: set in VXLAN mode (underlay minus the encapsulation),
     /// otherwise the pod interfaces keep the default.
     pub pod_mtu: Option<u32>,
@@ -118,6 +120,7 @@ impl ClusterCtx {
             containerd_version: release.containerd.to_string(),
             provider: profile.provider.kind.as_str(),
             local,
+            container: local || profile.provider.container_nodes,
             pod_mtu: (profile.pod_routing() == Some(PodRouting::Vxlan))
                 .then(|| super::routes::vxlan_mtu(profile.provider.kind)),
             cluster_domain: profile.kubernetes.cluster_domain.clone(),

@@ -76,7 +76,9 @@ pub const PATH_PREFIXES: [&str; 2] = [SCRIPT_DIR, APT_DIR];
 pub fn expected_fabric(provider: ProviderKind, machine: Option<&str>, efa: bool) -> (u32, u32) {
     match (provider, machine) {
         (ProviderKind::Aws, Some(t)) if efa => (layout(t).map_or(0, |l| l.network_cards), 0),
-        (ProviderKind::Gcp, Some("a3-highgpu-8g")) => (0, 5),
+        (ProviderKind::Gcp, Some(t)) if crate::profile::gpu_nic_layout::has_gpu_nics(t) => {
+            (0, 1 + crate::profile::gpu_nic_layout::GPU_NICS as u32)
+        }
         _ => (0, 0),
     }
 }

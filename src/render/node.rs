@@ -197,6 +197,7 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         let api = &[APISERVER][..];
         let api_cm = &[APISERVER, CONTROLLER_MANAGER][..];
         f.secret(PATHS.ca_key, &pki.ca.key, &[CONTROLLER_MANAGER]);
+        f.public(PATHS.ca_signer_crt, &pki.ca.crt, &[CONTROLLER_MANAGER]);
         f.pair(
             PATHS.apiserver_crt,
             PATHS.apiserver_key,
@@ -271,7 +272,7 @@ pub fn render_node(shared: &Shared<'_>, node: &Node) -> Result<NodeBundle, Rende
         } else {
             &[KUBELET]
         };
-        f.public(PATHS.ca_crt, &pki.ca.crt, ca_users);
+        f.public(PATHS.ca_crt, &pki.ca_trust, ca_users);
         f.pair(PATHS.kubelet_crt, PATHS.kubelet_key, &kubelet, &[KUBELET]);
         f.secret(PATHS.kubelet_kubeconfig, &kubelet_kc, &[KUBELET]);
         f.public(

@@ -51,8 +51,12 @@ pub struct NodePaths {
     pub etcd_client_key: &'static str,
     pub etcd_data_dir: &'static str,
 
+    /// The cluster CA trust bundle (client-ca-file, kubelet clientCAFile, root-ca-file).
     pub ca_crt: &'static str,
     pub ca_key: &'static str,
+    /// The CA certificate the controller-manager signs CSRs with (one certificate, matching
+    /// `ca_key`; equal to `ca_crt` except while the CA rotates and the trust holds two).
+    pub ca_signer_crt: &'static str,
     pub apiserver_crt: &'static str,
     pub apiserver_key: &'static str,
     pub apiserver_kubelet_client_crt: &'static str,
@@ -115,6 +119,7 @@ pub const PATHS: NodePaths = NodePaths {
 
     ca_crt: "/etc/kubernetes/pki/ca.crt",
     ca_key: "/etc/kubernetes/pki/ca.key",
+    ca_signer_crt: "/etc/kubernetes/pki/ca-signer.crt",
     apiserver_crt: "/etc/kubernetes/pki/apiserver.crt",
     apiserver_key: "/etc/kubernetes/pki/apiserver.key",
     apiserver_kubelet_client_crt: "/etc/kubernetes/pki/apiserver-kubelet-client.crt",

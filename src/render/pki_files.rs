@@ -38,10 +38,24 @@ impl Pair {
     }
 }
 
+/// A CA's trust bundle: `<name>.trust.crt` while the CA rotates (old and new), else the CA
+/// certificate itself.
+pub fn trust(pki: &Path, name: &str) -> Result<Vec<u8>, RenderError> {
+    let bundle = layout::trust_path(pki, name);
+    if bundle.exists() {
+        read(&bundle)
+    } else {
+        read(&layout::cert_path(pki, name))
+    }
+}
+
 /// Everything nodes share, read once.
 #[derive(Debug, Clone)]
 pub struct SharedPki {
+    /// The signing CA (certificate and key).
     pub ca: Pair,
+    /// What nodes trust for the cluster CA (see `trust`).
+    pub ca_trust: Vec<u8>,
     pub etcd_ca_crt: Vec<u8>,
     pub etcd_client: Pair,
     pub front_proxy_ca_crt: Vec<u8>,
@@ -64,9 +78,10 @@ impl SharedPki {
         let kc = |name: &str| read(&layout::kubeconfig_path(cluster_dir, name));
         Ok(SharedPki {
             ca: Pair::read(&pki, layout::CA)?,
-            etcd_ca_crt: read(&layout::cert_path(&pki, layout::ETCD_CA))?,
+            ca_trust: trust(&pki, layout::CA)?,
+            etcd_ca_crt: trust(&pki, layout::ETCD_CA)?,
             etcd_client: Pair::read(&pki, layout::ETCD_CLIENT)?,
-            front_proxy_ca_crt: read(&layout::cert_path(&pki, layout::FRONT_PROXY_CA))?,
+            front_proxy_ca_crt: trust(&pki, layout::FRONT_PROXY_CA)?,
             apiserver: Pair::read(&pki, layout::APISERVER)?,
             apiserver_kubelet_client: Pair::read(&pki, layout::APISERVER_KUBELET_CLIENT)?,
             apiserver_etcd_client: Pair::read(&pki, layout::APISERVER_ETCD_CLIENT)?,

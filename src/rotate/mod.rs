@@ -10,6 +10,8 @@
 //!
 //! `--dry-run` stops after 2 and deletes the staging copy: nothing changes anywhere.
 
+pub mod ca;
+pub mod crashpoint;
 pub mod plan;
 pub mod rollout;
 
@@ -36,6 +38,9 @@ pub struct RotationRecord {
     pub plan: RolloutPlan,
     /// Stages completed, from the start of `plan.stages`.
     pub stages_done: usize,
+    /// Set for a CA or service-account key rotation: which step `plan` belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<ca::CaProgress>,
 }
 
 impl RotationRecord {
@@ -71,13 +76,17 @@ impl RotationRecord {
                 )
             })
             .unwrap_or_default();
+        let (what, flags) = match &self.ca {
+            Some(p) => (p.describe(), p.flow.resume_flags()),
+            None => ("certificate rotation".to_string(), ""),
+        };
         format!(
-            "cluster {cluster} has a certificate rotation in progress (started {}, {} of {total} stages done{next}).\n  `{verb}` would install the renewed certificates on every node at once and restart etcd and the apiservers together. Finish the rotation first: `k8sforge certs rotate --profile {profile_arg}` resumes where it stopped (`--dry-run` shows the remaining plan); then run `{verb}` again.",
+            "cluster {cluster} has a {what} in progress (started {}, {} of {total} stages done{next}).\n  `{verb}` would install the renewed certificates on every node at once and restart etcd and the apiservers together. Finish the rotation first: `k8sforge certs rotate --profile {profile_arg}{flags}` resumes where it stopped (`--dry-run` shows the remaining plan); then run `{verb}` again.",
             self.started_at, self.stages_done
         )
     }
 
-    fn store(&self, state: &mut crate::state::State) -> anyhow::Result<()> {
+    pub(crate) fn store(&self, state: &mut crate::state::State) -> anyhow::Result<()> {
         state.rotation = Some(serde_json::to_value(self)?);
         Ok(())
     }
@@ -110,7 +119,7 @@ pub struct RotateReport {
     pub elapsed_secs: f64,
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -145,6 +154,18 @@ pub fn run(
     };
 
     let record = match RotationRecord::of(&state)? {
+        Some(rec) if rec.ca.is_some() => {
+            let p = rec
+                .ca
+                .as_ref()
+                .map(|p| (p.describe(), p.flow.resume_flags()));
+            let (what, flags) = p.unwrap_or_default();
+            anyhow::bail!(
+                "cluster {} has a {what} in progress: finish it first with `k8sforge certs rotate --profile {}{flags}`",
+                profile.name,
+                loaded.cli_arg()
+            );
+        }
         Some(rec) => {
             report.resumed = true;
             report.stages_done_before = rec.stages_done;
@@ -181,6 +202,7 @@ pub fn run(
                 certificates: renewed,
                 plan,
                 stages_done: 0,
+                ca: None,
             };
             rec.store(&mut state)?;
             dir.save_state(&state)?;
@@ -194,7 +216,57 @@ pub fn run(
         return Ok(report);
     }
 
-    let bundle = crate::render::render(profile, &inventory, &dir.root)?;
+    let mut record = record;
+    roll_out(
+        loaded,
+        dir,
+        &mut state,
+        &inventory,
+        &mut record,
+        opts,
+        &mut report.stages,
+        "leaf",
+    )
+    .map(|failed| {
+        if let Some(m) = failed {
+            report.ok = false;
+            report.message = Some(m);
+        }
+    })?;
+    let total = record.plan.stages.len();
+    if report.ok {
+        state.rotation = None;
+        dir.save_state(&state)?;
+        report.message = Some(format!(
+            "{} certificate(s) renewed; {} stage(s), {} unit restart(s)",
+            report.certificates.len(),
+            total,
+            record.plan.restarts()
+        ));
+    }
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Run the stages of `record.plan` not done yet, recording each one done in the state file.
+/// Returns the message of the stage that failed, if one did (the record then stays, and a
+/// re-run resumes at that stage). `point` names the crash points (`crashpoint`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn roll_out(
+    loaded: &LoadedProfile,
+    dir: &ClusterDir,
+    state: &mut crate::state::State,
+    inventory: &Inventory,
+    record: &mut RotationRecord,
+    opts: &RotateOptions,
+    results: &mut Vec<StageResult>,
+    point: &str,
+) -> anyhow::Result<Option<String>> {
+    let profile = &loaded.profile;
+    if record.stages_done >= record.plan.stages.len() {
+        return Ok(None);
+    }
+    let bundle = crate::render::render(profile, inventory, &dir.root)?;
     let exec = Executor::new(
         &dir.root,
         ExecutorOptions {
@@ -204,14 +276,14 @@ pub fn run(
     )?;
     let rollout = Rollout {
         exec: &exec,
-        inventory: &inventory,
+        inventory,
         bundle: &bundle,
         api_port: profile.api_server.port,
         timeouts: opts.timeouts.clone(),
     };
     let total = record.plan.stages.len();
-    let mut done = record.stages_done;
-    for (i, stage) in record.plan.stages.iter().enumerate().skip(done) {
+    let stages = record.plan.stages.clone();
+    for (i, stage) in stages.iter().enumerate().skip(record.stages_done) {
         let names: Vec<&str> = stage.nodes.iter().map(|n| n.node.as_str()).collect();
         let title = format!(
             "[{}/{total}] {} on {}",
@@ -228,53 +300,42 @@ pub fn run(
             Some(l) => l.finish(result.ok, &detail),
             None => eprintln!(" {} {title} ({detail})", if result.ok { "✓" } else { "✗" }),
         }
-        let ok = result.ok;
-        if ok {
-            // What the nodes now hold, for `plan` to compare with.
-            for sn in &stage.nodes {
-                if let Some(nb) = bundle.nodes.get(&sn.node) {
-                    for f in nb.files.iter().filter(|f| sn.files.contains(&f.path)) {
-                        state
-                            .applied_digests
-                            .insert(format!("{}{}", sn.node, f.path), f.sha256());
-                    }
-                }
-            }
-            done = i + 1;
-            let mut rec = record.clone();
-            rec.stages_done = done;
-            rec.store(&mut state)?;
-            dir.save_state(&state)?;
-        } else {
+        if !result.ok {
             let failed: Vec<String> = result
                 .nodes
                 .iter()
                 .filter_map(|n| n.error.as_ref().map(|e| format!("{}: {e}", n.node)))
                 .collect();
-            report.ok = false;
-            report.message = Some(format!(
-                "rotation stopped at stage {}/{total} ({title}):\n    {}\n  Stages before it are done; the nodes after it still use their previous certificates, which stay valid (same CA), so the cluster keeps serving. Fix the cause and run `k8sforge certs rotate --profile {}` again: it resumes at this stage.",
+            let flags = record
+                .ca
+                .as_ref()
+                .map(|p| p.flow.resume_flags())
+                .unwrap_or_default();
+            results.push(result);
+            return Ok(Some(format!(
+                "rotation stopped at stage {}/{total} ({title}):\n    {}\n  Stages before it are done; the nodes after it still use their previous files, which stay trusted, so the cluster keeps serving. Fix the cause and run `k8sforge certs rotate --profile {}{flags}` again: it resumes at this stage.",
                 i + 1,
                 failed.join("\n    "),
                 loaded.cli_arg()
-            ));
-            report.stages.push(result);
-            break;
+            )));
         }
-        report.stages.push(result);
+        // What the nodes now hold, for `plan` to compare with.
+        for sn in &stage.nodes {
+            if let Some(nb) = bundle.nodes.get(&sn.node) {
+                for f in nb.files.iter().filter(|f| sn.files.contains(&f.path)) {
+                    state
+                        .applied_digests
+                        .insert(format!("{}{}", sn.node, f.path), f.sha256());
+                }
+            }
+        }
+        record.stages_done = i + 1;
+        record.store(state)?;
+        dir.save_state(state)?;
+        results.push(result);
+        crashpoint::hit(&format!("{point}:stage-{}", i + 1));
     }
-    if report.ok {
-        state.rotation = None;
-        dir.save_state(&state)?;
-        report.message = Some(format!(
-            "{} certificate(s) renewed; {} stage(s), {} unit restart(s)",
-            report.certificates.len(),
-            total,
-            record.plan.restarts()
-        ));
-    }
-    report.elapsed_secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(None)
 }
 
 fn stage_detail(r: &StageResult) -> String {

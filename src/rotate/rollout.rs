@@ -341,7 +341,7 @@ fn n_restarts(conn: &Conn, unit: &str) -> Result<u64, String> {
 }
 
 /// Poll `check` (ok, detail) every second until ok or `limit`; Err carries the last detail.
-fn wait_until(
+pub fn wait_until(
     limit: Duration,
     mut check: impl FnMut() -> Result<(bool, String), String>,
 ) -> Result<(), String> {

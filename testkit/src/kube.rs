@@ -55,6 +55,11 @@ pub fn from_env() -> Result<Option<KubeBinaries>, String> {
     let Some(dir) = std::env::var_os(KUBE_BIN_ENV).map(PathBuf::from) else {
         return Ok(None);
     };
+    from_dir(dir).map(Some)
+}
+
+/// The binaries in `dir` (as `from_env` checks them).
+pub fn from_dir(dir: PathBuf) -> Result<KubeBinaries, String> {
     let missing: Vec<&str> = REQUIRED
         .iter()
         .copied()
@@ -85,11 +90,149 @@ pub fn from_env() -> Result<Option<KubeBinaries>, String> {
     } else {
         None
     };
-    Ok(Some(KubeBinaries {
+    Ok(KubeBinaries {
         dir,
         version,
         coredns,
-    }))
+    })
+}
+
+/// Copies of `kube`'s binaries under `out` with every occurrence of their version string
+/// replaced by `to` (same length: Go strings are pointer + length, so the programs stay valid
+/// and report `to`). Stands in for a second release where only one was built. Cached: an
+/// existing complete copy is reused.
+pub fn rewritten(kube: &KubeBinaries, to: &str, out: &Path) -> Result<KubeBinaries, String> {
+    let from = kube.version.as_bytes();
+    if from.len() != to.len() {
+        return Err(format!(
+            "{} → {to}: the replacement must have the same length",
+            kube.version
+        ));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for b in REQUIRED {
+        let dst = out.join(b);
+        let src_meta = std::fs::metadata(kube.dir.join(b)).map_err(|e| format!("{b}: {e}"))?;
+        if std::fs::metadata(&dst).is_ok_and(|m| m.len() == src_meta.len()) {
+            continue;
+        }
+        let mut bytes = std::fs::read(kube.dir.join(b)).map_err(|e| format!("{b}: {e}"))?;
+        let mut n = 0;
+        let mut i = 0;
+        while i + from.len() <= bytes.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + from.len()].copy_from_slice(to.as_bytes());
+                n += 1;
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+        if n == 0 {
+            return Err(format!("{b} does not contain {}", kube.version));
+        }
+        let tmp = out.join(format!(".{b}.tmp"));
+        std::fs::write(&tmp, &bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, &dst).map_err(|e| e.to_string())?;
+    }
+    let mut k = from_dir(out.to_path_buf())?;
+    k.coredns = kube.coredns.clone();
+    if k.version != to {
+        return Err(format!("rewritten kubectl reports {}, not {to}", k.version));
+    }
+    Ok(k)
+}
+
+/// `mirror` (a cluster mirror) plus a second Kubernetes release, `kube`, beside the first:
+/// its server tarball, kubelet and kubectl at their dl.k8s.io paths and their entries in the
+/// list. Built once under `cache_dir`.
+pub fn with_release(
+    mirror: &TestMirror,
+    kube: &KubeBinaries,
+    cache_dir: &Path,
+) -> Result<TestMirror, String> {
+    let mut key = Sha256::new();
+    key.update(mirror.root.as_os_str().as_encoded_bytes());
+    key.update(kube.dir.as_os_str().as_encoded_bytes());
+    key.update(kube.version.as_bytes());
+    for b in REQUIRED {
+        let m = std::fs::metadata(kube.dir.join(b)).map_err(|e| format!("{b}: {e}"))?;
+        key.update(format!("{b}:{}:{:?}", m.len(), m.modified().ok()).as_bytes());
+    }
+    let key = hex::encode(key.finalize());
+    let root = cache_dir.join(format!("two-release-mirror-{}", &key[..16]));
+    if let Ok(bytes) = std::fs::read(root.join(MIRROR_MANIFEST)) {
+        if let Ok(manifest) = serde_json::from_slice(&bytes) {
+            return Ok(TestMirror {
+                root,
+                manifest,
+                busybox: mirror.busybox.clone(),
+            });
+        }
+    }
+    let tmp = cache_dir.join(format!(".two-release-mirror-{}.tmp", &key[..16]));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut manifest = mirror.manifest.clone();
+    for e in &manifest.artifacts {
+        let rel = e.url.trim_start_matches("https://");
+        link_or_copy(&mirror.root.join(rel), &tmp.join(rel))?;
+    }
+    for i in &manifest.images {
+        link_or_copy(&mirror.root.join(&i.file), &tmp.join(&i.file))?;
+    }
+    place_kube(&tmp, kube, &mut manifest)?;
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    std::fs::write(tmp.join(MIRROR_MANIFEST), json).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&tmp, &root).map_err(|e| format!("{}: {e}", root.display()))?;
+    Ok(TestMirror {
+        root,
+        manifest,
+        busybox: mirror.busybox.clone(),
+    })
+}
+
+/// The dl.k8s.io layout of `kube` under `root`, listed in `manifest`.
+fn place_kube(
+    root: &Path,
+    kube: &KubeBinaries,
+    manifest: &mut k8sforge::artifacts::source::MirrorManifest,
+) -> Result<(), String> {
+    let v = &kube.version;
+    let place = |c: Component| -> PathBuf { root.join(c.url(v).trim_start_matches("https://")) };
+    let server = place(Component::KubernetesServer);
+    if let Some(d) = server.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let entries: Vec<(String, PathBuf)> = [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kube-proxy",
+    ]
+    .iter()
+    .map(|b| (format!("kubernetes/server/bin/{b}"), kube.dir.join(b)))
+    .collect();
+    write_tgz(&server, &entries)?;
+    link_or_copy(&kube.dir.join("kubelet"), &place(Component::Kubelet))?;
+    link_or_copy(&kube.dir.join("kubectl"), &place(Component::Kubectl))?;
+    for c in [
+        Component::KubernetesServer,
+        Component::Kubelet,
+        Component::Kubectl,
+    ] {
+        manifest.artifacts.push(MirrorEntry {
+            name: c.name().to_string(),
+            version: v.clone(),
+            url: c.url(v),
+            sha256: sha256_of(&place(c))?,
+        });
+    }
+    Ok(())
 }
 
 fn link_or_copy(src: &Path, dst: &Path) -> Result<(), String> {
@@ -144,36 +287,7 @@ pub fn cluster_mirror(
     }
 
     // dl.k8s.io layout.
-    let v = &kube.version;
-    let place = |c: Component| -> PathBuf { tmp.join(c.url(v).trim_start_matches("https://")) };
-    let server = place(Component::KubernetesServer);
-    if let Some(d) = server.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
-    let entries: Vec<(String, PathBuf)> = [
-        "kube-apiserver",
-        "kube-controller-manager",
-        "kube-scheduler",
-        "kube-proxy",
-    ]
-    .iter()
-    .map(|b| (format!("kubernetes/server/bin/{b}"), kube.dir.join(b)))
-    .collect();
-    write_tgz(&server, &entries)?;
-    link_or_copy(&kube.dir.join("kubelet"), &place(Component::Kubelet))?;
-    link_or_copy(&kube.dir.join("kubectl"), &place(Component::Kubectl))?;
-    for c in [
-        Component::KubernetesServer,
-        Component::Kubelet,
-        Component::Kubectl,
-    ] {
-        manifest.artifacts.push(MirrorEntry {
-            name: c.name().to_string(),
-            version: v.clone(),
-            url: c.url(v),
-            sha256: sha256_of(&place(c))?,
-        });
-    }
+    place_kube(&tmp, kube, &mut manifest)?;
 
     // Add-on images.
     let images = tmp.join("images");

@@ -155,6 +155,8 @@ impl ApiServer {
                 .arg("--advertise-address=127.0.0.1")
                 .arg(format!("--secure-port={api_port}"))
                 .arg("--authorization-mode=Node,RBAC")
+                // As k8sforge's own apiserver unit: node agents (TCPX daemon) run privileged.
+                .arg("--allow-privileged=true")
                 .arg("--enable-admission-plugins=NodeRestriction")
                 .arg(format!("--client-ca-file={}", crt(layout::CA).display()))
                 .arg(format!(

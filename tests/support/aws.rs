@@ -112,6 +112,8 @@ struct ProxyState {
     /// Placement groups per account: (name, id, strategy, tags).
     placement_groups: BTreeMap<String, Vec<PlacementGroup>>,
     faults: Vec<Fault>,
+    /// Console text per (account, instance id), answered for GetConsoleOutput instead of moto's.
+    consoles: BTreeMap<(String, String), String>,
     quotas: BTreeMap<(String, String), f64>,
     /// TerminateInstances held back per account: (request bytes, describes left before applying).
     deferred: BTreeMap<String, (Vec<u8>, u32)>,
@@ -120,6 +122,9 @@ struct ProxyState {
     launch_locks: BTreeMap<String, Arc<Mutex<()>>>,
     /// Requests being answered now, and the most there ever were, per (account, action).
     in_flight: BTreeMap<(String, String), (u32, u32)>,
+    /// Interface types of instances launched with EFA interfaces, by instance id (see
+    /// `efa_interfaces`).
+    efa_interfaces: BTreeMap<String, Vec<String>>,
 }
 
 pub struct Proxy {
@@ -146,6 +151,15 @@ pub fn proxy() -> &'static Proxy {
 }
 
 impl Proxy {
+    /// Answer GetConsoleOutput for `instance_id` with `text` (moto's is one fixed text without
+    /// cloud-init's host-key block; real instances print theirs there).
+    pub fn set_console(&self, account: &str, instance_id: &str, text: &str) {
+        self.state.lock().unwrap().consoles.insert(
+            (account.to_string(), instance_id.to_string()),
+            text.to_string(),
+        );
+    }
+
     pub fn inject(&self, f: Fault) {
         self.state.lock().unwrap().faults.push(f);
     }
@@ -406,6 +420,24 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
             respond(&mut w, f.status, "text/xml", &[], xml.as_bytes());
             continue;
         }
+        if action == "GetConsoleOutput" {
+            let id = form_value(&body, "InstanceId").unwrap_or_default();
+            let text = st
+                .lock()
+                .unwrap()
+                .consoles
+                .get(&(account.clone(), id.clone()))
+                .cloned();
+            if let Some(text) = text {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+                let xml = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?><GetConsoleOutputResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>0</requestId><instanceId>{id}</instanceId><timestamp>2026-01-01T00:00:00.000Z</timestamp><output>{b64}</output></GetConsoleOutputResponse>"
+                );
+                respond(&mut w, 200, "text/xml", &[], xml.as_bytes());
+                continue;
+            }
+        }
         if matches!(
             action.as_str(),
             "CreatePlacementGroup" | "DescribePlacementGroups" | "DeletePlacementGroup"
@@ -428,7 +460,13 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
             let _ = forward_raw(upstream, &bytes);
         }
         match forward(upstream, &st, &account, &action, &raw(&req)) {
-            Some((status, ctype, body)) => {
+            Some((status, ctype, mut body)) => {
+                if status == 200 && action == "RunInstances" {
+                    record_efa_launch(&st, &req, &body);
+                }
+                if status == 200 && action == "DescribeInstances" {
+                    body = with_efa_interfaces(&st, body);
+                }
                 if status >= 500 {
                     // moto itself failed: visible in the log, so a test can tell it apart.
                     st.lock()
@@ -447,6 +485,144 @@ fn serve(conn: TcpStream, upstream: SocketAddr, st: Arc<Mutex<ProxyState>>) {
             ),
         }
     }
+}
+
+/// moto 5.2.1 keeps an instance's interfaces by device index only, so a p5 launched with its 32
+/// EFA-only interfaces (device 0 on cards 1-31) comes back with 2 interfaces and no
+/// `interfaceType`. EC2 reports every interface with its type; the proxy records the launch's
+/// interface types per instance and puts them back into DescribeInstances answers (one
+/// `<item>` per requested interface, copied from the instance's first interface).
+fn record_efa_launch(st: &Arc<Mutex<ProxyState>>, req: &Request, answer: &[u8]) {
+    let body = String::from_utf8_lossy(&req.body);
+    let mut types: BTreeMap<u32, String> = BTreeMap::new();
+    for kv in body.split('&') {
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
+        if let Some(n) = k
+            .strip_prefix("NetworkInterface.")
+            .and_then(|r| r.strip_suffix(".InterfaceType"))
+            .and_then(|n| n.parse().ok())
+        {
+            types.insert(n, v.to_string());
+        }
+    }
+    if !types.values().any(|t| t.starts_with("efa")) {
+        return;
+    }
+    let xml = String::from_utf8_lossy(answer);
+    let mut s = st.lock().unwrap();
+    for id in xml.split("<instanceId>").skip(1) {
+        if let Some(id) = id.split('<').next() {
+            s.efa_interfaces
+                .insert(id.to_string(), types.values().cloned().collect());
+        }
+    }
+}
+
+/// The end of the `<item>` that starts at `from` (nested items counted).
+fn item_end(xml: &str, from: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = from;
+    loop {
+        let open = xml[i..].find("<item>").map(|o| i + o);
+        let close = xml[i..].find("</item>").map(|c| i + c)?;
+        match open {
+            Some(o) if o < close => {
+                depth += 1;
+                i = o + "<item>".len();
+            }
+            _ => {
+                depth = depth.checked_sub(1)?;
+                i = close + "</item>".len();
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+        }
+    }
+}
+
+fn with_efa_interfaces(st: &Arc<Mutex<ProxyState>>, body: Vec<u8>) -> Vec<u8> {
+    let recorded = st.lock().unwrap().efa_interfaces.clone();
+    if recorded.is_empty() {
+        return body;
+    }
+    let xml = String::from_utf8_lossy(&body).to_string();
+    let (open_set, close_set) = ("<instancesSet>", "</instancesSet>");
+    let mut out = String::with_capacity(xml.len());
+    let mut cursor = 0;
+    // Each instance is one top-level `<item>` of an `<instancesSet>` (moto writes its
+    // `instanceId` after its interfaces, so the item is the unit, not the id).
+    while let Some(set) = xml[cursor..]
+        .find(open_set)
+        .map(|o| cursor + o + open_set.len())
+    {
+        let Some(set_end) = xml[set..].find(close_set).map(|o| set + o) else {
+            break;
+        };
+        out.push_str(&xml[cursor..set]);
+        let mut at = set;
+        while let Some(start) = xml[at..].find("<item>").map(|o| at + o) {
+            if start > set_end {
+                break;
+            }
+            let Some(end) = item_end(&xml, start) else {
+                break;
+            };
+            out.push_str(&xml[at..start]);
+            out.push_str(&instance_with_efa(&xml[start..end], &recorded));
+            at = end;
+        }
+        cursor = at;
+    }
+    out.push_str(&xml[cursor..]);
+    out.into_bytes()
+}
+
+/// One instance `<item>`, its interface set replaced when the instance was launched with EFA.
+fn instance_with_efa(item: &str, recorded: &BTreeMap<String, Vec<String>>) -> String {
+    let id_tag = "<instanceId>";
+    let Some(types) = item
+        .rfind(id_tag)
+        .and_then(|i| item[i + id_tag.len()..].split('<').next())
+        .and_then(|id| recorded.get(id))
+    else {
+        return item.to_string();
+    };
+    let set_tag = "<networkInterfaceSet>";
+    let Some(set) = item.find(set_tag).map(|o| o + set_tag.len()) else {
+        return item.to_string();
+    };
+    let Some(first) = item[set..]
+        .find("<item>")
+        .map(|o| set + o)
+        .and_then(|s| item_end(item, s).map(|e| (s, e)))
+    else {
+        return item.to_string();
+    };
+    let Some(set_end) = item[set..].find("</networkInterfaceSet>").map(|o| set + o) else {
+        return item.to_string();
+    };
+    // moto writes `<interfaceType>interface</interfaceType>` on every interface.
+    let mut template = item[first.0..first.1].to_string();
+    while let Some(a) = template.find("<interfaceType>") {
+        match template[a..].find("</interfaceType>") {
+            Some(b) => template.replace_range(a..a + b + "</interfaceType>".len(), ""),
+            None => break,
+        }
+    }
+    let items: String = types
+        .iter()
+        .map(|t| {
+            template.replacen(
+                "<item>",
+                &format!("<item><interfaceType>{t}</interfaceType>"),
+                1,
+            )
+        })
+        .collect();
+    format!("{}{items}{}", &item[..set], &item[set_end..])
 }
 
 /// Counts a request as in flight until its answer is written (or dropped).

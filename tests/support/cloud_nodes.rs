@@ -130,3 +130,16 @@ impl Drop for Isolation {
 pub fn reachable(ip: Ipv4Addr, port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::new(ip.into(), port), Duration::from_secs(1)).is_ok()
 }
+
+/// A cloud VM has a resolver (the VPC's); the local nodes have none, and CoreDNS refuses to start
+/// forwarding to an empty list. So the stand-ins name `nameserver` (the host's bridge address:
+/// inside the test range, nothing answers there, cluster names never leave CoreDNS) in
+/// `/etc/resolv.conf` and — Ubuntu cloud images run systemd-resolved, whose upstream list
+/// k8sforge hands kubelet on AWS and GCP — in `/run/systemd/resolve/resolv.conf`.
+pub fn resolver_stand_in(nameserver: Ipv4Addr) -> String {
+    format!(
+        "set -eu\nmkdir -p /run/systemd/resolve\n\
+         rm -f /etc/resolv.conf\nprintf 'nameserver {nameserver}\\n' > /etc/resolv.conf\n\
+         cp /etc/resolv.conf /run/systemd/resolve/resolv.conf\n"
+    )
+}

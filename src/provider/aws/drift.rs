@@ -1,7 +1,7 @@
 //! Adopted instances compared with the profile before they are used: instance type, image
 //! (owner and name pattern of `provider.aws.ami`: an older image of the same pattern is not
 //! drift, so publishing a new AMI does not make every node "changed"), and the root volume's size
-//! and type. One DescribeImages for the distinct other images and one DescribeVolumes per 200
+//! and type, and the EFA interfaces (one per network card where `aws.efa` is on). One DescribeImages for the distinct other images and one DescribeVolumes per 200
 //! root volumes, whatever the node count.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,6 +156,19 @@ pub async fn compare(
                 ));
             }
         }
+        if let Some((have, want)) = efa_mismatch(i, n.efa, &n.instance_type) {
+            out.push(drift(
+                &n.name,
+                i,
+                profile_field(plan, &n.name, "efa"),
+                format!("{have} EFA interface(s)"),
+                if want == 0 {
+                    "none (efa: false)".to_string()
+                } else {
+                    format!("{want} (one per network card of {})", n.instance_type)
+                },
+            ));
+        }
         match root_volume.get(&n.name).and_then(|v| volumes.get(v)) {
             Some((size, vtype)) => {
                 if i64::from(*size) != i64::from(n.root_gib) {
@@ -187,6 +200,23 @@ pub async fn compare(
         }
     }
     Ok(out)
+}
+
+/// EFA interfaces an instance runs with vs the profile's (`aws.efa` on a type with a documented
+/// layout: one per network card; otherwise none), when they differ. Interfaces cannot be added
+/// to a running p5's other network cards in place, so a difference is drift.
+pub fn efa_mismatch(i: &Instance, efa: bool, instance_type: &str) -> Option<(usize, usize)> {
+    let want = if efa {
+        super::efa::layout(instance_type).map_or(0, |l| l.network_cards as usize)
+    } else {
+        0
+    };
+    let have = i
+        .network_interfaces()
+        .iter()
+        .filter(|x| matches!(x.interface_type(), Some("efa" | "efa-only")))
+        .count();
+    (have != want).then_some((have, want))
 }
 
 /// Terminate the drifted workers and wait until they are gone, so their nodes are launched

@@ -29,6 +29,7 @@ pub mod config;
 pub mod drift;
 pub mod efa;
 pub mod error;
+pub mod host_keys;
 pub mod images;
 pub mod instances;
 pub mod inventory_map;
@@ -76,7 +77,16 @@ impl AwsProvider {
     pub async fn from_environment(profile: &crate::profile::Profile) -> Self {
         let region = plan::region_of(profile);
         let cfg = config::default_config(region.as_deref()).await;
-        AwsProvider::new(Clients::new(&cfg), Options::default())
+        let mut opts = Options::default();
+        if let Some(w) = profile
+            .provider
+            .aws
+            .as_ref()
+            .and_then(|a| a.host_key_wait_seconds)
+        {
+            opts.host_key_wait = std::time::Duration::from_secs(w);
+        }
+        AwsProvider::new(Clients::new(&cfg), opts)
     }
 
     fn session(&self, ctx: &ProvisionContext<'_>) -> Session {
@@ -154,6 +164,26 @@ impl AwsProvider {
         )
         .await?;
         let inventory = inventory_map::build(ctx.profile, ctx.planned, &nodes, &lb)?;
+        let ids: std::collections::BTreeMap<String, String> = nodes
+            .iter()
+            .filter_map(|(n, i)| Some((n.clone(), i.instance_id()?.to_string())))
+            .collect();
+        let keys = host_keys::pin_from_console(s, &inventory, &ids, &ctx.cluster_dir).await;
+        if !keys.pinned.is_empty() {
+            eprintln!(
+                "provision {}: SSH host keys of {} pinned from the AWS console output",
+                plan.cluster,
+                keys.pinned.join(", ")
+            );
+        }
+        if !keys.first_contact.is_empty() {
+            eprintln!(
+                "provision {}: no SSH host keys in the console output of {} within {} s; they are pinned on first contact",
+                plan.cluster,
+                keys.first_contact.join(", "),
+                s.opts.host_key_wait.as_secs()
+            );
+        }
         let created = s.created_list();
         eprintln!(
             "provision {}: {} resources created, API at {}",

@@ -20,6 +20,9 @@ pub struct Options {
     /// Requests in flight for per-instance calls (source/destination check).
     pub parallelism: usize,
     pub max_batch: usize,
+    /// How long provision waits for new instances' consoles to show their SSH host keys
+    /// (`provider.aws.hostKeyWaitSeconds`); 0: one look.
+    pub host_key_wait: Duration,
 }
 
 impl Default for Options {
@@ -31,6 +34,7 @@ impl Default for Options {
             dependency_timeout: Duration::from_secs(10 * 60),
             parallelism: 16,
             max_batch: super::config::MAX_BATCH,
+            host_key_wait: Duration::from_secs(120),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Adopted instances compared with the profile before they are used: machine type, boot disk
-//! size and type, and the boot disk's image (the profile's image, or — for an image family —
+//! Adopted instances compared with the profile before they are used: machine type, network
+//! interfaces (A3 High: nic0 + 4 GPU gVNICs), boot disk size and type, and the boot disk's image (the profile's image, or — for an image family —
 //! any image of that family, so a newer image in the family is not drift). One `disks.list` by
 //! the cluster label, plus one `images.get` per distinct other image.
 
@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use reqwest::Method;
 
+use super::gpu_fabric::{has_gpu_nics, GPU_NICS};
 use super::names::{last_segment, Names};
 use super::preflight::machine_for;
 use super::types::{Disk, Image, Instance};
@@ -89,6 +90,36 @@ pub(super) async fn compare(
                 format!("{group}.gcp.machineType"),
                 have_type,
                 machine.machine_type.clone(),
+            );
+        }
+        // A3 High needs its GPU NICs from creation: an instance made without them (or by a
+        // k8sforge before they existed) cannot get them in place.
+        // Same rule as `instances::instance_properties`.
+        let want_nics = if n.gpus > 0
+            && machine.accelerator_type.is_some()
+            && has_gpu_nics(&machine.machine_type)
+        {
+            1 + GPU_NICS
+        } else {
+            1
+        };
+        let gvnics = i
+            .network_interfaces
+            .iter()
+            .filter(|nic| nic.nic_type.as_deref() == Some("GVNIC"))
+            .count();
+        if i.network_interfaces.len() != want_nics || (want_nics > 1 && gvnics != want_nics) {
+            drift(
+                "network interfaces".into(),
+                format!("{} ({gvnics} gVNIC)", i.network_interfaces.len()),
+                if want_nics > 1 {
+                    format!(
+                        "{want_nics} gVNICs (nic0 + {GPU_NICS} GPU NICs of {})",
+                        machine.machine_type
+                    )
+                } else {
+                    "1".into()
+                },
             );
         }
         let boot = i.disks.iter().find(|d| d.boot == Some(true));

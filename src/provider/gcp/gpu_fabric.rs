@@ -19,15 +19,9 @@ use super::{GcpError, GcpProvider};
 use crate::profile::Profile;
 use crate::provider::ProvisionContext;
 
-/// Extra NICs of an A3 High machine, beside nic0.
-pub const GPU_NICS: usize = 4;
+pub use crate::profile::gpu_nic_layout::{has_gpu_nics, GPU_NICS};
 /// MTU Google documents for the GPU NIC networks.
 pub const GPU_NETWORK_MTU: i32 = 8244;
-
-/// Machine types whose GPUs talk over extra gVNICs.
-pub fn has_gpu_nics(machine_type: &str) -> bool {
-    machine_type == "a3-highgpu-8g"
-}
 
 /// Whether any worker group of `profile` runs such machines.
 pub fn cluster_needs(profile: &Profile) -> bool {

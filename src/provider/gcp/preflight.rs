@@ -158,7 +158,34 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<(), GcpE
     if missing_nodes == 0 {
         return Ok(());
     }
-    check_quotas(p, &names, &shapes, missing_nodes).await
+    let networks = missing_networks(p, ctx.profile, &names).await?;
+    check_quotas(p, &names, &shapes, missing_nodes, networks).await
+}
+
+/// VPC networks this run would create: the cluster's own and, for A3 High groups, one per GPU
+/// NIC (5 per A3 cluster, against a project's NETWORKS quota of 15 by default). One
+/// `networks.list` by the ownership marker.
+async fn missing_networks(
+    p: &GcpProvider,
+    profile: &Profile,
+    names: &Names,
+) -> Result<Vec<String>, GcpError> {
+    let mut wanted = vec![names.network()];
+    if super::gpu_fabric::cluster_needs(profile) {
+        wanted.extend((1..=super::gpu_fabric::GPU_NICS).map(|i| names.gpu_network(i)));
+    }
+    let have: BTreeSet<String> = p
+        .api
+        .list_all::<super::types::Network>(
+            "compute.networks.list",
+            "global/networks",
+            Some(&names.description_filter()),
+        )
+        .await?
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    Ok(wanted.into_iter().filter(|n| !have.contains(n)).collect())
 }
 
 /// Machine types and accelerator types must exist in the zone, with enough cards per instance.
@@ -250,6 +277,7 @@ async fn check_quotas(
     names: &Names,
     shapes: &BTreeMap<String, Shape>,
     instances: u64,
+    networks: Vec<String>,
 ) -> Result<(), GcpError> {
     let cfg = &p.cfg;
     let region: Region = p
@@ -301,6 +329,10 @@ async fn check_quotas(
     *regional.entry("IN_USE_ADDRESSES".into()).or_default() +=
         instances as f64 + if lb_exists { 0.0 } else { 1.0 };
 
+    if !networks.is_empty() {
+        global.insert("NETWORKS".into(), networks.len() as f64);
+    }
+
     let mut short = Vec::new();
     let mut unchecked = Vec::new();
     for (metric, needed) in &regional {
@@ -339,12 +371,20 @@ async fn check_quotas(
     if short.is_empty() {
         Ok(())
     } else {
-        Err(GcpError::Preflight(shortfall_message(
-            &cfg.project,
-            &cfg.region,
-            instances,
-            &short,
-        )))
+        let mut m = shortfall_message(&cfg.project, &cfg.region, instances, &short);
+        if short.iter().any(|s| s.metric == "NETWORKS") {
+            m.push_str(&format!(
+                "\nNETWORKS counts VPC networks: this cluster creates {} ({}){}. Delete unused VPC networks of the project, or ask for a higher NETWORKS quota (15 by default).",
+                networks.len(),
+                networks.join(", "),
+                if networks.len() > 1 {
+                    "; A3 High needs its own network for each of its 4 GPU NICs besides the cluster's"
+                } else {
+                    ""
+                }
+            ));
+        }
+        Err(GcpError::Preflight(m))
     }
 }
 
