@@ -15,6 +15,7 @@ use std::path::Path;
 pub mod extract;
 pub mod images;
 pub mod oci_pack;
+pub mod pinned_tree;
 pub mod pins;
 pub mod registry;
 pub mod site_rows;

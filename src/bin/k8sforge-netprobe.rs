@@ -27,13 +27,13 @@ struct Args {
     #[arg(long)]
     peers: PathBuf,
     /// Peers measured per round.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = k8sforge::netprobe::DEFAULT_PER_ROUND)]
     per_round: usize,
     /// Seconds between rounds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = k8sforge::netprobe::DEFAULT_INTERVAL_SECS)]
     interval_secs: u64,
     /// Bytes sent per throughput measurement.
-    #[arg(long, default_value_t = 64 << 20)]
+    #[arg(long, default_value_t = k8sforge::netprobe::DEFAULT_BYTES)]
     bytes: u64,
     /// The link speed expected between nodes, bits per second (the slow-link alert compares).
     #[arg(long, default_value_t = 10e9)]

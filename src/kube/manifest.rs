@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, Namespace, PersistentVolume, PersistentVolumeClaim, ResourceQuota,
     Secret, Service, ServiceAccount,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -229,9 +231,11 @@ pub fn kinds() -> Vec<KindSpec> {
         spec::<ResourceQuota>(4),
         spec::<LimitRange>(4),
         spec::<PersistentVolumeClaim>(4),
+        spec::<NetworkPolicy>(4),
         spec::<Service>(5),
         spec::<Deployment>(6),
         spec::<DaemonSet>(6),
+        spec::<PodDisruptionBudget>(6),
         api_service_spec(),
         // Webhooks last among the built-in kinds: once registered they intercept writes, and
         // their Service and Deployment should exist first.

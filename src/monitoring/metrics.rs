@@ -41,6 +41,7 @@ pub const KUBE_STATE_METRICS: &[&str] = &[
     "kube_node_status_allocatable",
     "kube_node_spec_unschedulable",
     "kube_pod_info",
+    "kube_pod_owner",
     "kube_pod_labels",
     "kube_pod_status_phase",
     "kube_pod_container_resource_requests",

@@ -6,12 +6,16 @@
 //! Route chosen (README "Monitoring"): kube-prometheus's plain per-release manifests for the
 //! operator, Prometheus, Alertmanager, node-exporter, kube-state-metrics and Grafana, fetched as
 //! pinned artifacts like the training stack's upstream trees, with k8sforge's objects here on
-//! top. That part (the upstream files and their overlay) is not built yet.
+//! top (`upstream`, `stack`, `install`, `dashboards`).
 
 pub mod certs_metric;
+pub mod dashboards;
+pub mod install;
 pub mod metrics;
 pub mod rules;
 pub mod scrape;
+pub mod stack;
+pub mod upstream;
 
 use std::path::Path;
 
@@ -59,7 +63,10 @@ pub fn render(profile: &Profile, inv: &Inventory) -> Result<Vec<Manifest>, Rende
         return Ok(Vec::new());
     }
     let env = templates::env().map_err(RenderError::Templates)?;
-    let configs = scrape::scrape_configs(profile, inv, &scrape::ScrapeTls::in_cluster());
+    let mut configs = scrape::scrape_configs(profile, inv, &scrape::ScrapeTls::in_cluster());
+    // In the cluster, kube-prometheus's node-exporter serves behind kube-rbac-proxy (HTTPS,
+    // token-authorized) and its own ServiceMonitor scrapes it, under the same job name.
+    configs.retain(|c| c.job_name != scrape::Job::NodeExporter.name());
     let ctx = MonitoringCtx {
         namespace: NAMESPACE,
         prometheus_user: crate::pki::table::PROMETHEUS_USER,
@@ -205,10 +212,14 @@ mod tests {
             .iter()
             .map(|j| j["job_name"].as_str().unwrap())
             .collect();
+        let want: Vec<&str> = scrape::Job::ALL
+            .iter()
+            .filter(|j| **j != scrape::Job::NodeExporter)
+            .map(|j| j.name())
+            .collect();
         assert_eq!(
-            jobs,
-            scrape::Job::ALL.map(|j| j.name()).to_vec(),
-            "every job, in order"
+            jobs, want,
+            "every job but node-exporter (upstream's ServiceMonitor), in order"
         );
         assert!(text.contains("/etc/prometheus/secrets/k8sforge-scrape-tls/etcd-prometheus.key"));
         // DCGM exporter on GPU nodes, pod-resources socket mounted, scraped on each GPU node.

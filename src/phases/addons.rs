@@ -4,7 +4,9 @@
 //! host, and wait for CoreDNS and the device plugin to roll out.
 //!
 //! With `monitoring` enabled it also applies the monitoring add-on's own objects
-//! (`monitoring::render`, `monitoring::tls_secret`).
+//! (`monitoring::render`, `monitoring::tls_secret`), then the in-cluster stack: kube-prometheus's
+//! pinned release files fetched through the artifact source, overlaid (`monitoring::stack`),
+//! CRDs Established before the custom resources, workloads awaited.
 //!
 //! No fingerprint: applying unchanged manifests is a cheap no-op on the API server, and running
 //! every time also repairs objects someone edited or deleted.
@@ -63,6 +65,7 @@ impl Phase for Addons {
         manifests.extend(monitoring_manifests(ctx)?);
         let objects = kube::validate_all(manifests.iter().map(|m| (m.name, m.yaml.as_str())))
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
+        let stack = monitoring_stack(ctx)?;
         let kubeconfig = layout::kubeconfig_path(&ctx.dir.root, layout::ADMIN);
         // The admin kubeconfig names the load balancer or one control plane: when that does not
         // answer from this host, try each apiserver directly (their certificate carries the
@@ -89,13 +92,20 @@ impl Phase for Addons {
             .flat_map(gpu_health::gpu_nodes)
             .map(|n| (n.name.clone(), n.gpus))
             .collect();
-        let (cluster, report, workloads) = rt
+        let (cluster, report, workloads, stack) = rt
             .block_on(async {
                 let cluster = kube::connect_with_fallbacks(&kubeconfig, &fallbacks).await?;
                 let report = kube::apply(&cluster, &objects).await?;
                 let workloads = kube::wait_ready(&cluster, &objects, ROLLOUT_TIMEOUT).await?;
                 kube::gpu::wait_gpus(&cluster, &expected, gpu_gate_timeout()).await?;
-                Ok::<_, kube::KubeError>((cluster, report, workloads))
+                let stack = match &stack {
+                    Some((release, objs)) => Some((
+                        *release,
+                        crate::monitoring::install::install(&cluster, objs, true).await?,
+                    )),
+                    None => None,
+                };
+                Ok::<_, kube::KubeError>((cluster, report, workloads, stack))
             })
             .map_err(|e| PhaseError::Failed(e.to_string()))?;
         let gpu = gpu_gate(ctx, &rt, &cluster)?;
@@ -114,6 +124,21 @@ impl Phase for Addons {
                 gpu.lifted
             )
         };
+        let (stack_written, stack_detail) = match &stack {
+            Some((release, r)) => {
+                let written = r.applied.count(Change::Created) + r.applied.count(Change::Changed);
+                (
+                    written,
+                    format!(
+                        "; monitoring stack ({release}): {} objects, {written} written, {} CRDs established, {} workloads ready",
+                        r.applied.objects.len(),
+                        r.crds,
+                        r.workloads
+                    ),
+                )
+            }
+            None => (0, String::new()),
+        };
         Ok(PhaseSummary {
             phase: PhaseName::Addons,
             outcome: if gpu.failed.is_empty() {
@@ -122,13 +147,13 @@ impl Phase for Addons {
                 Outcome::Failed
             },
             // Objects written on the API server: 0 on a re-run with nothing to do.
-            files_changed: created + changed,
+            files_changed: created + changed + stack_written,
             units_restarted: 0,
             failed_nodes: gpu.failed,
             nodes_changed: Default::default(),
             warnings: Vec::new(),
             detail: format!(
-                "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready{gpu_detail}",
+                "{} add-ons applied: {created} created, {changed} changed, {unchanged} unchanged; {workloads} workloads ready{gpu_detail}{stack_detail}",
                 manifests.len()
             ),
             bytes_sent: Default::default(),
@@ -155,6 +180,27 @@ fn monitoring_manifests(ctx: &Context) -> Result<Vec<addons::Manifest>, PhaseErr
             .map_err(|e| PhaseError::Failed(e.to_string()))?,
     );
     Ok(out)
+}
+
+/// The in-cluster monitoring stack, validated (None when monitoring is off): the pinned
+/// kube-prometheus release for the cluster's Kubernetes, fetched through the artifact source.
+#[allow(clippy::type_complexity)]
+fn monitoring_stack(
+    ctx: &Context,
+) -> Result<Option<(crate::monitoring::upstream::Release, Vec<kube::Object>)>, PhaseError> {
+    use crate::monitoring::{install, stack, upstream};
+    let p = &ctx.loaded.profile;
+    if !p.monitoring_enabled() || ctx.inventory.is_none() {
+        return Ok(None);
+    }
+    let fail = |e: &dyn std::fmt::Display| PhaseError::Failed(format!("monitoring stack: {e}"));
+    let release = upstream::Release::for_kubernetes(&p.kubernetes.version).map_err(|e| fail(&e))?;
+    let (_, source) = ctx.release_and_source()?;
+    let home = ctx.dir.root.parent().unwrap_or(&ctx.dir.root);
+    let local = upstream::materialize(home, &source.mirror, release).map_err(|e| fail(&e))?;
+    let rendered = stack::render(&local, p).map_err(|e| fail(&e))?;
+    let objects = install::validate(&rendered).map_err(|e| fail(&e))?;
+    Ok(Some((release, objects)))
 }
 
 /// What the GPU health gate did.

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::artifacts::source::{ArtifactError, Cache, Mirror};
+use crate::artifacts::source::{ArtifactError, Mirror};
 use crate::artifacts::Digest;
 
 /// Host of every upstream file of the training stack.
@@ -97,14 +97,7 @@ impl std::fmt::Display for Tree {
 }
 
 fn pinned_files() -> impl Iterator<Item = (&'static str, Digest)> {
-    PINNED_FILES
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (path, sum) = l.split_once(' ')?;
-            Some((path, Digest::parse(sum)?))
-        })
+    crate::artifacts::pinned_tree::parse_pins(PINNED_FILES)
 }
 
 /// A tree laid out on local disk, ready for kustomize.
@@ -129,57 +122,14 @@ impl LocalTree {
 /// lay the tree out under `<cache>/trees`. Files already there with the pinned digest are left
 /// alone; anything else at a file's place is replaced.
 pub fn materialize(home: &Path, mirror: &Mirror, tree: Tree) -> Result<LocalTree, ArtifactError> {
-    let cache = Cache::new(home);
-    let base = cache.root.join("trees");
     let files = tree.files();
-    let mut fetched = 0;
-    for (path, digest) in &files {
-        let dest = base.join(path);
-        if file_has_digest(&dest, digest) {
-            continue;
-        }
-        let url = format!("https://{path}");
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let got = cache.fetch_from(&mirror.location(&url), digest, name)?;
-        if !got.hit {
-            fetched += 1;
-        }
-        place(&got.path, &dest)?;
-    }
+    let laid = crate::artifacts::pinned_tree::lay_out(home, mirror, &files)?;
     Ok(LocalTree {
         tree,
-        base,
+        base: laid.base,
         files: files.len(),
-        fetched,
+        fetched: laid.fetched,
     })
-}
-
-fn file_has_digest(path: &Path, digest: &Digest) -> bool {
-    use sha2::Digest as _;
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    match digest {
-        Digest::Sha256(h) => hex::encode(sha2::Sha256::digest(&bytes)) == *h,
-        Digest::Sha512(h) => hex::encode(sha2::Sha512::digest(&bytes)) == *h,
-    }
-}
-
-/// Copy a verified cache file to its place in the tree (temp file + rename).
-fn place(from: &Path, dest: &Path) -> Result<(), ArtifactError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ArtifactError::Io { path, source }
-    };
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(io(dest))?;
-    Ok(())
 }
 
 #[cfg(test)]
