@@ -84,3 +84,42 @@ pub async fn wait_established(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// What [`apply_crds_first`] did.
+#[derive(Debug, Clone, Default)]
+pub struct CrdsFirst {
+    pub applied: super::ApplyReport,
+    /// CRDs awaited until Established.
+    pub crds: usize,
+    /// Workloads awaited (0 when the wait was skipped).
+    pub workloads: usize,
+}
+
+/// Apply a set whose custom resources need CRDs from the same set: everything else first (the
+/// CRDs among it), the CRDs awaited until Established, then the custom resources; then the
+/// workloads awaited until ready when `rollout` is given.
+pub async fn apply_crds_first(
+    cluster: &Cluster,
+    objects: &[Object],
+    crd_timeout: Duration,
+    rollout: Option<Duration>,
+) -> Result<CrdsFirst, KubeError> {
+    let (custom, builtin): (Vec<Object>, Vec<Object>) = objects
+        .iter()
+        .cloned()
+        .partition(|o| o.spec.rank == super::manifest::CUSTOM_RESOURCE_RANK);
+    let mut applied = super::apply(cluster, &builtin).await?;
+    let crds = wait_established(cluster, &builtin, crd_timeout).await?;
+    applied
+        .objects
+        .extend(super::apply(cluster, &custom).await?.objects);
+    let workloads = match rollout {
+        Some(timeout) => super::wait_ready(cluster, &builtin, timeout).await?,
+        None => 0,
+    };
+    Ok(CrdsFirst {
+        applied,
+        crds,
+        workloads,
+    })
+}

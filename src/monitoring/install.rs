@@ -37,23 +37,16 @@ pub async fn install(
     objects: &[Object],
     wait: bool,
 ) -> Result<InstallReport, KubeError> {
-    let (custom, builtin): (Vec<Object>, Vec<Object>) = objects
-        .iter()
-        .cloned()
-        .partition(|o| o.spec.rank == kube::manifest::CUSTOM_RESOURCE_RANK);
-    let mut applied = kube::apply(cluster, &builtin).await?;
-    let crds = kube::crds::wait_established(cluster, &builtin, CRD_TIMEOUT).await?;
-    applied
-        .objects
-        .extend(kube::apply(cluster, &custom).await?.objects);
-    let workloads = if wait {
-        kube::wait_ready(cluster, &builtin, ROLLOUT_TIMEOUT).await?
-    } else {
-        0
-    };
+    let done = kube::crds::apply_crds_first(
+        cluster,
+        objects,
+        CRD_TIMEOUT,
+        wait.then_some(ROLLOUT_TIMEOUT),
+    )
+    .await?;
     Ok(InstallReport {
-        applied,
-        crds,
-        workloads,
+        applied: done.applied,
+        crds: done.crds,
+        workloads: done.workloads,
     })
 }

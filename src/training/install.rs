@@ -102,24 +102,17 @@ pub async fn install(
     if !refused.is_empty() {
         return Err(InstallError::TooOld(refused));
     }
-    let (custom, builtin): (Vec<Object>, Vec<Object>) = objects
-        .iter()
-        .cloned()
-        .partition(|o| o.spec.rank == kube::manifest::CUSTOM_RESOURCE_RANK);
-    let mut applied = kube::apply(cluster, &builtin).await?;
-    let crds = kube::crds::wait_established(cluster, &builtin, CRD_TIMEOUT).await?;
-    applied
-        .objects
-        .extend(kube::apply(cluster, &custom).await?.objects);
-    let controllers = if wait_for_controllers {
-        kube::wait_ready(cluster, &builtin, CONTROLLER_TIMEOUT).await?
-    } else {
-        0
-    };
+    let done = kube::crds::apply_crds_first(
+        cluster,
+        objects,
+        CRD_TIMEOUT,
+        wait_for_controllers.then_some(CONTROLLER_TIMEOUT),
+    )
+    .await?;
     Ok(InstallReport {
-        applied,
-        crds,
-        controllers,
+        applied: done.applied,
+        crds: done.crds,
+        controllers: done.workloads,
         controllers_awaited: wait_for_controllers,
     })
 }
