@@ -893,8 +893,9 @@ async fn cli_up_and_teardown_with_endpoint_override() {
     assert_eq!(fake.violations(), Vec::<String>::new());
 }
 
-/// The production credential path without Google: a service-account key file whose token_uri
-/// is the fake's `/token`; the fake checks the signed JWT and then requires the bearer token.
+/// The production credential path without Google: a service-account key file. Google's Rust
+/// auth library makes no token request for a key: it signs a JWT with it and sends that as the
+/// bearer (self-signed JWT, AIP-4111); the fake verifies signature and claims on every call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
     use rsa::pkcs1::EncodeRsaPublicKey;
@@ -908,14 +909,18 @@ async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
         .expect("public DER")
         .as_bytes()
         .to_vec();
-    fake.require_token(public);
+    let email = "k8sforge-test@k8sforge-test.iam.gserviceaccount.com";
+    fake.expect_auth(token::Expect::ServiceAccount {
+        email: email.into(),
+        public_der: public,
+    });
     let pem = key.to_pkcs8_pem(LineEnding::LF).expect("PEM");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sa.json");
     std::fs::write(
         &file,
         json!({"type": "service_account", "project_id": "k8sforge-test",
-            "client_email": "k8sforge-test@k8sforge-test.iam.gserviceaccount.com",
+            "client_email": email, "private_key_id": "k1",
             "private_key": pem.as_str(), "token_uri": fake.token_uri()})
         .to_string(),
     )
@@ -938,9 +943,11 @@ async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
         .await
         .expect("provision with a service account");
     let (grants, refused) = fake.auth_counts();
-    assert_eq!(grants, 1, "one token, cached for every call");
-    assert_eq!(refused, 0, "every Compute call carried the bearer token");
+    assert_eq!(grants, 0, "a key signs its own JWT: no token request");
+    assert!(fake.token_requests().is_empty());
+    assert_eq!(refused, 0, "every Compute call carried a valid signed JWT");
     assert!(fake.calls().len() > 20);
+    assert_eq!(fake.self_signed_jwts(), fake.calls().len());
 
     // Anonymous calls are refused by this fake: the check is real.
     let with_project = small(1, &[]);
@@ -951,6 +958,162 @@ async fn service_account_key_signs_a_jwt_and_the_token_is_used() {
         .expect_err("no token");
     assert!(err.to_string().contains("HTTP 401"), "{err}");
     assert_eq!(fake.auth_counts().1, 1);
+}
+
+/// Preflight + provision of a 1-node cluster with `creds` against `fake`; every Compute call
+/// must carry what the expected credential ends in.
+async fn provision_with(fake: &Fake, creds: Credentials) {
+    let p = small(1, &[]);
+    let spec = p.provider.gcp.as_ref().unwrap();
+    let mut cfg = GcpConfig::resolve(spec, fake.endpoint(), creds).expect("config");
+    cfg.retry = RetryPolicy {
+        attempts: 3,
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+    };
+    let gcp = GcpProvider::new(cfg).expect("provider");
+    up(fake, &gcp, &p, &planned(&p))
+        .await
+        .expect("provision with these credentials");
+    assert_eq!(
+        fake.auth_counts().1,
+        0,
+        "no Compute call went unauthenticated"
+    );
+    assert!(fake.calls().len() > 20);
+}
+
+fn write_json(dir: &tempfile::TempDir, name: &str, v: Value) -> std::path::PathBuf {
+    let f = dir.path().join(name);
+    std::fs::write(&f, v.to_string()).unwrap();
+    f
+}
+
+/// An authorized-user file (`gcloud auth application-default login`): one refresh-token grant
+/// at the file's token_uri, with its client id, secret and refresh token; the token is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_user_file_refreshes_once_at_its_token_uri() {
+    let fake = Fake::start(World::default()).await;
+    fake.expect_auth(token::Expect::AuthorizedUser {
+        client_id: "cid.apps.example".into(),
+        client_secret: "csecret".into(),
+        refresh_token: "1//refresh".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_json(
+        &dir,
+        "adc.json",
+        json!({"type": "authorized_user", "client_id": "cid.apps.example",
+            "client_secret": "csecret", "refresh_token": "1//refresh",
+            "quota_project_id": "k8sforge-test", "token_uri": fake.token_uri()}),
+    );
+    let creds = Credentials::from_file(&file).expect("authorized_user file");
+    assert_eq!(format!("{creds:?}"), "AuthorizedUser");
+    provision_with(&fake, creds).await;
+    let reqs = fake.token_requests();
+    assert_eq!(reqs.len(), 1, "one grant, cached: {reqs:?}");
+    assert_eq!(reqs[0].endpoint, "/token");
+    assert_eq!(reqs[0].params["grant_type"], "refresh_token");
+    assert_eq!(reqs[0].params["refresh_token"], "1//refresh");
+    assert!(reqs[0].params["scope"]
+        .as_str()
+        .unwrap_or("")
+        .contains(token::SCOPE));
+}
+
+/// Workload identity federation: an external_account file whose credential source is a file
+/// (e.g. a projected Kubernetes service-account token); its content is exchanged at the
+/// file's token_url (RFC 8693) for the pool's audience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_file_exchanges_its_subject_token() {
+    let fake = Fake::start(World::default()).await;
+    let audience =
+        "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/k8s";
+    fake.expect_auth(token::Expect::ExternalAccount {
+        audience: audience.into(),
+        subject_token: "eyJ.subject.token".into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let subject = write_json(&dir, "subject", json!("unused"));
+    std::fs::write(&subject, "eyJ.subject.token").unwrap();
+    let file = write_json(
+        &dir,
+        "wif.json",
+        json!({"type": "external_account", "audience": audience,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "token_url": fake.sts_uri(),
+            "credential_source": {"file": subject.to_str().unwrap()}}),
+    );
+    let creds = Credentials::from_file(&file).expect("external_account file");
+    assert_eq!(format!("{creds:?}"), "ExternalAccount");
+    provision_with(&fake, creds).await;
+    let reqs = fake.token_requests();
+    assert_eq!(reqs.len(), 1, "one exchange, cached: {reqs:?}");
+    let r = &reqs[0].params;
+    assert_eq!(reqs[0].endpoint, "/sts");
+    assert_eq!(
+        r["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_eq!(
+        r["requested_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        r["subject_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(r["audience"], audience);
+    assert!(
+        r["scope"].as_str().unwrap_or("").contains(token::SCOPE),
+        "{r}"
+    );
+}
+
+/// Service-account impersonation: an impersonated_service_account file whose source is an
+/// authorized user; the source token buys a token for the target account at
+/// generateAccessToken, and only that one is good for Compute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_trades_the_source_token_for_the_target_account() {
+    let fake = Fake::start(World::default()).await;
+    let target = "deployer@k8sforge-test.iam.gserviceaccount.com";
+    fake.expect_auth(token::Expect::Impersonated {
+        source: Box::new(token::Expect::AuthorizedUser {
+            client_id: "cid".into(),
+            client_secret: "cs".into(),
+            refresh_token: "rt".into(),
+        }),
+        target: target.into(),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_json(
+        &dir,
+        "impersonated.json",
+        json!({"type": "impersonated_service_account",
+            "service_account_impersonation_url": fake.impersonation_uri(target),
+            "delegates": [],
+            "source_credentials": {"type": "authorized_user", "client_id": "cid",
+                "client_secret": "cs", "refresh_token": "rt", "token_uri": fake.token_uri()}}),
+    );
+    let creds = Credentials::from_file(&file).expect("impersonated_service_account file");
+    assert_eq!(format!("{creds:?}"), "ImpersonatedServiceAccount");
+    provision_with(&fake, creds).await;
+    let reqs = fake.token_requests();
+    let endpoints: Vec<&str> = reqs.iter().map(|r| r.endpoint.as_str()).collect();
+    assert_eq!(endpoints, ["/token", "generateAccessToken"], "{reqs:?}");
+    let gen = &reqs[1];
+    assert_eq!(
+        gen.authorization.as_deref(),
+        Some(format!("Bearer {}", token::SOURCE_TOKEN).as_str())
+    );
+    assert!(
+        gen.params["scope"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s == token::SCOPE)),
+        "{:?}",
+        gen.params
+    );
+    assert!(gen.params["lifetime"].as_str().unwrap_or("").ends_with('s'));
 }
 
 /// A re-run after the admin CIDRs changed patches the firewall rule instead of keeping the old

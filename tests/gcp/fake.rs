@@ -113,10 +113,13 @@ pub struct State {
     calls: Vec<Call>,
     /// Requests to the `/batch/compute/v1` endpoint.
     batches: usize,
-    /// When set, `/token` accepts JWT-bearer grants signed by this RSA key (PKCS#1 DER) and
-    /// Compute calls must carry the token it hands out.
-    pub token_key: Option<Vec<u8>>,
+    /// When set, Compute calls must carry what this credential ends in (see `token`), and the
+    /// token endpoints answer only its requests.
+    pub expect: Option<super::token::Expect>,
     pub token_grants: usize,
+    pub token_requests: Vec<super::token::TokenRequest>,
+    /// Compute calls that carried a valid self-signed service-account JWT.
+    pub self_signed_jwts: usize,
     unauthenticated: usize,
     violations: Vec<String>,
 }
@@ -137,6 +140,8 @@ pub struct Ctx {
 impl Fake {
     /// Start on 127.0.0.1 with a free port, on the current tokio runtime.
     pub async fn start(world: World) -> Fake {
+        // Clients in tests (reqwest, the Compute library) need the process-wide rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let schema = schema(); // load before serving: fails loudly if the SDK is missing
         let _ = schema;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -220,9 +225,31 @@ impl Fake {
         self.state.lock().unwrap().batches
     }
 
-    /// Require OAuth: tokens come from `/token` for JWTs signed with this key.
-    pub fn require_token(&self, rsa_public_pkcs1_der: Vec<u8>) {
-        self.state.lock().unwrap().token_key = Some(rsa_public_pkcs1_der);
+    /// Require this credential on every Compute call (see `token`).
+    pub fn expect_auth(&self, expect: super::token::Expect) {
+        self.state.lock().unwrap().expect = Some(expect);
+    }
+
+    /// Every request the token endpoints answered, in order.
+    pub fn token_requests(&self) -> Vec<super::token::TokenRequest> {
+        self.state.lock().unwrap().token_requests.clone()
+    }
+
+    pub fn self_signed_jwts(&self) -> usize {
+        self.state.lock().unwrap().self_signed_jwts
+    }
+
+    /// The workload identity token exchange endpoint (`token_url` of an external_account file).
+    pub fn sts_uri(&self) -> String {
+        format!("http://{}/sts", self.addr)
+    }
+
+    /// `service_account_impersonation_url` for `email`.
+    pub fn impersonation_uri(&self, email: &str) -> String {
+        format!(
+            "http://{}/v1/projects/-/serviceAccounts/{email}:generateAccessToken",
+            self.addr
+        )
     }
 
     /// (token grants, Compute requests refused for lack of a token).
@@ -278,11 +305,19 @@ fn error(code: u16, reason: &str, message: &str) -> (u16, Value) {
     } else {
         "global"
     };
-    (
-        code,
-        json!({"error": {"code": code, "message": message, "status": status,
-            "errors": [{"message": message, "domain": domain, "reason": reason}]}}),
-    )
+    let mut body = json!({"error": {"code": code, "message": message, "status": status,
+        "errors": [{"message": message, "domain": domain, "reason": reason}]}});
+    // Rate limits also carry the structured google.rpc.ErrorInfo the API platform adds, which
+    // is what Google's client libraries read (they ignore the legacy `errors` list).
+    if domain == "usageLimits" {
+        body["error"]["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "RATE_LIMIT_EXCEEDED",
+            "domain": "googleapis.com",
+            "metadata": {"service": "compute.googleapis.com"},
+        }]);
+    }
+    (code, body)
 }
 
 fn respond(code: u16, body: &Value) -> Response<Full<Bytes>> {
@@ -311,17 +346,20 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    if uri.path() == "/token" && method == "POST" {
-        let (code, v) = super::token::grant(
+    if method == "POST" {
+        if let Some((code, v)) = super::token::handle(
             &ctx.state,
-            &format!("{}token", ctx.base.trim_end_matches("compute/v1/")),
+            uri.path(),
+            &content_type,
+            bearer.as_deref(),
             &body,
-        );
-        return respond(code, &v);
+        ) {
+            return respond(code, &v);
+        }
     }
     {
         let mut st = ctx.state.lock().unwrap();
-        if st.token_key.is_some() && bearer.as_deref() != Some(super::token::BEARER) {
+        if st.expect.is_some() && !super::token::authorized(&mut st, bearer.as_deref()) {
             st.unauthenticated += 1;
             let (code, v) = error(401, "required", "Request is missing required authentication credential. Expected OAuth 2 access token.");
             return respond(code, &v);

@@ -49,9 +49,18 @@ pub struct Schema {
     pub messages: HashMap<String, MessageDef>,
 }
 
-/// Query parameters every Google API method accepts (apitools' StandardQueryParameters).
+/// Query parameters every Google API method accepts (apitools' StandardQueryParameters), and
+/// the `$`-prefixed system parameters of Google's API platform ("System parameters" in the
+/// Cloud APIs docs) that Google's Rust client libraries send (`$alt`, `$apiVersion`).
 pub const STANDARD_QUERY: &[&str] = &[
     "$.xgafv",
+    "$alt",
+    "$apiVersion",
+    "$callback",
+    "$fields",
+    "$key",
+    "$prettyPrint",
+    "$quotaUser",
     "access_token",
     "alt",
     "callback",

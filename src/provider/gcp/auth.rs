@@ -1,20 +1,19 @@
-//! Credentials for the Compute API: application-default credentials in production, nothing in
-//! tests. ADC order, as Google's libraries do it: `GOOGLE_APPLICATION_CREDENTIALS` (service
-//! account key → signed JWT exchanged for a token; or an `authorized_user` file → refresh token),
-//! then gcloud's `application_default_credentials.json`, then the GCE metadata server.
-//! Tokens are cached until shortly before they expire and never logged.
+//! Credentials for the Compute API, made by `google-cloud-auth`: a service-account key, an
+//! authorized-user file (`gcloud auth application-default login`), an `external_account` file
+//! (workload identity federation) or an `impersonated_service_account` file; without a file,
+//! the library's application-default chain (gcloud's file, then the metadata server). Tokens
+//! are fetched, cached and refreshed by the library and never logged. What stays here: picking
+//! the file (`GOOGLE_APPLICATION_CREDENTIALS`, then gcloud's), errors that name the file, and
+//! the project a key file names as a last-resort default.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use serde::Deserialize;
-use tokio::sync::Mutex;
+use google_cloud_auth::credentials::{
+    self as gauth, anonymous, external_account, impersonated, service_account, user_account,
+};
 
-const SCOPE: &str = "https://www.googleapis.com/auth/compute";
-const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
-const METADATA_TOKEN_URL: &str =
-    "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token";
+/// Compute Engine read/write; nothing broader is asked for.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/compute";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -25,8 +24,8 @@ pub enum AuthError {
     },
     #[error("credentials file {path} is not valid: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("getting an access token from {url} failed: {reason}")]
-    Token { url: String, reason: String },
+    #[error("application-default credentials: {0}")]
+    Adc(String),
 }
 
 /// Where access tokens come from.
@@ -34,10 +33,13 @@ pub enum AuthError {
 pub enum Credentials {
     /// No Authorization header: for a fake or emulator endpoint only.
     Anonymous,
-    ServiceAccount(ServiceAccountKey),
-    AuthorizedUser(AuthorizedUser),
-    /// The GCE metadata server (k8sforge running on a Google Cloud VM).
-    Metadata,
+    /// Credentials built by `google-cloud-auth`.
+    Google {
+        kind: &'static str,
+        creds: gauth::Credentials,
+        /// `project_id` (service account) or `quota_project_id` from the file.
+        project: Option<String>,
+    },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -45,41 +47,22 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Credentials::Anonymous => "Anonymous",
-            Credentials::ServiceAccount(_) => "ServiceAccount",
-            Credentials::AuthorizedUser(_) => "AuthorizedUser",
-            Credentials::Metadata => "Metadata",
+            Credentials::Google { kind, .. } => kind,
         })
     }
 }
 
-#[derive(Clone, Deserialize)]
-pub struct ServiceAccountKey {
-    pub client_email: String,
-    pub private_key: String,
-    #[serde(default)]
-    pub token_uri: Option<String>,
-    #[serde(default)]
-    pub project_id: Option<String>,
-}
-
-#[derive(Clone, Deserialize)]
-pub struct AuthorizedUser {
-    pub client_id: String,
-    pub client_secret: String,
-    pub refresh_token: String,
-    #[serde(default)]
-    pub quota_project_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CredentialsFile {
-    #[serde(rename = "type")]
-    kind: String,
+/// The library's TLS and key signing use the process-wide rustls provider: ring, the one
+/// already in the tree. Called before any credential or client is built; an error only means
+/// one is installed already.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 impl Credentials {
-    /// Application-default credentials. Never called in tests (they use `Anonymous`).
+    /// Application-default credentials. Never called in tests (they use `Anonymous` or a file).
     pub fn application_default() -> Result<Credentials, AuthError> {
+        install_crypto();
         if let Some(p) = std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
             return Credentials::from_file(Path::new(&p));
         }
@@ -88,10 +71,20 @@ impl Credentials {
                 return Credentials::from_file(&p);
             }
         }
-        Ok(Credentials::Metadata)
+        // The library's chain ends at the metadata server (k8sforge on a Google Cloud VM).
+        let creds = gauth::Builder::default()
+            .with_scopes([SCOPE])
+            .build()
+            .map_err(|e| AuthError::Adc(e.to_string()))?;
+        Ok(Credentials::Google {
+            kind: "Metadata",
+            creds,
+            project: None,
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Credentials, AuthError> {
+        install_crypto();
         let bytes = std::fs::read(path).map_err(|source| AuthError::Read {
             path: path.to_path_buf(),
             source,
@@ -100,31 +93,73 @@ impl Credentials {
             path: path.to_path_buf(),
             reason,
         };
-        let head: CredentialsFile =
+        let json: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-        match head.kind.as_str() {
+        let field = |k: &str| json.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let kind = field("type").ok_or_else(|| invalid("no `type` field".into()))?;
+        let (kind, built, project) = match kind.as_str() {
             "service_account" => {
-                let key: ServiceAccountKey =
-                    serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
                 // Fail now, not at the first API call, if the key cannot sign.
-                pkcs8_der(&key.private_key).map_err(invalid)?;
-                Ok(Credentials::ServiceAccount(key))
+                let pem = field("private_key").ok_or_else(|| invalid("no private_key".into()))?;
+                check_pkcs8(&pem).map_err(&invalid)?;
+                (
+                    "ServiceAccount",
+                    service_account::Builder::new(json.clone())
+                        .with_access_specifier(service_account::AccessSpecifier::from_scopes([
+                            SCOPE,
+                        ]))
+                        .build(),
+                    field("project_id"),
+                )
             }
-            "authorized_user" => Ok(Credentials::AuthorizedUser(
-                serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?,
-            )),
-            other => Err(invalid(format!(
-                "credential type {other:?} is not supported (use a service_account key or `gcloud auth application-default login`)"
-            ))),
+            "authorized_user" => (
+                "AuthorizedUser",
+                user_account::Builder::new(json.clone())
+                    .with_scopes([SCOPE])
+                    .build(),
+                field("quota_project_id"),
+            ),
+            "external_account" => (
+                "ExternalAccount",
+                external_account::Builder::new(json.clone())
+                    .with_scopes([SCOPE])
+                    .build(),
+                field("quota_project_id"),
+            ),
+            "impersonated_service_account" => (
+                "ImpersonatedServiceAccount",
+                impersonated::Builder::new(json.clone())
+                    .with_scopes([SCOPE])
+                    .build(),
+                field("quota_project_id"),
+            ),
+            other => {
+                return Err(invalid(format!(
+                    "credential type {other:?} is not supported (use a service_account key, an authorized_user file from `gcloud auth application-default login`, an external_account file or an impersonated_service_account file)"
+                )))
+            }
+        };
+        let creds = built.map_err(|e| invalid(e.to_string()))?;
+        Ok(Credentials::Google {
+            kind,
+            creds,
+            project,
+        })
+    }
+
+    /// The project a credentials file names, as a last-resort default.
+    pub fn project_hint(&self) -> Option<String> {
+        match self {
+            Credentials::Google { project, .. } => project.clone(),
+            Credentials::Anonymous => None,
         }
     }
 
-    /// The project a service-account key belongs to, as a last-resort default.
-    pub fn project_hint(&self) -> Option<String> {
+    /// What the library clients are built with.
+    pub fn library(&self) -> gauth::Credentials {
         match self {
-            Credentials::ServiceAccount(k) => k.project_id.clone(),
-            Credentials::AuthorizedUser(u) => u.quota_project_id.clone(),
-            _ => None,
+            Credentials::Anonymous => anonymous::Builder::new().build(),
+            Credentials::Google { creds, .. } => creds.clone(),
         }
     }
 }
@@ -137,8 +172,9 @@ fn gcloud_adc_path() -> Option<PathBuf> {
     Some(base.join("application_default_credentials.json"))
 }
 
-/// Strip PEM armour from a PKCS#8 private key.
-fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
+/// The key must be an RSA PKCS#8 PEM, as Google issues them.
+fn check_pkcs8(pem: &str) -> Result<(), String> {
+    use base64::Engine;
     let body: String = pem
         .lines()
         .filter(|l| !l.starts_with("-----"))
@@ -149,145 +185,5 @@ fn pkcs8_der(pem: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("private_key is not PEM: {e}"))?;
     ring::signature::RsaKeyPair::from_pkcs8(&der)
         .map_err(|e| format!("private_key is not an RSA PKCS#8 key: {e}"))?;
-    Ok(der)
-}
-
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A signed RS256 JWT asserting the service account, for the OAuth2 JWT bearer grant.
-fn signed_assertion(key: &ServiceAccountKey, token_uri: &str) -> Result<String, String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_secs();
-    let header = serde_json::json!({"alg": "RS256", "typ": "JWT"});
-    let claims = serde_json::json!({
-        "iss": key.client_email,
-        "scope": SCOPE,
-        "aud": token_uri,
-        "iat": now,
-        "exp": now + 3600,
-    });
-    let signing_input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    );
-    let der = pkcs8_der(&key.private_key)?;
-    let pair = ring::signature::RsaKeyPair::from_pkcs8(&der).map_err(|e| e.to_string())?;
-    let mut sig = vec![0u8; pair.public().modulus_len()];
-    pair.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
-        &ring::rand::SystemRandom::new(),
-        signing_input.as_bytes(),
-        &mut sig,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(format!("{signing_input}.{}", b64url(&sig)))
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-/// Hands out bearer tokens, refreshing a minute before expiry.
-pub struct TokenSource {
-    creds: Credentials,
-    cached: Mutex<Option<(String, Instant)>>,
-}
-
-impl TokenSource {
-    pub fn new(creds: Credentials) -> TokenSource {
-        TokenSource {
-            creds,
-            cached: Mutex::new(None),
-        }
-    }
-
-    pub fn is_anonymous(&self) -> bool {
-        matches!(self.creds, Credentials::Anonymous)
-    }
-
-    /// A bearer token, or None for anonymous access.
-    pub async fn token(&self, http: &reqwest::Client) -> Result<Option<String>, AuthError> {
-        if self.is_anonymous() {
-            return Ok(None);
-        }
-        let mut cached = self.cached.lock().await;
-        if let Some((t, until)) = cached.as_ref() {
-            if Instant::now() < *until {
-                return Ok(Some(t.clone()));
-            }
-        }
-        let (url, req) = match &self.creds {
-            Credentials::Anonymous => return Ok(None),
-            Credentials::ServiceAccount(key) => {
-                let uri = key.token_uri.as_deref().unwrap_or(DEFAULT_TOKEN_URI);
-                let assertion = signed_assertion(key, uri).map_err(|reason| AuthError::Token {
-                    url: uri.to_string(),
-                    reason,
-                })?;
-                let body = format!(
-                    "grant_type={}&assertion={}",
-                    urlencoding::encode("urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                    assertion
-                );
-                (
-                    uri.to_string(),
-                    http.post(uri)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(body),
-                )
-            }
-            Credentials::AuthorizedUser(u) => {
-                let body = format!(
-                    "grant_type=refresh_token&client_id={}&client_secret={}&refresh_token={}",
-                    urlencoding::encode(&u.client_id),
-                    urlencoding::encode(&u.client_secret),
-                    urlencoding::encode(&u.refresh_token)
-                );
-                (
-                    DEFAULT_TOKEN_URI.to_string(),
-                    http.post(DEFAULT_TOKEN_URI)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(body),
-                )
-            }
-            Credentials::Metadata => (
-                METADATA_TOKEN_URL.to_string(),
-                http.get(METADATA_TOKEN_URL)
-                    .header("Metadata-Flavor", "Google"),
-            ),
-        };
-        let fail = |reason: String| AuthError::Token {
-            url: url.clone(),
-            reason,
-        };
-        let resp = req
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
-        if !status.is_success() {
-            // The body of a failed token call names the problem (e.g. invalid_grant), not secrets.
-            return Err(fail(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&bytes)
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
-            )));
-        }
-        let tr: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| fail(e.to_string()))?;
-        let life = Duration::from_secs(tr.expires_in.unwrap_or(3600).saturating_sub(60));
-        *cached = Some((tr.access_token.clone(), Instant::now() + life));
-        Ok(Some(tr.access_token))
-    }
+    Ok(())
 }

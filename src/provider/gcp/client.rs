@@ -1,42 +1,54 @@
-//! A small Compute Engine v1 REST client: JSON over HTTPS, retries with jittered exponential
-//! backoff on rate limits and 5xx, long-running operations waited on with `operations.wait`,
-//! paginated lists, and a per-method call count (for the benchmarks and the batching proof).
+//! Compute Engine through Google's client library (`google-cloud-compute-v1`). What is ours
+//! here is only the glue: one library client per service, built on first use against the
+//! configured endpoint with the configured credentials; the library's retry loop, back-off and
+//! operation poller, configured per request so that every attempt and every poll is counted by
+//! API method id (the benchmarks and the batching tests read these counts); and errors turned
+//! into plain words.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use google_cloud_compute_v1::client;
+use google_cloud_compute_v1::model::Operation;
+use google_cloud_gax::error::rpc::StatusDetails;
+use google_cloud_gax::error::Error as LibError;
+use google_cloud_gax::exponential_backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
+use google_cloud_gax::options::RequestOptionsBuilder;
+use google_cloud_gax::polling_backoff_policy::PollingBackoffPolicy;
+use google_cloud_gax::polling_error_policy::PollingErrorPolicy;
+use google_cloud_gax::polling_state::PollingState;
+use google_cloud_gax::retry_policy::RetryPolicy as LibRetryPolicy;
+use google_cloud_gax::retry_result::RetryResult;
+use google_cloud_gax::retry_state::RetryState;
+use google_cloud_gax::retry_throttler::RetryThrottler;
 use rand::Rng;
-use reqwest::Method;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use tokio::sync::OnceCell;
 
-use super::auth::{AuthError, TokenSource};
+use super::auth::Credentials;
 use super::names::last_segment;
-use super::types::{ErrorBody, ListPage, Operation};
 
 pub const DEFAULT_ENDPOINT: &str = "https://compute.googleapis.com/compute/v1/";
 
+/// Where a long-running operation lives: the poller asks that scope's `operations.get`.
+pub const GLOBAL_OPS: &str = "compute.globalOperations.get";
+pub const REGION_OPS: &str = "compute.regionOperations.get";
+pub const ZONE_OPS: &str = "compute.zoneOperations.get";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{method} {path}: HTTP {code}: {message}{}", reason_suffix(.reasons))]
+    #[error("{method} {target}: HTTP {code}: {message}{}", reason_suffix(.reasons))]
     Status {
         method: String,
-        path: String,
+        target: String,
         code: u16,
         message: String,
         reasons: Vec<String>,
     },
-    #[error("{method} {path}: {source}")]
+    #[error("{method} {target}: {reason}")]
     Transport {
         method: String,
-        path: String,
-        source: reqwest::Error,
-    },
-    #[error("{method} {path}: unexpected response: {reason}")]
-    Decode {
-        method: String,
-        path: String,
+        target: String,
         reason: String,
     },
     #[error("operation {name} ({kind} on {target}) failed: {}", .errors.join("; "))]
@@ -46,8 +58,11 @@ pub enum ApiError {
         target: String,
         errors: Vec<String>,
     },
-    #[error(transparent)]
-    Auth(#[from] AuthError),
+    #[error("cannot set up the Compute client for {service}: {reason}")]
+    Setup {
+        service: &'static str,
+        reason: String,
+    },
 }
 
 fn reason_suffix(reasons: &[String]) -> String {
@@ -62,25 +77,72 @@ impl ApiError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ApiError::Status { code: 404, .. })
     }
+}
 
-    /// Rate limits and server-side failures are worth another try; nothing else is.
-    fn is_retryable(&self) -> bool {
-        match self {
-            ApiError::Status { code, reasons, .. } => {
-                *code == 429
-                    || *code >= 500
-                    || (*code == 403
-                        && reasons
-                            .iter()
-                            .any(|r| r == "rateLimitExceeded" || r == "userRateLimitExceeded"))
-            }
-            ApiError::Transport { source, .. } => source.is_connect() || source.is_timeout(),
-            _ => false,
+/// `ErrorInfo` reasons of a failed call (e.g. `RATE_LIMIT_EXCEEDED`).
+fn reasons(e: &LibError) -> Vec<String> {
+    e.status()
+        .map(|s| {
+            s.details
+                .iter()
+                .filter_map(|d| match d {
+                    StatusDetails::ErrorInfo(i) => Some(i.reason.clone()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rate limits and server-side failures are worth another try; nothing else is. Compute
+/// answers some rate limits with 403, told apart by the reason.
+fn retryable(e: &LibError) -> bool {
+    match e.http_status_code() {
+        Some(code) => {
+            code == 429
+                || code >= 500
+                || (code == 403
+                    && reasons(e).iter().any(|r| {
+                        matches!(
+                            r.as_str(),
+                            "RATE_LIMIT_EXCEEDED" | "rateLimitExceeded" | "userRateLimitExceeded"
+                        )
+                    }))
         }
+        None => e.is_connect() || e.is_timeout() || e.is_transient_and_before_rpc(),
     }
 }
 
-/// Backoff for retried calls: `base * 2^attempt`, capped, with full jitter.
+/// Turn a library error into plain words naming the method and the resource.
+pub fn api_error(method: &str, target: &str, e: LibError) -> ApiError {
+    if let Some(code) = e.http_status_code() {
+        let message = match (e.status(), e.http_payload()) {
+            (Some(s), _) => s.message.clone(),
+            (None, Some(p)) => String::from_utf8_lossy(p).chars().take(300).collect(),
+            (None, None) => e.to_string(),
+        };
+        return ApiError::Status {
+            method: method.to_string(),
+            target: target.to_string(),
+            code,
+            message,
+            reasons: reasons(&e),
+        };
+    }
+    let reason = if e.is_authentication() {
+        format!("getting an access token failed: {e}")
+    } else {
+        e.to_string()
+    };
+    ApiError::Transport {
+        method: method.to_string(),
+        target: target.to_string(),
+        reason,
+    }
+}
+
+/// Retries and back-off: up to `attempts` tries, waiting `base * 2^n` (capped at `max`, with
+/// jitter) between them. Operation polls back off the same way, capped at 10 s.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub attempts: u32,
@@ -98,67 +160,175 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32.checked_shl(attempt).unwrap_or(u32::MAX))
-            .min(self.max);
-        let ms = exp.as_millis().max(1) as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+type Counts = Arc<Mutex<BTreeMap<String, u64>>>;
+
+fn bump(calls: &Counts, method: &str) {
+    if let Ok(mut c) = calls.lock() {
+        *c.entry(method.to_string()).or_insert(0) += 1;
     }
 }
 
-/// Where a long-running operation lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum OpScope {
-    Global,
-    Region(String),
-    Zone(String),
+/// The library's retry loop asks this after every failed attempt; a `Continue` means one more
+/// attempt of `method`, which is counted here.
+#[derive(Debug)]
+struct CountedRetries {
+    method: String,
+    attempts: u32,
+    calls: Counts,
+}
+
+impl LibRetryPolicy for CountedRetries {
+    fn on_error(&self, state: &RetryState, error: LibError) -> RetryResult {
+        if !retryable(&error) {
+            return RetryResult::Permanent(error);
+        }
+        if state.attempt_count >= self.attempts {
+            return RetryResult::Exhausted(error);
+        }
+        tracing::debug!("{}: {error}; retrying", self.method);
+        bump(&self.calls, &self.method);
+        RetryResult::Continue(error)
+    }
+}
+
+/// Every retry the policy allows is made: the attempt limit is the only brake (the library's
+/// default adaptive throttler could skip attempts, which would make the counts lie).
+#[derive(Debug)]
+struct NoThrottle;
+
+impl RetryThrottler for NoThrottle {
+    fn throttle_retry_attempt(&self) -> bool {
+        false
+    }
+    fn on_retry_failure(&mut self, _flow: &RetryResult) {}
+    fn on_success(&mut self) {}
+}
+
+/// The poller waits this long before each `operations.get`; each wait is one poll, counted.
+#[derive(Debug)]
+struct CountedPolls {
+    method: &'static str,
+    backoff: ExponentialBackoff,
+    calls: Counts,
+}
+
+impl PollingBackoffPolicy for CountedPolls {
+    fn wait_period(&self, state: &PollingState) -> Duration {
+        bump(&self.calls, self.method);
+        self.backoff.wait_period(state)
+    }
+}
+
+/// A failed poll is retried like a failed call.
+#[derive(Debug)]
+struct PollErrors {
+    attempts: u32,
+}
+
+impl PollingErrorPolicy for PollErrors {
+    fn on_error(&self, state: &PollingState, error: LibError) -> RetryResult {
+        if !retryable(&error) {
+            RetryResult::Permanent(error)
+        } else if state.attempt_count >= self.attempts {
+            RetryResult::Exhausted(error)
+        } else {
+            RetryResult::Continue(error)
+        }
+    }
+}
+
+macro_rules! services {
+    ($($field:ident: $ty:ident),* $(,)?) => {
+        /// The library clients, each built on first use (building one is async).
+        #[derive(Default)]
+        struct Clients {
+            $($field: OnceCell<client::$ty>,)*
+        }
+
+        impl Compute {
+            $(
+                pub async fn $field(&self) -> Result<&client::$ty, ApiError> {
+                    self.clients
+                        .$field
+                        .get_or_try_init(|| async {
+                            client::$ty::builder()
+                                .with_endpoint(self.root.clone())
+                                .with_credentials(self.credentials.library())
+                                .with_retry_throttler(NoThrottle)
+                                .build()
+                                .await
+                                .map_err(|e| ApiError::Setup {
+                                    service: stringify!($ty),
+                                    reason: e.to_string(),
+                                })
+                        })
+                        .await
+                }
+            )*
+        }
+    };
+}
+
+services! {
+    accelerator_types: AcceleratorTypes,
+    addresses: Addresses,
+    backend_services: RegionBackendServices,
+    disks: Disks,
+    firewalls: Firewalls,
+    forwarding_rules: ForwardingRules,
+    health_checks: RegionHealthChecks,
+    images: Images,
+    instance_groups: InstanceGroups,
+    instances: Instances,
+    machine_types: MachineTypes,
+    networks: Networks,
+    projects: Projects,
+    regions: Regions,
+    resource_policies: ResourcePolicies,
+    subnetworks: Subnetworks,
 }
 
 #[derive(Clone)]
 pub struct Compute {
-    http: reqwest::Client,
+    /// Host root the library appends `/compute/v1/...` to.
+    root: String,
+    /// API root for reference fields (`.../compute/v1/`).
     base: String,
     pub project: String,
-    auth: Arc<TokenSource>,
+    credentials: Credentials,
     retry: RetryPolicy,
-    calls: Arc<Mutex<BTreeMap<String, u64>>>,
+    clients: Arc<Clients>,
+    calls: Counts,
     /// `(kind, name)` of everything created through this client, in order.
     created: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Compute {
-    /// `endpoint` is the API root (`.../compute/v1/`); a bare host URL gets `compute/v1/` added.
+    /// `endpoint` is the API root (`.../compute/v1/`) or a bare host URL.
     pub fn new(
         endpoint: &str,
         project: &str,
-        auth: TokenSource,
+        credentials: Credentials,
         retry: RetryPolicy,
-    ) -> Result<Compute, reqwest::Error> {
-        let mut base = endpoint.trim_end_matches('/').to_string();
-        if !base.ends_with("/compute/v1") {
-            base.push_str("/compute/v1");
-        }
-        base.push('/');
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("k8sforge/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(180))
-            .pool_max_idle_per_host(64)
-            .build()?;
-        Ok(Compute {
-            http,
-            base,
+    ) -> Compute {
+        let root = endpoint
+            .trim_end_matches('/')
+            .trim_end_matches("/compute/v1")
+            .to_string();
+        Compute {
+            base: format!("{root}/compute/v1/"),
+            root,
             project: project.to_string(),
-            auth: Arc::new(auth),
+            credentials,
             retry,
-            calls: Arc::new(Mutex::new(BTreeMap::new())),
+            clients: Arc::default(),
+            calls: Arc::default(),
             created: Arc::default(),
-        })
+        }
     }
 
-    /// Calls made so far, by API method id (e.g. `compute.instances.bulkInsert`), retries included.
+    /// Calls made so far, by API method id (e.g. `compute.instances.bulkInsert`), retries and
+    /// operation polls included.
     pub fn call_counts(&self) -> BTreeMap<String, u64> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()
     }
@@ -188,221 +358,69 @@ impl Compute {
         format!("{}{}", self.base, self.path(rest))
     }
 
-    fn count(&self, method_id: &str) {
-        if let Ok(mut c) = self.calls.lock() {
-            *c.entry(method_id.to_string()).or_insert(0) += 1;
-        }
+    fn backoff(&self, max: Duration) -> ExponentialBackoff {
+        ExponentialBackoffBuilder::new()
+            .with_initial_delay(self.retry.base)
+            .with_maximum_delay(max.max(self.retry.base))
+            .with_scaling(2.0)
+            .clamp()
     }
 
-    /// One API call with retries. `path` is relative to the API root.
-    pub async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
-        &self,
-        method_id: &str,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&B>,
-    ) -> Result<R, ApiError> {
-        let body_bytes = match body {
-            Some(b) => Some(serde_json::to_vec(b).map_err(|e| ApiError::Decode {
+    /// Configure one library request: counted, retried by our rules with the library's loop.
+    /// Every call k8sforge makes is idempotent (mutations carry a `requestId`).
+    pub fn call<B: RequestOptionsBuilder>(&self, method: &str, b: B) -> B {
+        bump(&self.calls, method);
+        b.with_idempotency(true)
+            .with_retry_policy(CountedRetries {
                 method: method.to_string(),
-                path: path.to_string(),
-                reason: e.to_string(),
-            })?),
-            None => None,
-        };
-        let mut attempt = 0;
-        loop {
-            self.count(method_id);
-            match self
-                .once(method.clone(), path, query, body_bytes.as_deref())
-                .await
-            {
-                Err(e) if e.is_retryable() && attempt + 1 < self.retry.attempts => {
-                    let wait = self.retry.delay(attempt);
-                    tracing::debug!("{method_id}: {e}; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+                attempts: self.retry.attempts.max(1),
+                calls: self.calls.clone(),
+            })
+            .with_backoff_policy(self.backoff(self.retry.max))
+            .with_retry_throttler(NoThrottle)
     }
 
-    async fn once<R: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<R, ApiError> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.clone(), &url).query(query);
-        if let Some(token) = self.auth.token(&self.http).await? {
-            req = req.bearer_auth(token);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_vec());
-        }
-        let transport = |source| ApiError::Transport {
-            method: method.to_string(),
-            path: path.to_string(),
-            source,
-        };
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            let parsed: Option<ErrorBody> = serde_json::from_slice(&bytes).ok();
-            let (message, reasons) = match parsed {
-                Some(e) => (
-                    e.error.message,
-                    e.error.errors.into_iter().map(|i| i.reason).collect(),
-                ),
-                None => (
-                    String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-                    Vec::new(),
-                ),
-            };
-            return Err(ApiError::Status {
-                method: method.to_string(),
-                path: path.to_string(),
-                code: status.as_u16(),
-                message,
-                reasons,
-            });
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
-            method: method.to_string(),
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
-    }
-
-    pub async fn get<R: DeserializeOwned>(
-        &self,
-        method_id: &str,
-        rest: &str,
-    ) -> Result<R, ApiError> {
-        self.call::<(), R>(method_id, Method::GET, &self.path(rest), &[], None)
-            .await
-    }
-
-    /// GET that maps 404 to None.
-    pub async fn get_opt<R: DeserializeOwned>(
-        &self,
-        method_id: &str,
-        rest: &str,
-    ) -> Result<Option<R>, ApiError> {
-        match self.get(method_id, rest).await {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every item of a list, following `nextPageToken`.
-    pub async fn list_all<T: DeserializeOwned>(
-        &self,
-        method_id: &str,
-        rest: &str,
-        filter: Option<&str>,
-    ) -> Result<Vec<T>, ApiError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut q: Vec<(&str, &str)> = vec![("maxResults", "500")];
-            if let Some(f) = filter {
-                q.push(("filter", f));
-            }
-            if let Some(t) = &token {
-                q.push(("pageToken", t));
-            }
-            let page: ListPage<T> = self
-                .call::<(), _>(method_id, Method::GET, &self.path(rest), &q, None)
-                .await?;
-            out.extend(page.items);
-            match page.next_page_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
-    }
-
-    /// Start a mutation (insert/delete/…) with a fresh `requestId`, so a retried call after a
-    /// lost response is de-duplicated by the API instead of creating twice.
-    pub async fn mutate<B: Serialize + ?Sized>(
-        &self,
-        method_id: &str,
-        method: Method,
-        rest: &str,
-        body: Option<&B>,
-    ) -> Result<Operation, ApiError> {
-        let request_id = request_id();
-        self.call(
-            method_id,
-            method,
-            &self.path(rest),
-            &[("requestId", request_id.as_str())],
-            body,
-        )
-        .await
-    }
-
-    /// Wait for an operation with `operations.wait` (the server holds the call until done or
-    /// about two minutes pass); returns the finished operation, error or not.
-    pub async fn wait_raw(&self, op: Operation) -> Result<Operation, ApiError> {
-        let mut op = op;
-        while !op.is_done() {
-            let scope = match (&op.zone, &op.region) {
-                (Some(z), _) if !z.is_empty() => OpScope::Zone(last_segment(z).to_string()),
-                (_, Some(r)) if !r.is_empty() => OpScope::Region(last_segment(r).to_string()),
-                _ => OpScope::Global,
-            };
-            let (id, rest) = match &scope {
-                OpScope::Zone(z) => (
-                    "compute.zoneOperations.wait",
-                    format!("zones/{z}/operations/{}/wait", op.name),
-                ),
-                OpScope::Region(r) => (
-                    "compute.regionOperations.wait",
-                    format!("regions/{r}/operations/{}/wait", op.name),
-                ),
-                OpScope::Global => (
-                    "compute.globalOperations.wait",
-                    format!("global/operations/{}/wait", op.name),
-                ),
-            };
-            op = self
-                .call::<(), _>(id, Method::POST, &self.path(&rest), &[], None)
-                .await?;
-        }
-        Ok(op)
-    }
-
-    /// Wait and turn an operation error into `ApiError::Operation`.
-    pub async fn wait(&self, op: Operation) -> Result<Operation, ApiError> {
-        let op = self.wait_raw(op).await?;
-        match &op.error {
-            Some(e) if !e.errors.is_empty() => Err(ApiError::Operation {
-                name: op.name.clone(),
-                kind: op.operation_type.clone(),
-                target: last_segment(&op.target_link).to_string(),
-                errors: e
-                    .errors
-                    .iter()
-                    .map(|i| format!("{}: {}", i.code, i.message))
-                    .collect(),
-            }),
-            _ => Ok(op),
-        }
+    /// `call`, plus the poller's policies for a long-running operation in `scope`
+    /// (`GLOBAL_OPS`, `REGION_OPS` or `ZONE_OPS`).
+    pub fn mutation<B: RequestOptionsBuilder>(&self, method: &str, scope: &'static str, b: B) -> B {
+        self.call(method, b)
+            .with_polling_backoff_policy(CountedPolls {
+                method: scope,
+                backoff: self.backoff(self.retry.max.min(Duration::from_secs(10))),
+                calls: self.calls.clone(),
+            })
+            .with_polling_error_policy(PollErrors {
+                attempts: self.retry.attempts.max(1),
+            })
     }
 }
 
-/// A random UUID (v4 layout) from the OS RNG, as the API's `requestId` wants.
-fn request_id() -> String {
+/// A finished operation, its error (if any) turned into `ApiError::Operation`.
+pub fn check(op: Operation) -> Result<Operation, ApiError> {
+    match &op.error {
+        Some(e) if !e.errors.is_empty() => Err(ApiError::Operation {
+            name: op.name.clone().unwrap_or_default(),
+            kind: op.operation_type.clone().unwrap_or_default(),
+            target: last_segment(op.target_link.as_deref().unwrap_or("")).to_string(),
+            errors: e
+                .errors
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{}: {}",
+                        i.code.as_deref().unwrap_or(""),
+                        i.message.as_deref().unwrap_or("")
+                    )
+                })
+                .collect(),
+        }),
+        _ => Ok(op),
+    }
+}
+
+/// A random UUID (v4 layout) from the OS RNG, as the API's `requestId` wants: a retried
+/// mutation after a lost response is de-duplicated by the API instead of done twice.
+pub fn request_id() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -418,6 +436,37 @@ fn request_id() -> String {
     )
 }
 
+/// Every item of a list call, page by page (each page is one counted call). `$base` is a list
+/// request builder (cloned per page); `$method` its API method id.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! gcp_list_all {
+    ($api:expr, $method:expr, $target:expr, $base:expr) => {{
+        let api = &$api;
+        let base = $base;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = api
+                .call(
+                    $method,
+                    base.clone()
+                        .set_max_results(500u32)
+                        .set_or_clear_page_token(token.take()),
+                )
+                .send()
+                .await
+                .map_err(|e| $crate::provider::gcp::client::api_error($method, $target, e))?;
+            out.extend(page.items);
+            match page.next_page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => break,
+            }
+        }
+        out
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,14 +480,46 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_caps() {
-        let p = RetryPolicy {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_millis(400),
-        };
-        assert!(p.delay(0) <= Duration::from_millis(100));
-        assert!(p.delay(10) <= Duration::from_millis(400));
-        assert!(p.delay(10) >= Duration::from_millis(200));
+    fn endpoint_forms_give_one_api_root() {
+        for e in [
+            "http://127.0.0.1:9/compute/v1/",
+            "http://127.0.0.1:9/compute/v1",
+            "http://127.0.0.1:9/",
+        ] {
+            let c = Compute::new(e, "p", Credentials::Anonymous, RetryPolicy::default());
+            assert_eq!(c.root, "http://127.0.0.1:9");
+            assert_eq!(
+                c.url("global/networks/n"),
+                "http://127.0.0.1:9/compute/v1/projects/p/global/networks/n"
+            );
+        }
+    }
+
+    #[test]
+    fn only_rate_limits_and_server_errors_are_retried() {
+        let e = |code: u16| LibError::http(code, Default::default(), Default::default());
+        assert!(retryable(&e(429)));
+        assert!(retryable(&e(503)));
+        assert!(!retryable(&e(404)));
+        assert!(!retryable(&e(403)));
+        assert!(!retryable(&e(400)));
+    }
+}
+
+/// A library result in plain words.
+pub fn lib<T>(method: &str, target: &str, r: Result<T, LibError>) -> Result<T, ApiError> {
+    r.map_err(|e| api_error(method, target, e))
+}
+
+/// A `get` whose 404 means "not there".
+pub fn lib_opt<T>(
+    method: &str,
+    target: &str,
+    r: Result<T, LibError>,
+) -> Result<Option<T>, ApiError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.http_status_code() == Some(404) => Ok(None),
+        Err(e) => Err(api_error(method, target, e)),
     }
 }

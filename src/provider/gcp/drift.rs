@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
+use google_cloud_compute_v1::model::{Disk, Instance};
+use google_cloud_lro::Poller;
 
+use super::client::{check, lib, request_id, ZONE_OPS};
 use super::gpu_fabric::{has_gpu_nics, GPU_NICS};
 use super::names::{last_segment, Names};
 use super::preflight::machine_for;
-use super::types::{Disk, Image, Instance};
 use super::{GcpError, GcpProvider};
 use crate::inventory::Role;
 use crate::provider::drift::Drift;
@@ -30,22 +31,34 @@ pub(super) async fn compare(
     names: &Names,
     existing: &[Instance],
 ) -> Result<Vec<Drift>, GcpError> {
-    let by_name: BTreeMap<&str, &Instance> =
-        existing.iter().map(|i| (i.name.as_str(), i)).collect();
+    let by_name: BTreeMap<&str, &Instance> = existing
+        .iter()
+        .filter_map(|i| i.name.as_deref().map(|n| (n, i)))
+        .collect();
     let disks: Vec<Disk> = if existing.is_empty() {
         Vec::new()
     } else {
-        p.api
-            .list_all(
-                "compute.disks.list",
-                &format!("zones/{}/disks", p.cfg.zone),
-                Some(&names.label_filter()),
-            )
-            .await?
+        crate::gcp_list_all!(
+            p.api,
+            "compute.disks.list",
+            &p.cfg.zone,
+            p.api
+                .disks()
+                .await?
+                .list()
+                .set_project(&p.api.project)
+                .set_zone(&p.cfg.zone)
+                .set_filter(names.label_filter())
+        )
     };
     let disk_by_url: BTreeMap<String, &Disk> = disks
         .iter()
-        .map(|d| (relative(&d.self_link).to_string(), d))
+        .map(|d| {
+            (
+                relative(d.self_link.as_deref().unwrap_or("")).to_string(),
+                d,
+            )
+        })
         .collect();
     let want_image = ctx
         .profile
@@ -77,14 +90,14 @@ pub(super) async fn compare(
         let mut drift = |field: String, have: String, want: String| {
             out.push(Drift {
                 node: n.name.clone(),
-                resource: i.name.clone(),
+                resource: i.name.clone().unwrap_or_default(),
                 field,
                 have,
                 want,
                 control_plane: n.has(Role::ControlPlane) || n.has(Role::Etcd),
             })
         };
-        let have_type = last_segment(&i.machine_type).to_string();
+        let have_type = last_segment(i.machine_type.as_deref().unwrap_or("")).to_string();
         if have_type != machine.machine_type {
             drift(
                 format!("{group}.gcp.machineType"),
@@ -106,7 +119,7 @@ pub(super) async fn compare(
         let gvnics = i
             .network_interfaces
             .iter()
-            .filter(|nic| nic.nic_type.as_deref() == Some("GVNIC"))
+            .filter(|nic| nic.nic_type.as_ref().and_then(|t| t.name()) == Some("GVNIC"))
             .count();
         if i.network_interfaces.len() != want_nics || (want_nics > 1 && gvnics != want_nics) {
             drift(
@@ -142,7 +155,7 @@ pub(super) async fn compare(
             );
             continue;
         };
-        let dtype = last_segment(&disk.disk_type).to_string();
+        let dtype = last_segment(disk.r#type.as_deref().unwrap_or("")).to_string();
         if dtype != BOOT_DISK_TYPE {
             drift("boot disk type".into(), dtype, BOOT_DISK_TYPE.into());
         }
@@ -153,12 +166,23 @@ pub(super) async fn compare(
         let same_family = match &family {
             Some((proj, fam)) if have_image.starts_with(&format!("{proj}/global/images/")) => {
                 if !families.contains_key(have_image) {
-                    // Images live in their publisher's project: the full path, not ours.
-                    let img: Option<Image> = p
-                        .api
-                        .call::<(), Image>("compute.images.get", Method::GET, have_image, &[], None)
-                        .await
-                        .ok();
+                    // Images live in their publisher's project: its project, not ours.
+                    let id = "compute.images.get";
+                    let image_name = last_segment(have_image);
+                    let img = match p.api.images().await {
+                        Ok(c) => p
+                            .api
+                            .call(
+                                id,
+                                c.get()
+                                    .set_project(proj.trim_start_matches("projects/"))
+                                    .set_image(image_name),
+                            )
+                            .send()
+                            .await
+                            .ok(),
+                        Err(_) => None,
+                    };
                     families.insert(have_image.to_string(), img.and_then(|i| i.family));
                 }
                 families.get(have_image).cloned().flatten().as_deref() == Some(fam.as_str())
@@ -184,16 +208,25 @@ pub(super) async fn compare(
 pub(super) async fn delete(p: &GcpProvider, instances: &[String]) -> Result<(), GcpError> {
     for name in instances {
         tracing::info!("deleting drifted instance {name}");
+        let id = "compute.instances.delete";
         let op = p
             .api
-            .mutate::<()>(
-                "compute.instances.delete",
-                Method::DELETE,
-                &format!("zones/{}/instances/{name}", p.cfg.zone),
-                None,
+            .mutation(
+                id,
+                ZONE_OPS,
+                p.api
+                    .instances()
+                    .await?
+                    .delete()
+                    .set_project(&p.api.project)
+                    .set_zone(&p.cfg.zone)
+                    .set_instance(name)
+                    .set_request_id(request_id()),
             )
-            .await?;
-        p.api.wait(op).await?;
+            .poller()
+            .until_done()
+            .await;
+        check(lib(id, name, op)?)?;
     }
     Ok(())
 }

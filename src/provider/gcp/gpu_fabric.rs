@@ -10,11 +10,14 @@
 //! placement policies": `groupPlacementPolicy.collocation = COLLOCATED`). The subnetworks are the
 //! four blocks of the node CIDR's size that follow it (gpu-1000: 10.0.16.0/20 … 10.0.64.0/20).
 
+use google_cloud_compute_v1::model::{
+    firewall::Allowed, Firewall, Network, NetworkInterface, ResourcePolicy,
+    ResourcePolicyGroupPlacementPolicy, Subnetwork,
+};
 use ipnet::Ipv4Net;
 
-use super::adopt::get_or_insert;
+use super::adopt::{get_or_insert, Body};
 use super::names::Names;
-use super::types::{Firewall, FirewallAllowed, Network, NetworkInterface, Subnetwork};
 use super::{GcpError, GcpProvider};
 use crate::profile::Profile;
 use crate::provider::ProvisionContext;
@@ -79,27 +82,13 @@ impl GpuFabric {
     pub fn interfaces(&self) -> Vec<NetworkInterface> {
         self.subnetworks
             .iter()
-            .map(|s| NetworkInterface {
-                subnetwork: Some(s.clone()),
-                nic_type: Some("GVNIC".into()),
-                ..Default::default()
+            .map(|s| {
+                NetworkInterface::new()
+                    .set_subnetwork(s.clone())
+                    .set_nic_type("GVNIC")
             })
             .collect()
     }
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GroupPlacementPolicy {
-    collocation: &'static str,
-}
-
-#[derive(serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResourcePolicy {
-    name: String,
-    description: String,
-    group_placement_policy: GroupPlacementPolicy,
 }
 
 /// Create (or adopt) the GPU networks, subnetworks, firewall rules and the placement policy.
@@ -115,91 +104,40 @@ pub async fn ensure(
     let mut subnetworks = Vec::new();
     for (i, cidr) in cidrs.iter().enumerate() {
         let i = i + 1;
-        let net = Network {
-            name: names.gpu_network(i),
-            description: Some(names.marker()),
-            auto_create_subnetworks: Some(false),
-            mtu: Some(GPU_NETWORK_MTU),
-            ..Default::default()
-        };
-        let net_url = get_or_insert(
-            p,
-            names,
-            "network",
-            "global/networks",
-            "networks",
-            &net,
-            &net.name,
-        )
-        .await?;
-        let sub = Subnetwork {
-            name: names.gpu_network(i),
-            description: Some(names.marker()),
-            network: net_url.clone(),
-            ip_cidr_range: cidr.to_string(),
-            ..Default::default()
-        };
-        let collection = format!("regions/{}/subnetworks", p.cfg.region);
-        subnetworks.push(
-            get_or_insert(
-                p,
-                names,
-                "subnetwork",
-                &collection,
-                "subnetworks",
-                &sub,
-                &sub.name,
-            )
-            .await?,
-        );
+        let net = Network::new()
+            .set_name(names.gpu_network(i))
+            .set_description(names.marker())
+            .set_auto_create_subnetworks(false)
+            .set_mtu(GPU_NETWORK_MTU);
+        let net_url = get_or_insert(p, names, "network", Body::Network(net)).await?;
+        let sub = Subnetwork::new()
+            .set_name(names.gpu_network(i))
+            .set_description(names.marker())
+            .set_network(net_url.clone())
+            .set_ip_cidr_range(cidr.to_string());
+        subnetworks.push(get_or_insert(p, names, "subnetwork", Body::Subnetwork(sub)).await?);
         // NCCL between the GPU NICs of the cluster's nodes; nothing else reaches them.
-        let fw = Firewall {
-            name: names.gpu_network(i),
-            description: Some(names.marker()),
-            network: net_url,
-            direction: Some("INGRESS".into()),
-            priority: Some(1000),
-            allowed: ["tcp", "udp", "icmp"]
-                .iter()
-                .map(|p| FirewallAllowed {
-                    ip_protocol: (*p).into(),
-                    ports: vec![],
-                })
-                .collect(),
-            source_ranges: vec![cidr.to_string()],
-            ..Default::default()
-        };
-        get_or_insert(
-            p,
-            names,
-            "firewall rule",
-            "global/firewalls",
-            "firewalls",
-            &fw,
-            &fw.name,
-        )
-        .await?;
+        let fw = Firewall::new()
+            .set_name(names.gpu_network(i))
+            .set_description(names.marker())
+            .set_network(net_url)
+            .set_direction("INGRESS")
+            .set_priority(1000)
+            .set_allowed(["tcp", "udp", "icmp"].map(|p| Allowed::new().set_ip_protocol(p)))
+            .set_source_ranges([cidr.to_string()]);
+        get_or_insert(p, names, "firewall rule", Body::Firewall(fw)).await?;
     }
-    let policy = ResourcePolicy {
-        name: names.placement_policy(),
-        description: names.marker(),
-        group_placement_policy: GroupPlacementPolicy {
-            collocation: "COLLOCATED",
-        },
-    };
-    get_or_insert(
-        p,
-        names,
-        "resource policy",
-        &format!("regions/{}/resourcePolicies", p.cfg.region),
-        "resourcePolicies",
-        &policy,
-        &policy.name,
-    )
-    .await?;
+    let policy_name = names.placement_policy();
+    let policy = ResourcePolicy::new()
+        .set_name(policy_name.clone())
+        .set_description(names.marker())
+        .set_group_placement_policy(
+            ResourcePolicyGroupPlacementPolicy::new().set_collocation("COLLOCATED"),
+        );
+    get_or_insert(p, names, "resource policy", Body::ResourcePolicy(policy)).await?;
     Ok(Some(GpuFabric {
         subnetworks,
-        placement_policy: policy.name,
+        placement_policy: policy_name,
     }))
 }
 

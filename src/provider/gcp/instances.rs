@@ -2,14 +2,20 @@
 //! through the zone operation; instances that still do not exist afterwards are reported one by
 //! one with the operation's error for them.
 
-use super::gpu_fabric::{has_gpu_nics, GpuFabric};
 use std::collections::{BTreeMap, BTreeSet};
 
-use reqwest::Method;
+use google_cloud_compute_v1::model::{
+    metadata, AcceleratorConfig, AccessConfig, AliasIpRange, AttachedDisk,
+    AttachedDiskInitializeParams, BulkInsertInstanceResource,
+    BulkInsertInstanceResourcePerInstanceProperties, Instance, InstanceProperties, Metadata,
+    NetworkInterface, Scheduling, Tags,
+};
+use google_cloud_lro::Poller;
 
+use super::client::{lib, request_id, ZONE_OPS};
+use super::gpu_fabric::{has_gpu_nics, GpuFabric};
 use super::names::{Names, CONTROL_PLANE_TAG, GROUP_LABEL, POD_RANGE_NAME};
 use super::preflight::machine_for;
-use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::inventory::{Node, Role};
 use crate::provider::ProvisionContext;
@@ -31,14 +37,18 @@ pub fn describe_bulk_failure(created: &usize, failed: &[(String, String)]) -> St
 }
 
 pub async fn list_instances(p: &GcpProvider, names: &Names) -> Result<Vec<Instance>, GcpError> {
-    let all: Vec<Instance> = p
-        .api
-        .list_all(
-            "compute.instances.list",
-            &format!("zones/{}/instances", p.cfg.zone),
-            Some(&names.label_filter()),
-        )
-        .await?;
+    let all: Vec<Instance> = crate::gcp_list_all!(
+        p.api,
+        "compute.instances.list",
+        &p.cfg.zone,
+        p.api
+            .instances()
+            .await?
+            .list()
+            .set_project(&p.api.project)
+            .set_zone(&p.cfg.zone)
+            .set_filter(names.label_filter())
+    );
     // Trust the label, not only the server-side filter.
     Ok(all
         .into_iter()
@@ -74,84 +84,76 @@ fn instance_properties(
     let cp = node.has(Role::ControlPlane);
     // A3 High GPU nodes: gVNIC everywhere, nic1..nic4 on the GPU networks, compact placement.
     let fabric = fabric.filter(|_| gpu.is_some() && has_gpu_nics(&machine.machine_type));
-    let mut network_interfaces = vec![NetworkInterface {
-        subnetwork: Some(subnet.to_string()),
-        access_configs: vec![AccessConfig {
-            name: Some("External NAT".into()),
-            kind: Some("ONE_TO_ONE_NAT".into()),
-            network_tier: Some("PREMIUM".into()),
-            nat_ip: None,
-        }],
+    let mut network_interfaces = vec![NetworkInterface::new()
+        .set_subnetwork(subnet)
+        .set_access_configs([AccessConfig::new()
+            .set_name("External NAT")
+            .set_type("ONE_TO_ONE_NAT")
+            .set_network_tier("PREMIUM")])
         // The API picks a free block of this size from the pods' range for each instance.
-        alias_ip_ranges: vec![AliasIpRange {
-            ip_cidr_range: format!("/{}", ctx.profile.network.pod_prefix_per_node),
-            subnetwork_range_name: Some(POD_RANGE_NAME.into()),
-        }],
-        nic_type: fabric.map(|_| "GVNIC".to_string()),
-        ..Default::default()
-    }];
+        .set_alias_ip_ranges([AliasIpRange::new()
+            .set_ip_cidr_range(format!("/{}", ctx.profile.network.pod_prefix_per_node))
+            .set_subnetwork_range_name(POD_RANGE_NAME)])
+        .set_or_clear_nic_type(fabric.map(|_| "GVNIC"))];
     if let Some(f) = fabric {
         network_interfaces.extend(f.interfaces());
     }
-    Ok(InstanceProperties {
-        description: Some(names.marker()),
-        machine_type: machine.machine_type.clone(),
+    Ok(InstanceProperties::new()
+        .set_description(names.marker())
+        .set_machine_type(machine.machine_type.clone())
         // Accelerator-optimized types (A2/A3/G2) have their GPUs attached already.
-        guest_accelerators: match (&gpu, bundled_gpus) {
-            (Some((t, n)), false) => vec![AcceleratorConfig {
-                accelerator_type: t.clone(),
-                accelerator_count: *n as i32,
-            }],
+        .set_guest_accelerators(match (&gpu, bundled_gpus) {
+            (Some((t, n)), false) => vec![AcceleratorConfig::new()
+                .set_accelerator_type(t.clone())
+                .set_accelerator_count(*n as i32)],
             _ => vec![],
-        },
+        })
         // GPU instances cannot live-migrate.
-        scheduling: Some(Scheduling {
-            on_host_maintenance: Some(
-                if gpu.is_some() {
+        .set_scheduling(
+            Scheduling::new()
+                .set_on_host_maintenance(if gpu.is_some() {
                     "TERMINATE"
                 } else {
                     "MIGRATE"
-                }
-                .into(),
-            ),
-            automatic_restart: Some(true),
-        }),
-        disks: vec![AttachedDisk {
-            boot: Some(true),
-            auto_delete: Some(true),
-            initialize_params: Some(InitializeParams {
-                source_image: Some(image),
-                disk_size_gb: Some(i64::from(machine.boot_disk_gib)),
-                disk_type: Some(super::drift::BOOT_DISK_TYPE.into()),
-                labels: names.labels(),
-            }),
-            disk_size_gb: None,
-        }],
-        network_interfaces,
-        metadata: Some(Metadata {
-            items: vec![
-                MetadataItem {
-                    key: "ssh-keys".into(),
-                    value: format!("{}:{}", ctx.profile.ssh.user, ctx.ssh_public_key.trim()),
-                },
-                MetadataItem {
-                    key: "block-project-ssh-keys".into(),
-                    value: "true".into(),
-                },
-            ],
-        }),
-        tags: Some(Tags {
-            items: if cp {
-                vec![CONTROL_PLANE_TAG.into()]
-            } else {
-                vec![]
-            },
-        }),
-        labels,
-        resource_policies: fabric
-            .map(|f| vec![f.placement_policy.clone()])
-            .unwrap_or_default(),
-    })
+                })
+                .set_automatic_restart(true),
+        )
+        .set_disks([AttachedDisk::new()
+            .set_boot(true)
+            .set_auto_delete(true)
+            .set_initialize_params(
+                AttachedDiskInitializeParams::new()
+                    .set_source_image(image)
+                    .set_disk_size_gb(i64::from(machine.boot_disk_gib))
+                    .set_disk_type(super::drift::BOOT_DISK_TYPE)
+                    .set_labels(names.labels()),
+            )])
+        .set_network_interfaces(network_interfaces)
+        .set_metadata(
+            Metadata::new().set_items([
+                metadata::Items::new()
+                    .set_key("ssh-keys")
+                    .set_value(format!(
+                        "{}:{}",
+                        ctx.profile.ssh.user,
+                        ctx.ssh_public_key.trim()
+                    )),
+                metadata::Items::new()
+                    .set_key("block-project-ssh-keys")
+                    .set_value("true"),
+            ]),
+        )
+        .set_tags(Tags::new().set_items(if cp {
+            vec![CONTROL_PLANE_TAG.to_string()]
+        } else {
+            vec![]
+        }))
+        .set_labels(labels)
+        .set_resource_policies(
+            fabric
+                .map(|f| vec![f.placement_policy.clone()])
+                .unwrap_or_default(),
+        ))
 }
 
 /// Label values: lowercase letters, digits, `-` and `_`, at most 63 characters.
@@ -192,13 +194,13 @@ pub(super) async fn ensure_instances(
             tracing::warn!("replacing {d}");
         }
         super::drift::delete(p, &gone).await?;
-        before.retain(|i| !gone.contains(&i.name));
+        before.retain(|i| !i.name.as_ref().is_some_and(|n| gone.contains(n)));
         replaced = gone
             .into_iter()
             .map(|n| ("instance".to_string(), n))
             .collect();
     }
-    let existing: BTreeSet<String> = before.iter().map(|i| i.name.clone()).collect();
+    let existing: BTreeSet<String> = before.iter().filter_map(|i| i.name.clone()).collect();
     // Missing nodes by group, in inventory order.
     let mut groups: BTreeMap<&str, Vec<&Node>> = BTreeMap::new();
     let mut wanted = 0usize;
@@ -215,13 +217,24 @@ pub(super) async fn ensure_instances(
         let machine = machine_for(ctx.profile, first).ok_or_else(|| {
             GcpError::Preflight(format!("group {group} has no gcp machine section"))
         })?;
-        let mt: MachineType = p
-            .api
-            .get(
-                "compute.machineTypes.get",
-                &format!("zones/{}/machineTypes/{}", p.cfg.zone, machine.machine_type),
-            )
-            .await?;
+        let id = "compute.machineTypes.get";
+        let mt = lib(
+            id,
+            &machine.machine_type,
+            p.api
+                .call(
+                    id,
+                    p.api
+                        .machine_types()
+                        .await?
+                        .get()
+                        .set_project(&p.api.project)
+                        .set_zone(&p.cfg.zone)
+                        .set_machine_type(&machine.machine_type),
+                )
+                .send()
+                .await,
+        )?;
         let props = instance_properties(
             ctx,
             names,
@@ -235,37 +248,52 @@ pub(super) async fn ensure_instances(
                 "creating {} {group} instance(s) with one bulkInsert",
                 chunk.len()
             );
-            let per: BTreeMap<String, PerInstanceProperties> = chunk
+            let per: BTreeMap<String, BulkInsertInstanceResourcePerInstanceProperties> = chunk
                 .iter()
                 .map(|n| {
                     let name = names.instance(&n.name);
-                    (name.clone(), PerInstanceProperties { name })
+                    (
+                        name.clone(),
+                        BulkInsertInstanceResourcePerInstanceProperties::new().set_name(name),
+                    )
                 })
                 .collect();
             requested.extend(per.keys().cloned());
-            let body = BulkInsertInstanceResource {
-                count: Some(chunk.len() as i64),
+            let body = BulkInsertInstanceResource::new()
+                .set_count(chunk.len() as i64)
                 // Keep what can be created: a re-run fills in the rest.
-                min_count: Some(1),
-                instance_properties: props.clone(),
-                per_instance_properties: per,
-            };
+                .set_min_count(1)
+                .set_instance_properties(props.clone())
+                .set_per_instance_properties(per);
+            let id = "compute.instances.bulkInsert";
             let op = p
                 .api
-                .mutate(
-                    "compute.instances.bulkInsert",
-                    Method::POST,
-                    &format!("zones/{}/instances/bulkInsert", p.cfg.zone),
-                    Some(&body),
+                .mutation(
+                    id,
+                    ZONE_OPS,
+                    p.api
+                        .instances()
+                        .await?
+                        .bulk_insert()
+                        .set_project(&p.api.project)
+                        .set_zone(&p.cfg.zone)
+                        .set_request_id(request_id())
+                        .set_body(body),
                 )
+                .poller()
+                .until_done()
                 .await;
-            match op {
-                Ok(op) => {
-                    let done = p.api.wait_raw(op).await?;
+            // The finished operation, error or not: its errors name the instances that failed.
+            match lib(id, group, op) {
+                Ok(done) => {
                     if let Some(e) = done.error {
-                        errors.extend(e.errors.into_iter().map(|i| match i.location {
-                            Some(l) if !l.is_empty() => format!("{l}|{}: {}", i.code, i.message),
-                            _ => format!("|{}: {}", i.code, i.message),
+                        errors.extend(e.errors.into_iter().map(|i| {
+                            let code = i.code.unwrap_or_default();
+                            let msg = i.message.unwrap_or_default();
+                            match i.location {
+                                Some(l) if !l.is_empty() => format!("{l}|{code}: {msg}"),
+                                _ => format!("|{code}: {msg}"),
+                            }
                         }));
                     }
                 }
@@ -278,7 +306,7 @@ pub(super) async fn ensure_instances(
     }
     // Which of the requested instances exist now? Report each one that does not.
     let after = list_instances(p, names).await?;
-    let now: BTreeSet<&str> = after.iter().map(|i| i.name.as_str()).collect();
+    let now: BTreeSet<&str> = after.iter().filter_map(|i| i.name.as_deref()).collect();
     for n in requested.iter().filter(|n| now.contains(n.as_str())) {
         p.api.note_created("instance", n);
     }

@@ -5,12 +5,17 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use reqwest::Method;
+use google_cloud_compute_v1::model::{
+    Address, Backend, BackendService, ForwardingRule, HealthCheck, Instance, InstanceGroup,
+    InstanceGroupsAddInstancesRequest, InstanceGroupsListInstancesRequest, InstanceReference,
+    TCPHealthCheck,
+};
+use google_cloud_lro::Poller;
 
-use super::adopt::get_or_insert;
+use super::adopt::{get_or_insert, Body};
+use super::client::{check, lib, request_id, ZONE_OPS};
 use super::instances::label_value;
 use super::names::{last_segment, Names, GROUP_LABEL};
-use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::provider::ProvisionContext;
 
@@ -21,64 +26,51 @@ pub(super) async fn ensure_load_balancer(
     net: &str,
     instances: &[Instance],
 ) -> Result<Option<Ipv4Addr>, GcpError> {
-    let cfg = &p.cfg;
     let port = i32::from(ctx.profile.api_server.port);
-    let zone_igs = format!("zones/{}/instanceGroups", cfg.zone);
     let ig = get_or_insert(
         p,
         names,
         "instance group",
-        &zone_igs,
-        "instanceGroups",
-        &InstanceGroup {
-            name: names.instance_group(),
-            description: Some(names.marker()),
-            network: Some(net.to_string()),
-            ..Default::default()
-        },
-        &names.instance_group(),
+        Body::InstanceGroup(
+            InstanceGroup::new()
+                .set_name(names.instance_group())
+                .set_description(names.marker())
+                .set_network(net),
+        ),
     )
     .await?;
-    ensure_group_members(p, names, &zone_igs, instances).await?;
+    ensure_group_members(p, names, instances).await?;
 
-    let region_path = |c: &str| format!("regions/{}/{c}", cfg.region);
     let hc = get_or_insert(
         p,
         names,
         "health check",
-        &region_path("healthChecks"),
-        "regionHealthChecks",
-        &HealthCheck {
-            name: names.health_check(),
-            description: Some(names.marker()),
-            kind: "TCP".into(),
-            tcp_health_check: Some(TcpHealthCheck { port }),
-            check_interval_sec: Some(5),
-            timeout_sec: Some(5),
-            ..Default::default()
-        },
-        &names.health_check(),
+        Body::HealthCheck(
+            HealthCheck::new()
+                .set_name(names.health_check())
+                .set_description(names.marker())
+                .set_type("TCP")
+                .set_tcp_health_check(TCPHealthCheck::new().set_port(port))
+                .set_check_interval_sec(5)
+                .set_timeout_sec(5),
+        ),
     )
     .await?;
     let bs = get_or_insert(
         p,
         names,
         "backend service",
-        &region_path("backendServices"),
-        "regionBackendServices",
-        &BackendService {
-            name: names.backend_service(),
-            description: Some(names.marker()),
-            load_balancing_scheme: "EXTERNAL".into(),
-            protocol: "TCP".into(),
-            backends: vec![Backend {
-                group: ig,
-                balancing_mode: Some("CONNECTION".into()),
-            }],
-            health_checks: vec![hc],
-            ..Default::default()
-        },
-        &names.backend_service(),
+        Body::BackendService(
+            BackendService::new()
+                .set_name(names.backend_service())
+                .set_description(names.marker())
+                .set_load_balancing_scheme("EXTERNAL")
+                .set_protocol("TCP")
+                .set_backends([Backend::new()
+                    .set_group(ig)
+                    .set_balancing_mode("CONNECTION")])
+                .set_health_checks([hc]),
+        ),
     )
     .await?;
     // A reserved address keeps the API endpoint (and the certificate SAN) stable.
@@ -86,26 +78,34 @@ pub(super) async fn ensure_load_balancer(
         p,
         names,
         "address",
-        &region_path("addresses"),
-        "addresses",
-        &Address {
-            name: names.address(),
-            description: Some(names.marker()),
-            address_type: Some("EXTERNAL".into()),
-            network_tier: Some("PREMIUM".into()),
-            labels: names.labels(),
-            ..Default::default()
-        },
-        &names.address(),
+        Body::Address(
+            Address::new()
+                .set_name(names.address())
+                .set_description(names.marker())
+                .set_address_type("EXTERNAL")
+                .set_network_tier("PREMIUM")
+                .set_labels(names.labels()),
+        ),
     )
     .await?;
-    let addr: Address = p
-        .api
-        .get(
-            "compute.addresses.get",
-            &format!("{}/{}", region_path("addresses"), names.address()),
-        )
-        .await?;
+    let id = "compute.addresses.get";
+    let addr = lib(
+        id,
+        &names.address(),
+        p.api
+            .call(
+                id,
+                p.api
+                    .addresses()
+                    .await?
+                    .get()
+                    .set_project(&p.api.project)
+                    .set_region(&p.cfg.region)
+                    .set_address(names.address()),
+            )
+            .send()
+            .await,
+    )?;
     let ip = addr
         .address
         .as_deref()
@@ -114,21 +114,18 @@ pub(super) async fn ensure_load_balancer(
         p,
         names,
         "forwarding rule",
-        &region_path("forwardingRules"),
-        "forwardingRules",
-        &ForwardingRule {
-            name: names.forwarding_rule(),
-            description: Some(names.marker()),
-            ip_address: addr.address.clone(),
-            ip_protocol: "TCP".into(),
-            ports: vec![port.to_string()],
-            load_balancing_scheme: "EXTERNAL".into(),
-            network_tier: Some("PREMIUM".into()),
-            backend_service: bs,
-            labels: names.labels(),
-            ..Default::default()
-        },
-        &names.forwarding_rule(),
+        Body::ForwardingRule(
+            ForwardingRule::new()
+                .set_name(names.forwarding_rule())
+                .set_description(names.marker())
+                .set_or_clear_ip_address(addr.address.clone())
+                .set_ip_protocol("TCP")
+                .set_ports([port.to_string()])
+                .set_load_balancing_scheme("EXTERNAL")
+                .set_network_tier("PREMIUM")
+                .set_backend_service(bs)
+                .set_labels(names.labels()),
+        ),
     )
     .await?;
     Ok(ip)
@@ -138,49 +135,44 @@ pub(super) async fn ensure_load_balancer(
 async fn ensure_group_members(
     p: &GcpProvider,
     names: &Names,
-    zone_igs: &str,
     instances: &[Instance],
 ) -> Result<(), GcpError> {
-    #[derive(serde::Deserialize)]
-    struct Member {
-        instance: String,
-    }
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct ListReq {
-        instance_state: &'static str,
-    }
-    let rest = format!("{zone_igs}/{}/listInstances", names.instance_group());
-    let page: ListPage<Member> = p
-        .api
-        .call(
-            "compute.instanceGroups.listInstances",
-            Method::POST,
-            &p.api.path(&rest),
-            &[],
-            Some(&ListReq {
-                instance_state: "ALL",
-            }),
-        )
-        .await?;
+    let group = names.instance_group();
+    let client = p.api.instance_groups().await?;
+    let id = "compute.instanceGroups.listInstances";
+    let page = lib(
+        id,
+        &group,
+        p.api
+            .call(
+                id,
+                client
+                    .list_instances()
+                    .set_project(&p.api.project)
+                    .set_zone(&p.cfg.zone)
+                    .set_instance_group(&group)
+                    .set_body(InstanceGroupsListInstancesRequest::new().set_instance_state("ALL")),
+            )
+            .send()
+            .await,
+    )?;
     let members: BTreeSet<&str> = page
         .items
         .iter()
-        .map(|m| last_segment(&m.instance))
+        .filter_map(|m| m.instance.as_deref().map(last_segment))
         .collect();
     let add: Vec<InstanceReference> = instances
         .iter()
         .filter(|i| {
             i.labels.get(GROUP_LABEL).map(String::as_str) == Some(&label_value("controlPlane"))
         })
-        .filter(|i| !members.contains(i.name.as_str()))
-        .map(|i| InstanceReference {
-            instance: if i.self_link.is_empty() {
-                p.api
-                    .url(&format!("zones/{}/instances/{}", p.cfg.zone, i.name))
-            } else {
-                i.self_link.clone()
-            },
+        .filter_map(|i| i.name.as_deref().map(|n| (n, i)))
+        .filter(|(n, _)| !members.contains(n))
+        .map(|(n, i)| {
+            InstanceReference::new().set_instance(match i.self_link.as_deref() {
+                Some(l) if !l.is_empty() => l.to_string(),
+                _ => p.api.url(&format!("zones/{}/instances/{n}", p.cfg.zone)),
+            })
         })
         .collect();
     if add.is_empty() {
@@ -190,15 +182,23 @@ async fn ensure_group_members(
         "adding {} control plane(s) to the API instance group",
         add.len()
     );
+    let id = "compute.instanceGroups.addInstances";
     let op = p
         .api
-        .mutate(
-            "compute.instanceGroups.addInstances",
-            Method::POST,
-            &format!("{zone_igs}/{}/addInstances", names.instance_group()),
-            Some(&InstanceGroupsAddInstancesRequest { instances: add }),
+        .mutation(
+            id,
+            ZONE_OPS,
+            client
+                .add_instances()
+                .set_project(&p.api.project)
+                .set_zone(&p.cfg.zone)
+                .set_instance_group(&group)
+                .set_request_id(request_id())
+                .set_body(InstanceGroupsAddInstancesRequest::new().set_instances(add)),
         )
-        .await?;
-    p.api.wait(op).await?;
+        .poller()
+        .until_done()
+        .await;
+    check(lib(id, &group, op)?)?;
     Ok(())
 }

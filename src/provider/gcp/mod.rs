@@ -1,5 +1,6 @@
 //! The GCP provider: a cluster's network, firewall, API load balancer and GPU instances on
-//! Compute Engine, through the v1 REST API (see `client`), found again by label or ownership
+//! Compute Engine, through Google's Rust client libraries (`google-cloud-compute-v1`,
+//! `google-cloud-auth`; see `client` and `auth`), found again by label or ownership
 //! marker (see `names`) so that re-runs adopt and teardown removes only what is ours.
 //!
 //! Project, region and zone come from the profile, else from the environment
@@ -19,12 +20,11 @@ pub mod names;
 pub mod preflight;
 pub mod provision;
 pub mod teardown;
-pub mod types;
 
 use crate::profile::{GcpProviderSpec, Profile};
 use crate::provider::{Provider, ProviderFuture, ProvisionContext, Provisioned, TeardownReport};
 
-use auth::{Credentials, TokenSource};
+use auth::Credentials;
 use client::{ApiError, Compute, RetryPolicy, DEFAULT_ENDPOINT};
 use names::Names;
 
@@ -164,13 +164,13 @@ pub struct GcpProvider {
 
 impl GcpProvider {
     pub fn new(cfg: GcpConfig) -> Result<GcpProvider, GcpError> {
+        auth::install_crypto();
         let api = Compute::new(
             &cfg.endpoint,
             &cfg.project,
-            TokenSource::new(cfg.credentials.clone()),
+            cfg.credentials.clone(),
             cfg.retry,
-        )
-        .map_err(|e| GcpError::Config(format!("cannot set up the HTTP client: {e}")))?;
+        );
         Ok(GcpProvider { cfg, api })
     }
 }

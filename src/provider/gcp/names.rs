@@ -7,7 +7,6 @@
 //! Teardown and adoption treat a resource as ours only if it has the label, or both the exact
 //! description and the name prefix: a same-named resource someone else made is refused.
 
-use super::types::Labels;
 use crate::provider::{CLUSTER_LABEL_GCP, CLUSTER_TAG};
 
 /// Label key holding the node name on each instance (instance names carry the cluster prefix).
@@ -22,6 +21,9 @@ pub const CONTROL_PLANE_TAG: &str = "k8sforge-controlplane";
 /// Where Google's health checks for external passthrough network load balancers come from;
 /// they must reach the API port on the control planes.
 pub const HEALTH_CHECK_RANGES: [&str; 3] = ["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"];
+
+/// Resource labels (the library takes any `(key, value)` iterator).
+pub type Labels = std::collections::BTreeMap<String, String>;
 
 #[derive(Debug, Clone)]
 pub struct Names {

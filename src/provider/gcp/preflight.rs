@@ -5,8 +5,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use google_cloud_compute_v1::model::{AcceleratorType, Instance, Network, Quota};
+
+use super::client::{lib, lib_opt};
 use super::names::{last_segment, Names};
-use super::types::{AcceleratorType, Instance, MachineType, Project, Quota, Region};
 use super::{GcpError, GcpProvider};
 use crate::inventory::Node;
 use crate::profile::{GcpMachine, Profile};
@@ -112,25 +114,30 @@ pub fn shortfall_message(
     m
 }
 
+/// Metric names compared as strings: values newer than the library's enum still match.
 fn quota<'a>(quotas: &'a [Quota], metric: &str) -> Option<&'a Quota> {
-    quotas.iter().find(|q| q.metric == metric)
+    quotas
+        .iter()
+        .find(|q| q.metric.as_ref().and_then(|m| m.name()) == Some(metric))
 }
 
 pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<(), GcpError> {
     let names = Names::new(&ctx.profile.name);
     let zone = &p.cfg.zone;
     // Only what is missing counts: a re-run adds nothing, so it needs no quota.
-    let existing: BTreeSet<String> = p
-        .api
-        .list_all::<Instance>(
-            "compute.instances.list",
-            &format!("zones/{zone}/instances"),
-            Some(&names.label_filter()),
-        )
-        .await?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
+    let listed: Vec<Instance> = crate::gcp_list_all!(
+        p.api,
+        "compute.instances.list",
+        zone,
+        p.api
+            .instances()
+            .await?
+            .list()
+            .set_project(&p.api.project)
+            .set_zone(zone)
+            .set_filter(names.label_filter())
+    );
+    let existing: BTreeSet<String> = listed.into_iter().filter_map(|i| i.name).collect();
     let mut shapes: BTreeMap<String, Shape> = BTreeMap::new();
     let mut missing_nodes = 0u64;
     for node in &ctx.planned.nodes {
@@ -174,17 +181,18 @@ async fn missing_networks(
     if super::gpu_fabric::cluster_needs(profile) {
         wanted.extend((1..=super::gpu_fabric::GPU_NICS).map(|i| names.gpu_network(i)));
     }
-    let have: BTreeSet<String> = p
-        .api
-        .list_all::<super::types::Network>(
-            "compute.networks.list",
-            "global/networks",
-            Some(&names.description_filter()),
-        )
-        .await?
-        .into_iter()
-        .map(|n| n.name)
-        .collect();
+    let listed: Vec<Network> = crate::gcp_list_all!(
+        p.api,
+        "compute.networks.list",
+        "global/networks",
+        p.api
+            .networks()
+            .await?
+            .list()
+            .set_project(&p.api.project)
+            .set_filter(names.description_filter())
+    );
+    let have: BTreeSet<String> = listed.into_iter().filter_map(|n| n.name).collect();
     Ok(wanted.into_iter().filter(|n| !have.contains(n)).collect())
 }
 
@@ -194,13 +202,24 @@ async fn check_types(p: &GcpProvider, shapes: &BTreeMap<String, Shape>) -> Resul
     let mut problems = Vec::new();
     for s in shapes.values() {
         let mt = &s.machine.machine_type;
-        let found: Option<MachineType> = p
-            .api
-            .get_opt(
-                "compute.machineTypes.get",
-                &format!("zones/{zone}/machineTypes/{mt}"),
-            )
-            .await?;
+        let id = "compute.machineTypes.get";
+        let found = lib_opt(
+            id,
+            mt,
+            p.api
+                .call(
+                    id,
+                    p.api
+                        .machine_types()
+                        .await?
+                        .get()
+                        .set_project(&p.api.project)
+                        .set_zone(zone)
+                        .set_machine_type(mt),
+                )
+                .send()
+                .await,
+        )?;
         if found.is_none() {
             problems.push(format!(
                 "machine type {mt} (group {}) is not offered in zone {zone}; see `gcloud compute machine-types list --filter=zone:{zone}`",
@@ -213,26 +232,38 @@ async fn check_types(p: &GcpProvider, shapes: &BTreeMap<String, Shape>) -> Resul
         let Some(at) = &s.machine.accelerator_type else {
             continue;
         };
-        let acc: Option<AcceleratorType> = p
-            .api
-            .get_opt(
-                "compute.acceleratorTypes.get",
-                &format!("zones/{zone}/acceleratorTypes/{at}"),
-            )
-            .await?;
+        let id = "compute.acceleratorTypes.get";
+        let acc = lib_opt(
+            id,
+            at,
+            p.api
+                .call(
+                    id,
+                    p.api
+                        .accelerator_types()
+                        .await?
+                        .get()
+                        .set_project(&p.api.project)
+                        .set_zone(zone)
+                        .set_accelerator_type(at),
+                )
+                .send()
+                .await,
+        )?;
         match acc {
             None => {
-                let offered: Vec<String> = p
-                    .api
-                    .list_all::<AcceleratorType>(
-                        "compute.acceleratorTypes.list",
-                        &format!("zones/{zone}/acceleratorTypes"),
-                        None,
-                    )
-                    .await?
-                    .into_iter()
-                    .map(|a| a.name)
-                    .collect();
+                let listed: Vec<AcceleratorType> = crate::gcp_list_all!(
+                    p.api,
+                    "compute.acceleratorTypes.list",
+                    zone,
+                    p.api
+                        .accelerator_types()
+                        .await?
+                        .list()
+                        .set_project(&p.api.project)
+                        .set_zone(zone)
+                );
+                let offered: Vec<String> = listed.into_iter().filter_map(|a| a.name).collect();
                 problems.push(format!(
                     "accelerator type {at} (group {}) does not exist in zone {zone}; offered there: {}",
                     s.group,
@@ -252,11 +283,12 @@ async fn check_types(p: &GcpProvider, shapes: &BTreeMap<String, Shape>) -> Resul
         }
         if let Some(m) = found {
             if let Some(b) = m.accelerators.first() {
-                let bundled = last_segment(&b.guest_accelerator_type);
-                if bundled != at || b.guest_accelerator_count != s.gpus as i32 {
+                let bundled = last_segment(b.guest_accelerator_type.as_deref().unwrap_or(""));
+                let count = b.guest_accelerator_count.unwrap_or(0);
+                if bundled != at || count != s.gpus as i32 {
                     problems.push(format!(
-                        "machine type {mt} comes with {} x {bundled}, but group {} asks for {} x {at}",
-                        b.guest_accelerator_count, s.group, s.gpus
+                        "machine type {mt} comes with {count} x {bundled}, but group {} asks for {} x {at}",
+                        s.group, s.gpus
                     ));
                 }
             }
@@ -272,6 +304,14 @@ async fn check_types(p: &GcpProvider, shapes: &BTreeMap<String, Shape>) -> Resul
     }
 }
 
+fn limit(q: &Quota) -> f64 {
+    q.limit.unwrap_or(0.0)
+}
+
+fn usage(q: &Quota) -> f64 {
+    q.usage.unwrap_or(0.0)
+}
+
 async fn check_quotas(
     p: &GcpProvider,
     names: &Names,
@@ -280,24 +320,59 @@ async fn check_quotas(
     networks: Vec<String>,
 ) -> Result<(), GcpError> {
     let cfg = &p.cfg;
-    let region: Region = p
-        .api
-        .get("compute.regions.get", &format!("regions/{}", cfg.region))
-        .await?;
-    let project: Project = p.api.get("compute.projects.get", "").await?;
+    let id = "compute.regions.get";
+    let region = lib(
+        id,
+        &cfg.region,
+        p.api
+            .call(
+                id,
+                p.api
+                    .regions()
+                    .await?
+                    .get()
+                    .set_project(&p.api.project)
+                    .set_region(&cfg.region),
+            )
+            .send()
+            .await,
+    )?;
+    let id = "compute.projects.get";
+    let project = lib(
+        id,
+        &cfg.project,
+        p.api
+            .call(
+                id,
+                p.api.projects().await?.get().set_project(&p.api.project),
+            )
+            .send()
+            .await,
+    )?;
 
     let mut regional: BTreeMap<String, f64> = BTreeMap::new();
     let mut global: BTreeMap<String, f64> = BTreeMap::new();
     for s in shapes.values() {
-        let mt: MachineType = p
-            .api
-            .get(
-                "compute.machineTypes.get",
-                &format!("zones/{}/machineTypes/{}", cfg.zone, s.machine.machine_type),
-            )
-            .await?;
+        let id = "compute.machineTypes.get";
+        let mt = lib(
+            id,
+            &s.machine.machine_type,
+            p.api
+                .call(
+                    id,
+                    p.api
+                        .machine_types()
+                        .await?
+                        .get()
+                        .set_project(&p.api.project)
+                        .set_zone(&cfg.zone)
+                        .set_machine_type(&s.machine.machine_type),
+                )
+                .send()
+                .await,
+        )?;
         let n = s.count as f64;
-        let cpus = f64::from(mt.guest_cpus) * n;
+        let cpus = f64::from(mt.guest_cpus.unwrap_or(0)) * n;
         *regional.entry("CPUS".into()).or_default() += cpus;
         *global.entry("CPUS_ALL_REGIONS".into()).or_default() += cpus;
         // Family quotas (N2_CPUS, C3_CPUS, …) exist only for some families; checked if reported.
@@ -318,14 +393,25 @@ async fn check_quotas(
         }
     }
     // One external address per instance, plus the API load balancer's if not reserved yet.
-    let lb_exists = p
-        .api
-        .get_opt::<serde_json::Value>(
-            "compute.addresses.get",
-            &format!("regions/{}/addresses/{}", cfg.region, names.address()),
-        )
-        .await?
-        .is_some();
+    let id = "compute.addresses.get";
+    let lb_exists = lib_opt(
+        id,
+        &names.address(),
+        p.api
+            .call(
+                id,
+                p.api
+                    .addresses()
+                    .await?
+                    .get()
+                    .set_project(&p.api.project)
+                    .set_region(&cfg.region)
+                    .set_address(names.address()),
+            )
+            .send()
+            .await,
+    )?
+    .is_some();
     *regional.entry("IN_USE_ADDRESSES".into()).or_default() +=
         instances as f64 + if lb_exists { 0.0 } else { 1.0 };
 
@@ -337,12 +423,12 @@ async fn check_quotas(
     let mut unchecked = Vec::new();
     for (metric, needed) in &regional {
         match quota(&region.quotas, metric) {
-            Some(q) if q.usage + needed > q.limit => short.push(Shortfall {
+            Some(q) if usage(q) + needed > limit(q) => short.push(Shortfall {
                 metric: metric.clone(),
                 scope: format!("region {}", cfg.region),
                 needed: *needed,
-                limit: q.limit,
-                usage: q.usage,
+                limit: limit(q),
+                usage: usage(q),
             }),
             Some(_) => {}
             None if metric.ends_with("_GPUS") => unchecked.push(metric.clone()),
@@ -351,13 +437,13 @@ async fn check_quotas(
     }
     for (metric, needed) in &global {
         if let Some(q) = quota(&project.quotas, metric) {
-            if q.usage + needed > q.limit {
+            if usage(q) + needed > limit(q) {
                 short.push(Shortfall {
                     metric: metric.clone(),
                     scope: "project-wide (all regions)".into(),
                     needed: *needed,
-                    limit: q.limit,
-                    usage: q.usage,
+                    limit: limit(q),
+                    usage: usage(q),
                 });
             }
         }

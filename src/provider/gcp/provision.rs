@@ -6,14 +6,17 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use google_cloud_compute_v1::model;
+use google_cloud_compute_v1::model::firewall::Allowed;
+use google_cloud_compute_v1::model::{Firewall, Instance};
+use google_cloud_lro::Poller;
 use ipnet::Ipv4Net;
-use reqwest::Method;
 
-use super::adopt::get_or_insert;
+use super::adopt::{get_or_insert, Body};
+use super::client::{check, lib, request_id, GLOBAL_OPS};
 use super::instances::ensure_instances;
 use super::loadbalancer::ensure_load_balancer;
 use super::names::{Names, CONTROL_PLANE_TAG, HEALTH_CHECK_RANGES, POD_RANGE_NAME};
-use super::types::*;
 use super::{GcpError, GcpProvider};
 use crate::inventory::{ApiEndpoint, Inventory};
 use crate::provider::{ProvisionContext, Provisioned};
@@ -33,22 +36,11 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Provisio
 }
 
 async fn ensure_network(p: &GcpProvider, names: &Names) -> Result<String, GcpError> {
-    let body = Network {
-        name: names.network(),
-        description: Some(names.marker()),
-        auto_create_subnetworks: Some(false),
-        ..Default::default()
-    };
-    get_or_insert(
-        p,
-        names,
-        "network",
-        "global/networks",
-        "networks",
-        &body,
-        &body.name,
-    )
-    .await
+    let body = model::Network::new()
+        .set_name(names.network())
+        .set_description(names.marker())
+        .set_auto_create_subnetworks(false);
+    get_or_insert(p, names, "network", Body::Network(body)).await
 }
 
 async fn ensure_subnetwork(
@@ -58,51 +50,49 @@ async fn ensure_subnetwork(
     net: &str,
 ) -> Result<String, GcpError> {
     let nw = &ctx.profile.network;
-    let body = Subnetwork {
-        name: names.subnetwork(),
-        description: Some(names.marker()),
-        network: net.to_string(),
-        ip_cidr_range: nw.node_cidr.to_string(),
-        secondary_ip_ranges: vec![SecondaryRange {
-            range_name: POD_RANGE_NAME.into(),
-            ip_cidr_range: nw.pod_cidr.to_string(),
-        }],
-        private_ip_google_access: Some(true),
-        ..Default::default()
-    };
-    let collection = format!("regions/{}/subnetworks", p.cfg.region);
-    let url = get_or_insert(
-        p,
-        names,
-        "subnetwork",
-        &collection,
-        "subnetworks",
-        &body,
-        &body.name,
-    )
-    .await?;
+    let name = names.subnetwork();
+    let want_nodes = nw.node_cidr.to_string();
+    let want_pods = nw.pod_cidr.to_string();
+    let body = model::Subnetwork::new()
+        .set_name(name.clone())
+        .set_description(names.marker())
+        .set_network(net)
+        .set_ip_cidr_range(want_nodes.clone())
+        .set_secondary_ip_ranges([model::SubnetworkSecondaryRange::new()
+            .set_range_name(POD_RANGE_NAME)
+            .set_ip_cidr_range(want_pods.clone())])
+        .set_private_ip_google_access(true);
+    let url = get_or_insert(p, names, "subnetwork", Body::Subnetwork(body)).await?;
     // An adopted subnetwork must have the ranges the inventory and the pods rely on.
-    let have: Subnetwork = p
-        .api
-        .get(
-            "compute.subnetworks.get",
-            &format!("{collection}/{}", body.name),
-        )
-        .await?;
+    let id = "compute.subnetworks.get";
+    let have = lib(
+        id,
+        &name,
+        p.api
+            .call(
+                id,
+                p.api
+                    .subnetworks()
+                    .await?
+                    .get()
+                    .set_project(&p.api.project)
+                    .set_region(&p.cfg.region)
+                    .set_subnetwork(&name),
+            )
+            .send()
+            .await,
+    )?;
+    let have_nodes = have.ip_cidr_range.clone().unwrap_or_default();
     let pods = have
         .secondary_ip_ranges
         .iter()
-        .find(|r| r.range_name == POD_RANGE_NAME);
-    if have.ip_cidr_range != body.ip_cidr_range
-        || pods.map(|r| r.ip_cidr_range.as_str())
-            != Some(body.secondary_ip_ranges[0].ip_cidr_range.as_str())
-    {
+        .find(|r| r.range_name.as_deref() == Some(POD_RANGE_NAME))
+        .and_then(|r| r.ip_cidr_range.clone());
+    if have_nodes != want_nodes || pods.as_deref() != Some(want_pods.as_str()) {
         return Err(GcpError::Config(format!(
-            "subnetwork {} exists with range {} and pods range {}, but the profile asks for nodeCIDR {} and podCIDR {}; \
+            "subnetwork {name} exists with range {have_nodes} and pods range {}, but the profile asks for nodeCIDR {} and podCIDR {}; \
              change the profile back, or tear the cluster down and re-create it",
-            body.name,
-            have.ip_cidr_range,
-            pods.map_or("(none)", |r| r.ip_cidr_range.as_str()),
+            pods.as_deref().unwrap_or("(none)"),
             nw.node_cidr,
             nw.pod_cidr
         )));
@@ -110,58 +100,56 @@ async fn ensure_subnetwork(
     Ok(url)
 }
 
+fn allow(proto: &str, ports: Vec<String>) -> Allowed {
+    Allowed::new().set_ip_protocol(proto).set_ports(ports)
+}
+
 /// API and SSH from the admin CIDRs, everything between nodes and pods, the API port from
 /// Google's health checkers to control planes; nothing else.
 pub fn firewall_rules(ctx: &ProvisionContext<'_>, names: &Names, net: &str) -> Vec<Firewall> {
     let nw = &ctx.profile.network;
     let api_port = ctx.profile.api_server.port.to_string();
-    let admin = ctx
+    let admin: Vec<String> = ctx
         .profile
         .provider
         .gcp
         .as_ref()
         .map(|g| g.admin_cidrs.iter().map(|c| c.to_string()).collect())
         .unwrap_or_default();
-    let rule = |name: String,
-                allowed: Vec<FirewallAllowed>,
-                sources: Vec<String>,
-                tags: Vec<String>| Firewall {
-        name,
-        description: Some(names.marker()),
-        network: net.to_string(),
-        direction: Some("INGRESS".into()),
-        priority: Some(1000),
-        allowed,
-        source_ranges: sources,
-        target_tags: tags,
-        ..Default::default()
-    };
-    let all = |proto: &str| FirewallAllowed {
-        ip_protocol: proto.into(),
-        ports: vec![],
+    let rule = |name: String, allowed: Vec<Allowed>, sources: Vec<String>, tags: Vec<String>| {
+        Firewall::new()
+            .set_name(name)
+            .set_description(names.marker())
+            .set_network(net)
+            .set_direction("INGRESS")
+            .set_priority(1000)
+            .set_allowed(allowed)
+            .set_source_ranges(sources)
+            .set_target_tags(tags)
     };
     vec![
         rule(
             names.firewall_internal(),
-            vec![all("tcp"), all("udp"), all("icmp")],
+            vec![
+                allow("tcp", vec![]),
+                allow("udp", vec![]),
+                allow("icmp", vec![]),
+            ],
             vec![nw.node_cidr.to_string(), nw.pod_cidr.to_string()],
             vec![],
         ),
         rule(
             names.firewall_admin(),
-            vec![FirewallAllowed {
-                ip_protocol: "tcp".into(),
-                ports: vec![ctx.profile.ssh.port.to_string(), api_port.clone()],
-            }],
+            vec![allow(
+                "tcp",
+                vec![ctx.profile.ssh.port.to_string(), api_port.clone()],
+            )],
             admin,
             vec![],
         ),
         rule(
             names.firewall_health(),
-            vec![FirewallAllowed {
-                ip_protocol: "tcp".into(),
-                ports: vec![api_port],
-            }],
+            vec![allow("tcp", vec![api_port])],
             HEALTH_CHECK_RANGES.iter().map(|s| s.to_string()).collect(),
             vec![CONTROL_PLANE_TAG.into()],
         ),
@@ -175,19 +163,22 @@ async fn ensure_firewalls(
     net: &str,
 ) -> Result<(), GcpError> {
     for fw in firewall_rules(ctx, names, net) {
-        get_or_insert(
-            p,
-            names,
-            "firewall rule",
-            "global/firewalls",
-            "firewalls",
-            &fw,
-            &fw.name,
-        )
-        .await?;
+        let name = fw.name.clone().unwrap_or_default();
+        get_or_insert(p, names, "firewall rule", Body::Firewall(fw.clone())).await?;
         // Adopted rules follow the profile (e.g. changed admin CIDRs): patch what differs.
-        let rest = format!("global/firewalls/{}", fw.name);
-        let have: Firewall = p.api.get("compute.firewalls.get", &rest).await?;
+        let client = p.api.firewalls().await?;
+        let id = "compute.firewalls.get";
+        let have = lib(
+            id,
+            &name,
+            p.api
+                .call(
+                    id,
+                    client.get().set_project(&p.api.project).set_firewall(&name),
+                )
+                .send()
+                .await,
+        )?;
         let sorted = |v: &[String]| {
             let mut v = v.to_vec();
             v.sort();
@@ -197,28 +188,28 @@ async fn ensure_firewalls(
             || have.allowed != fw.allowed
             || sorted(&have.target_tags) != sorted(&fw.target_tags)
         {
-            tracing::debug!("updating firewall rule {} to match the profile", fw.name);
-            #[derive(serde::Serialize)]
-            #[serde(rename_all = "camelCase")]
-            struct Patch<'a> {
-                allowed: &'a [FirewallAllowed],
-                source_ranges: &'a [String],
-                target_tags: &'a [String],
-            }
+            tracing::debug!("updating firewall rule {name} to match the profile");
+            let id = "compute.firewalls.patch";
+            let patch = Firewall::new()
+                .set_allowed(fw.allowed.clone())
+                .set_source_ranges(fw.source_ranges.clone())
+                .set_target_tags(fw.target_tags.clone());
             let op = p
                 .api
-                .mutate(
-                    "compute.firewalls.patch",
-                    Method::PATCH,
-                    &rest,
-                    Some(&Patch {
-                        allowed: &fw.allowed,
-                        source_ranges: &fw.source_ranges,
-                        target_tags: &fw.target_tags,
-                    }),
+                .mutation(
+                    id,
+                    GLOBAL_OPS,
+                    client
+                        .patch()
+                        .set_project(&p.api.project)
+                        .set_firewall(&name)
+                        .set_request_id(request_id())
+                        .set_body(patch),
                 )
-                .await?;
-            p.api.wait(op).await?;
+                .poller()
+                .until_done()
+                .await;
+            check(lib(id, &name, op)?)?;
         }
     }
     Ok(())
@@ -231,8 +222,10 @@ fn build_inventory(
     instances: &[Instance],
     lb_ip: Option<Ipv4Addr>,
 ) -> Result<Inventory, GcpError> {
-    let by_name: BTreeMap<&str, &Instance> =
-        instances.iter().map(|i| (i.name.as_str(), i)).collect();
+    let by_name: BTreeMap<&str, &Instance> = instances
+        .iter()
+        .filter_map(|i| i.name.as_deref().map(|n| (n, i)))
+        .collect();
     let mut nodes = Vec::with_capacity(ctx.planned.nodes.len());
     for planned in &ctx.planned.nodes {
         let iname = names.instance(&planned.name);
@@ -256,7 +249,7 @@ fn build_inventory(
             .alias_ip_ranges
             .iter()
             .find(|r| r.subnetwork_range_name.as_deref() == Some(POD_RANGE_NAME))
-            .and_then(|r| r.ip_cidr_range.parse().ok())
+            .and_then(|r| r.ip_cidr_range.as_deref().and_then(|c| c.parse().ok()))
             .ok_or_else(|| GcpError::Incomplete(iname.clone(), "alias IP range for pods"))?;
         let mut node = planned.clone();
         node.internal_ip = internal;
