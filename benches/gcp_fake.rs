@@ -16,6 +16,8 @@ mod handlers;
 #[allow(dead_code)]
 mod schema;
 #[path = "../tests/gcp/token.rs"]
+// Only the provider tests set up credentials.
+#[allow(dead_code)]
 mod token;
 
 use std::collections::BTreeMap;

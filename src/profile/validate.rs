@@ -402,7 +402,7 @@ fn check_topology(p: &Profile, r: &mut Reporter) {
     } else {
         "controlPlane.count"
     };
-    if members == 0 || members % 2 == 0 {
+    if members == 0 || members.is_multiple_of(2) {
         r.error(
             etcd_path,
             format!(

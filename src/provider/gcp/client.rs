@@ -467,6 +467,24 @@ macro_rules! gcp_list_all {
     }};
 }
 
+/// A library result in plain words.
+pub fn lib<T>(method: &str, target: &str, r: Result<T, LibError>) -> Result<T, ApiError> {
+    r.map_err(|e| api_error(method, target, e))
+}
+
+/// A `get` whose 404 means "not there".
+pub fn lib_opt<T>(
+    method: &str,
+    target: &str,
+    r: Result<T, LibError>,
+) -> Result<Option<T>, ApiError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.http_status_code() == Some(404) => Ok(None),
+        Err(e) => Err(api_error(method, target, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,23 +521,5 @@ mod tests {
         assert!(!retryable(&e(404)));
         assert!(!retryable(&e(403)));
         assert!(!retryable(&e(400)));
-    }
-}
-
-/// A library result in plain words.
-pub fn lib<T>(method: &str, target: &str, r: Result<T, LibError>) -> Result<T, ApiError> {
-    r.map_err(|e| api_error(method, target, e))
-}
-
-/// A `get` whose 404 means "not there".
-pub fn lib_opt<T>(
-    method: &str,
-    target: &str,
-    r: Result<T, LibError>,
-) -> Result<Option<T>, ApiError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.http_status_code() == Some(404) => Ok(None),
-        Err(e) => Err(api_error(method, target, e)),
     }
 }
