@@ -56,34 +56,6 @@ fn certs(c: &LocalCluster, verb: &str, args: &[&str], env: Option<(&str, &str)>)
     cmd.output().unwrap()
 }
 
-/// etcdctl from the test mirror's etcd release archive, unpacked into `dir`.
-fn etcdctl(mirror_root: &Path, dir: &Path) -> PathBuf {
-    let mut stack = vec![mirror_root.to_path_buf()];
-    let mut archive = None;
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().filter_map(Result::ok) {
-            let p = e.path();
-            let n = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                stack.push(p);
-            } else if n.starts_with("etcd-v") && n.ends_with(".tar.gz") {
-                archive = Some(p);
-            }
-        }
-    }
-    let archive = archive.expect("etcd archive in the test mirror");
-    let out = Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(dir)
-        .args(["--wildcards", "*/etcdctl", "--strip-components=1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    dir.join("etcdctl")
-}
-
 /// Whether `key_pem` is the private key of `cert_pem` (a read between the two renames of a
 /// commit can see a new key with an old certificate: that is a torn read by this test, not a
 /// failed request, and is read again).
@@ -282,7 +254,7 @@ fn etcd_ca_rotates_in_stages_surviving_a_kill_at_each_one_with_zero_failed_reque
 
     // 2. The rotation, killed at every step boundary and inside stages, under the etcd loop.
     let tools = tempfile::tempdir().unwrap();
-    let etcdctl = etcdctl(&m.root, tools.path());
+    let etcdctl = support::etcd_loop::etcdctl(&m.root, tools.path());
     let old_client = tools.path().join("old");
     fs::create_dir(&old_client).unwrap();
     snapshot_client(&dir, &old_client);

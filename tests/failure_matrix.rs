@@ -282,3 +282,109 @@ impl FloorBoundary for String {
         i
     }
 }
+
+/// Every file under `dir` with its mode (for "byte-identical, modes included").
+fn files_and_modes(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    files(dir)
+        .into_iter()
+        .map(|(p, bytes)| {
+            let mode = std::fs::metadata(dir.join(&p))
+                .unwrap()
+                .permissions()
+                .mode();
+            (p, (bytes, mode))
+        })
+        .collect()
+}
+
+/// `certs rotate --dry-run` (leaves, `--ca`, `--sa-keys`) writes nothing: the state directory
+/// is byte-identical afterwards (every file, its mode, no file added), also when the PKI is
+/// incomplete — the dry run then refuses, naming what is missing, instead of issuing it — and a
+/// real rotation refused for the same reason leaves it as it was too. The cluster is `plan`'s,
+/// marked provisioned in its state file: rotation plans offline, before any node is contacted.
+#[test]
+fn certs_rotate_dry_run_writes_nothing_into_the_state_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .env("K8SFORGE_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["plan", "--profile", "local-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = home.path().join("local-3");
+    let state_path = dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["inventory"]["planned"] = serde_json::json!(false);
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    let unchanged = |args: &[&str], want_ok: bool, want_text: &str| {
+        let before = files_and_modes(&dir);
+        let out = run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), want_ok, "{args:?}: {text}");
+        assert!(
+            text.contains(want_text),
+            "{args:?}: {want_text:?} not in {text}"
+        );
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        let after = files_and_modes(&dir);
+        let changed: Vec<&String> = after
+            .iter()
+            .filter(|(p, v)| before.get(*p) != Some(v))
+            .map(|(p, _)| p)
+            .chain(before.keys().filter(|p| !after.contains_key(*p)))
+            .collect();
+        assert!(changed.is_empty(), "{args:?} changed {changed:?}");
+    };
+    let rotate = ["certs", "rotate", "--profile", "local-3"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut a = rotate.to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    // A complete PKI: the plans are printed, nothing is written.
+    unchanged(&with(&["--dry-run"]), true, "dry run: nothing was changed");
+    unchanged(
+        &with(&["--dry-run", "-o", "json"]),
+        true,
+        "\"dryRun\": true",
+    );
+    unchanged(
+        &with(&["--dry-run", "--only", "apiserver"]),
+        true,
+        "1 certificate(s) to renew: apiserver",
+    );
+    unchanged(&with(&["--ca", "--dry-run"]), true, "step 4/4 drop-old");
+    unchanged(&with(&["--sa-keys", "--dry-run"]), true, "sa-switch");
+
+    // An incomplete PKI: refused with what is missing, still nothing written (the old dry run
+    // issued the missing certificate into the state directory).
+    std::fs::remove_file(dir.join("pki/apiserver.crt")).unwrap();
+    std::fs::remove_file(dir.join("pki/apiserver.key")).unwrap();
+    for args in [
+        with(&["--dry-run"]),
+        with(&[]),
+        with(&["--ca", "--dry-run"]),
+        with(&["--ca"]),
+    ] {
+        unchanged(
+            &args,
+            false,
+            "is incomplete (1 missing or invalid: apiserver)",
+        );
+    }
+    assert!(!dir.join("pki/apiserver.crt").exists());
+}
