@@ -388,3 +388,91 @@ fn certs_rotate_dry_run_writes_nothing_into_the_state_directory() {
     }
     assert!(!dir.join("pki/apiserver.crt").exists());
 }
+
+/// The concurrent-second-run row with two real k8sforge processes: while one run holds the
+/// cluster (a `plan` of gpu-1000 with its bundle, which takes seconds), a second `plan`, `up`
+/// or `certs rotate` on the same cluster fails at once (the lock is the first thing a run
+/// takes), naming the holder's pid, command and start; once the holder is SIGKILLed, the next
+/// run takes its lock over with a line saying so. (A dead holder's lock
+/// being taken over, on real nodes: tests/rotate_local.rs; the lock itself:
+/// src/cluster_lock.rs.)
+#[test]
+fn a_second_run_on_a_held_cluster_fails_at_once_naming_the_holder() {
+    let home = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env("K8SFORGE_HOME", home.path()).args(args);
+        c
+    };
+    let out_dir = home.path().join("bundle");
+    let mut first = cmd(&[
+        "plan",
+        "--profile",
+        "gpu-1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lock = home.path().join("gpu-1000/.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The holder record is written right after the lock is taken.
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut refused = 0;
+    for args in [
+        vec!["plan", "--profile", "gpu-1000"],
+        vec!["up", "--profile", "gpu-1000", "--only", "pki"],
+        vec!["certs", "rotate", "--profile", "gpu-1000", "--dry-run"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = cmd(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if first.try_wait().unwrap().is_some() {
+            break; // the first finished meanwhile: nothing left to contend with
+        }
+        refused += 1;
+        assert!(!out.status.success(), "{args:?} ran beside a holder: {err}");
+        assert!(
+            err.contains("cluster gpu-1000 is locked by another k8sforge run (pid ")
+                && err.contains(&format!("pid {} on ", first.id()))
+                && err.contains("`k8sforge plan --profile gpu-1000 --out")
+                && err.contains("since 20"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{args:?} waited for the lock"
+        );
+    }
+    assert!(
+        refused >= 1,
+        "the first run ended before any second run could contend"
+    );
+    // The holder dies without clearing its record: the next run takes the lock over, saying so.
+    let pid = first.id();
+    let _ = first.kill();
+    let _ = first.wait();
+    let out = cmd(&["certs", "rotate", "--profile", "gpu-1000", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is locked by another"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "was left by a run that is no longer running (pid {pid}"
+        )) && err.contains("taking it over"),
+        "{err}"
+    );
+}
