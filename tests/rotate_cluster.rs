@@ -151,7 +151,11 @@ fn deployed(c: &Cluster) -> BTreeMap<(String, String), String> {
 
 /// Paths of CA certificates on nodes (not rotated by a leaf rotation).
 fn is_ca_path(p: &str) -> bool {
-    p.ends_with("/ca.crt") || p.ends_with("front-proxy-ca.crt") || p.ends_with("etcd-ca.crt")
+    p.ends_with("/ca.crt")
+        || p.ends_with("front-proxy-ca.crt")
+        || p.ends_with("etcd-ca.crt")
+        // The controller-manager's CSR signer: the cluster CA's certificate and key.
+        || p.ends_with("/ca-signer.crt")
 }
 
 fn rotate_all_leaves(c: &Cluster, max_failed: usize, max_etcd_failed: usize) {

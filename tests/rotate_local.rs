@@ -101,12 +101,7 @@ impl Cluster {
             .iter()
             .map(|n| {
                 let out = self
-                    .cmd(&[
-                        "ssh",
-                        n,
-                        "--",
-                        "journalctl -u etcd --no-pager | grep -c 'became leader at term' || true",
-                    ])
+                    .cmd(&["ssh", n, "--", support::etcd_loop::ELECTIONS_CMD])
                     .output()
                     .unwrap();
                 String::from_utf8_lossy(&out.stdout)

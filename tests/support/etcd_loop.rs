@@ -62,12 +62,24 @@ pub fn time_of_day(t: std::time::SystemTime) -> String {
 /// own restart needs one. The loop's writes are idempotent (the same value to the same key), so
 /// it sends such a write once more, as a client would; the test bounds these by the elections
 /// the members' journals show.
-const LEADER_CHANGE_ANSWERS: [&str; 4] = [
+pub const LEADER_CHANGE_ANSWERS: [&str; 4] = [
     "raft proposal dropped",
     "etcdserver: leader changed",
     "etcdserver: no leader",
     "context deadline exceeded",
 ];
+
+/// The leader-election answer in `stderr` of a failed etcdctl run, if it is one.
+pub fn leader_change_answer(stderr: &str) -> Option<&'static str> {
+    LEADER_CHANGE_ANSWERS
+        .iter()
+        .copied()
+        .find(|e| stderr.contains(e))
+}
+
+/// Run on each member, prints how many times it became leader (its journal): elections.
+pub const ELECTIONS_CMD: &str =
+    "journalctl -u etcd --no-pager | grep -c 'became leader at term' || true";
 
 /// Writes then reads a key through all members (etcdctl fails over between endpoints; reads
 /// are retried by etcd's client itself) until stopped. A write that got a leader-change answer
@@ -110,15 +122,10 @@ impl EtcdLoop {
                     };
                     let mut out = run();
                     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-                    if !out.status.success()
-                        && args[0] == "put"
-                        && LEADER_CHANGE_ANSWERS.iter().any(|e| stderr.contains(e))
+                    let why = leader_change_answer(&stderr);
+                    if let (false, "put", Some(why)) = (out.status.success(), args[0].as_str(), why)
                     {
                         let at = time_of_day(std::time::SystemTime::now());
-                        let why = LEADER_CHANGE_ANSWERS
-                            .iter()
-                            .find(|e| stderr.contains(*e))
-                            .unwrap_or(&"");
                         r.lock().unwrap().push(format!("{at} put: {why}"));
                         out = run();
                     }
