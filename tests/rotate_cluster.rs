@@ -176,6 +176,16 @@ fn rotate_all_leaves(c: &Cluster, max_failed: usize, max_etcd_failed: usize) {
     let tools = tempfile::tempdir().unwrap();
     let admin = tools.path().join("admin.kubeconfig");
     std::fs::copy(c.dir().join("kubeconfigs/admin.kubeconfig"), &admin).unwrap();
+    // The monitoring stack's scrape certificates Secret, as the addons phase applies it (same
+    // function). The stack's workloads cannot run here (no images of them), so `up` ran
+    // without monitoring and the rotation runs with it enabled: that makes it own the Secret.
+    let km = Kubectl::new(c.kube.kubectl(), &admin);
+    km.ok(&["create", "namespace", "monitoring"]);
+    km.apply(
+        &k8sforge::monitoring::tls_secret(&c.dir().join("pki"))
+            .unwrap()
+            .yaml,
+    );
     // The admin credentials the test started with (a copy: still valid after the rotation).
     let mut k = Kubectl::new(c.kube.kubectl(), &admin);
     k.timeout = "10s";
@@ -205,7 +215,10 @@ fn rotate_all_leaves(c: &Cluster, max_failed: usize, max_etcd_failed: usize) {
     );
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    let out = c.run(&["certs", "rotate"], &["-o", "json"]);
+    let out = c.run(
+        &["certs", "rotate"],
+        &["--set", "monitoring.enabled=true", "-o", "json"],
+    );
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let (ok, failed) = lp.finish();
@@ -225,6 +238,16 @@ fn rotate_all_leaves(c: &Cluster, max_failed: usize, max_etcd_failed: usize) {
         etcd_retried.len()
     );
     assert_eq!(report["ok"], true, "{report:#}");
+    // The Secret now holds the renewed Prometheus client certificates (same CA).
+    assert_eq!(report["scrapeSecret"], "updated", "{report:#}");
+    let want: serde_json::Value = serde_json::from_str(
+        &k8sforge::monitoring::tls_secret(&c.dir().join("pki"))
+            .unwrap()
+            .yaml,
+    )
+    .unwrap();
+    let got = km.json(&["get", "secret", "-n", "monitoring", "k8sforge-scrape-tls"]);
+    assert_eq!(got["data"], want["data"], "scrape Secret not renewed");
     assert!(ok > 20, "the API loop ran only {ok} requests");
     assert!(
         failed.len() <= max_failed,
