@@ -7,8 +7,11 @@
 //! per series is a difference of two measurements rather than a whole process divided by its
 //! series.
 //!
-//! Not in this measurement: kubelet and cAdvisor (they need a whole cluster up, with the kube
-//! binaries, on all N nodes; the bench says so in one line), kube-proxy and kube-state-metrics.
+//! With K8SFORGE_TEST_KUBE_BIN (see DEVELOPERS.md) the whole cluster comes up (`up`, every
+//! phase) and the kubelet and cAdvisor jobs of every node are scraped too, with the client
+//! certificate k8sforge issues for Prometheus and the monitoring add-on's RBAC; without it those
+//! two jobs are skipped with one line. Not in this measurement: kube-proxy and
+//! kube-state-metrics, and any workload (the cluster runs no pods but the add-ons').
 //! The nodes are containers on one host kernel: node-exporter sees the host's CPUs and one veth
 //! per node, as a VM with 2 vCPUs and one NIC would; a real GPU node has more CPUs, NICs and
 //! disks, hence more series (the projection says so).
@@ -74,27 +77,38 @@ fn scalar(prom: &str, q: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// A metric of Prometheus's own /metrics page.
+/// A metric of Prometheus's own /metrics page (summed over its label sets).
 fn own(prom: &str, name: &str) -> f64 {
-    get(&format!("{prom}/metrics"))
+    let values: Vec<f64> = get(&format!("{prom}/metrics"))
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.split_once("} ")?.1,
+                None => rest.strip_prefix(' ')?,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .collect();
+    if values.is_empty() {
+        f64::NAN
+    } else {
+        values.iter().sum()
+    }
 }
 
-/// Wait until `n` node-exporter targets are up and every one has been scraped `scrapes` times
-/// since, then let the head settle for one more interval.
+/// Wait until `n` targets are up, then for a few scrapes of every one.
 fn wait_up(prom: &str, n: usize) {
     let t = Instant::now();
     loop {
-        let up = scalar(prom, "count(up{job=\"node-exporter\"} == 1)");
+        let up = scalar(prom, "count(up == 1)");
         if up as usize == n {
             break;
         }
         assert!(
             t.elapsed() < Duration::from_secs(300),
-            "only {up} of {n} node-exporter targets up after 300 s: {:#?}",
-            query(prom, "up{job=\"node-exporter\"} == 0")
+            "only {up} of {n} targets up after 300 s: {:#?}",
+            query(prom, "up == 0")
         );
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -111,20 +125,46 @@ fn main() {
         println!("skipped: needs the Debian packages prometheus and prometheus-node-exporter");
         return;
     }
-    println!(
-        "kubelet/cAdvisor: not measured here (needs a whole cluster up with kube binaries on all \
-         {n} nodes); node-exporter only"
-    );
-    let c = LocalCluster::reserved("bench-mon", "local-3")
+    let kube = k8sforge_testkit::kube::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let mut c = LocalCluster::reserved("bench-mon", "local-3")
         .with_set(format!("workers[0].count={}", n - 1))
         .with_set("training.enabled=false");
+    let mut jobs = vec![scrape::Job::NodeExporter];
+    match &kube {
+        Some(k) => {
+            let cache = k8sforge_testkit::mirror::default_cache_dir();
+            let base = k8sforge_testkit::mirror::build(&cache).expect("test mirror");
+            let m = k8sforge_testkit::kube::cluster_mirror(&base, k, &cache).expect("mirror");
+            c = c
+                .with_mirror(&m.root)
+                .with_set(format!("kubernetes.version={}", k.version));
+            jobs.extend([scrape::Job::Kubelet, scrape::Job::Cadvisor]);
+        }
+        None => println!(
+            "kubelet/cAdvisor skipped: set {} to bring the whole cluster up (node-exporter only)",
+            k8sforge_testkit::kube::KUBE_BIN_ENV
+        ),
+    }
     let _ = c.cmd(&["teardown"]).output();
     let t = Instant::now();
-    c.up_only("provision");
-    println!(
-        "{n} local nodes booted in {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    if kube.is_some() {
+        let (out, _) = c.up(&[]);
+        assert!(
+            out.status.success(),
+            "up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "{n} local nodes: whole cluster up in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    } else {
+        c.up_only("provision");
+        println!(
+            "{n} local nodes booted in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
 
     // node-exporter on every node, pushed and started by the executor (as a transient unit).
     let inv = k8sforge::state::load_state_at(&c.state_dir().join("state.json"))
@@ -146,8 +186,8 @@ fn main() {
                     restarts: vec![],
                 }],
                 commands: vec![format!(
-                    "systemctl stop {UNIT} 2>/dev/null; systemctl reset-failed {UNIT} 2>/dev/null; \
-                     systemd-run -q --unit={UNIT} {ON_NODE} --web.listen-address={}:{}",
+                    "systemctl stop {UNIT} 2>/dev/null || true; \
+                     systemctl reset-failed {UNIT} 2>/dev/null || true; systemd-run -q --unit={UNIT} {ON_NODE} --web.listen-address={}:{}",
                     node.internal_ip,
                     scrape::NODE_EXPORTER_PORT
                 )],
@@ -177,10 +217,30 @@ fn main() {
         "local-3",
         &[
             format!("name={}", c.name),
+            "monitoring.enabled=true".into(),
             format!("monitoring.scrapeInterval={INTERVAL}"),
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let tmp = tempfile::tempdir().unwrap();
+    if let Some(k) = &kube {
+        // The monitoring add-on's own objects (the scrape RBAC the kubelets check), as the
+        // addons phase applies them, without the in-cluster stack.
+        for m in k8sforge::monitoring::render(&loaded.profile, &inv).unwrap() {
+            let f = tmp.path().join(m.name);
+            std::fs::write(&f, &m.yaml).unwrap();
+            let out = c.kubectl(&k.kubectl()).output(
+                &["apply", "--server-side", "-f", &f.display().to_string()],
+                None,
+            );
+            assert!(
+                out.status.success(),
+                "apply {}: {}",
+                m.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
     let tls = scrape::ScrapeTls::from_pki_dir(&c.state_dir().join("pki"));
     let config_for = |nodes: usize| {
         let mut inv = inv.clone();
@@ -188,13 +248,12 @@ fn main() {
         let configs: Vec<scrape::ScrapeConfig> =
             scrape::scrape_configs(&loaded.profile, &inv, &tls)
                 .into_iter()
-                .filter(|s| s.job_name == scrape::Job::NodeExporter.name())
+                .filter(|s| jobs.iter().any(|j| j.name() == s.job_name))
                 .collect();
-        assert_eq!(configs.len(), 1);
-        assert_eq!(configs[0].static_configs.len(), nodes);
+        assert_eq!(configs.len(), jobs.len());
+        assert!(configs.iter().all(|c| c.static_configs.len() == nodes));
         scrape::prometheus_config(&loaded.profile, &configs, &[])
     };
-    let tmp = tempfile::tempdir().unwrap();
     let config_file = tmp.path().join("prometheus.yml");
     let small = (n / 10).max(1);
     std::fs::write(&config_file, config_for(small)).unwrap();
@@ -217,7 +276,10 @@ fn main() {
     );
     let t = Instant::now();
     while ureq::get(&format!("{prom}/-/ready")).call().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(60), "Prometheus not ready");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "Prometheus not ready"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -229,11 +291,12 @@ fn main() {
                 .send_empty()
                 .unwrap();
         }
-        wait_up(&prom, targets);
+        wait_up(&prom, targets * jobs.len());
         let series = own(&prom, "prometheus_tsdb_head_series");
         let rss = own(&prom, "process_resident_memory_bytes");
         let heap = own(&prom, "go_memstats_heap_inuse_bytes");
-        let mut per_node: Vec<f64> = query(&prom, "scrape_samples_scraped{job=\"node-exporter\"}")
+        // Samples per scrape of each node, all jobs together.
+        let mut per_node: Vec<f64> = query(&prom, "sum by (node) (scrape_samples_scraped)")
             .iter()
             .filter_map(|r| r["value"][1].as_str()?.parse().ok())
             .collect();
@@ -241,8 +304,25 @@ fn main() {
         assert_eq!(per_node.len(), targets);
         rows.push((targets, series, rss, heap, per_node));
     }
+    for j in &jobs {
+        let mut v: Vec<f64> = query(
+            &prom,
+            &format!("scrape_samples_scraped{{job=\"{}\"}}", j.name()),
+        )
+        .iter()
+        .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+        .collect();
+        v.sort_by(f64::total_cmp);
+        println!(
+            "job {}: samples per scrape per node min {:.0} / median {:.0} / max {:.0}",
+            j.name(),
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        );
+    }
     let mib = |b: f64| b / 1048576.0;
-    println!("| node-exporter targets | head series | series per node (min / median / max samples per scrape) | Prometheus RSS | Go heap in use |");
+    println!("| nodes scraped | head series | series per node (min / median / max samples per scrape) | Prometheus RSS | Go heap in use |");
     println!("|---|---|---|---|---|");
     for (t, series, rss, heap, per) in &rows {
         println!(
@@ -265,12 +345,37 @@ fn main() {
          median samples per scrape {:.0}",
         per[per.len() / 2]
     );
+    // The process's fixed part: what the small run held beyond its series.
+    let base = r0 - s0 * per_series_rss;
     let model_series = 1000.0 * series_per_node;
     println!(
-        "model, 1000 nodes (node-exporter only, as measured here): {:.2} M head series, \
-         ≈ {:.1} GiB RSS at the marginal RSS per series (+ the {:.0} MiB measured at {t1} targets)",
+        "model, 1000 nodes (the jobs above, as measured here): {:.2} M head series, \
+         RSS ≈ {:.0} MiB fixed + {:.2} GiB for the series = {:.2} GiB (first minute of scraping)",
         model_series / 1e6,
+        mib(base),
         model_series * per_series_rss / 1073741824.0,
-        mib(*r1)
+        (base + model_series * per_series_rss) / 1073741824.0
     );
+
+    // Memory grows as the head's chunks fill: sample it while all targets are scraped.
+    let hold: u64 = std::env::var("K8SFORGE_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let t = Instant::now();
+    while t.elapsed().as_secs() < hold {
+        std::thread::sleep(Duration::from_secs(60));
+        let series = own(&prom, "prometheus_tsdb_head_series");
+        let rss = own(&prom, "process_resident_memory_bytes");
+        let heap = own(&prom, "go_memstats_heap_inuse_bytes");
+        let samples = own(&prom, "prometheus_tsdb_head_samples_appended_total");
+        println!(
+            "after {:>4} s more at {t1} targets: {series:.0} series, {samples:.0} samples appended, \
+             RSS {:.1} MiB, heap {:.1} MiB ({:.0} B RSS per series)",
+            t.elapsed().as_secs(),
+            mib(rss),
+            mib(heap),
+            rss / series
+        );
+    }
 }
