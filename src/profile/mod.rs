@@ -458,7 +458,7 @@ fn allowed_fields(parent: &str) -> String {
         "pki" => &["keyAlgorithm", "certValidityDays", "caValidityDays"],
         "apiServer" => &["port", "endpoint", "extraSANs", "auditLogMaxAgeDays"],
         "artifacts" => &["mirror", "trustMirrorChecksums"],
-        "ssh" => &["user", "port", "privateKey"],
+        "ssh" => &["user", "port", "privateKey", "address", "concurrency"],
         _ => &[],
     };
     if fields.is_empty() {

@@ -465,6 +465,10 @@ pub struct SshSpec {
     /// (a VPN, Direct Connect, a host in the VPC).
     #[serde(default, skip_serializing_if = "SshAddress::is_public")]
     pub address: SshAddress,
+    /// SSH sessions in flight at once during a phase (default 128). Lower it when the
+    /// operator's machine or uplink is the bottleneck, e.g. pushing binaries to many nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// `ssh.address`.
@@ -489,6 +493,7 @@ impl Default for SshSpec {
             port: 22,
             private_key: None,
             address: SshAddress::Public,
+            concurrency: None,
         }
     }
 }
