@@ -430,7 +430,14 @@ fn allowed_fields(parent: &str) -> String {
             "hostKeyWaitSeconds",
         ],
         "provider.aws.ami" => &["owner", "name"],
-        "provider.gcp" => &["project", "region", "zone", "adminCIDRs", "image"],
+        "provider.gcp" => &[
+            "project",
+            "region",
+            "zone",
+            "adminCIDRs",
+            "image",
+            "hostKeyWaitSeconds",
+        ],
         "kubernetes" => &["version", "clusterDomain"],
         "network" => &[
             "nodeCIDR",

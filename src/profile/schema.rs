@@ -241,6 +241,11 @@ pub struct GcpProviderSpec {
     pub admin_cidrs: Vec<Ipv4Net>,
     /// Boot image, e.g. `projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts`.
     pub image: String,
+    /// Seconds provision waits for new instances' SSH host keys in their guest attributes
+    /// (the guest agent writes them once booted) before leaving them to first contact.
+    /// Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -138,6 +138,11 @@ fn instance_properties(
                     key: "block-project-ssh-keys".into(),
                     value: "true".into(),
                 },
+                // The guest agent then publishes the SSH host keys (see `host_keys`).
+                MetadataItem {
+                    key: super::host_keys::METADATA_KEY.into(),
+                    value: "TRUE".into(),
+                },
             ],
         }),
         tags: Some(Tags {

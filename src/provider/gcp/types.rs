@@ -254,6 +254,34 @@ pub struct Instance {
     pub guest_accelerators: Vec<AcceleratorConfig>,
     #[serde(default)]
     pub disks: Vec<InstanceDisk>,
+    /// The instance's metadata (`ssh-keys`, `enable-guest-attributes`, …).
+    #[serde(default)]
+    pub metadata: Option<Metadata>,
+}
+
+/// `instances.getGuestAttributes`'s answer (only what host keys need).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestAttributes {
+    #[serde(default)]
+    pub query_value: Option<GuestAttributesValue>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GuestAttributesValue {
+    #[serde(default)]
+    pub items: Vec<GuestAttributesEntry>,
+}
+
+/// One `namespace/key = value` guest attribute.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GuestAttributesEntry {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub key: String,
+    #[serde(default)]
+    pub value: String,
 }
 
 /// An instance's attached disk as `instances.list` reports it.
