@@ -108,9 +108,11 @@ fn main() {
         let (out, report) = s.up();
         let secs = t.elapsed().as_secs_f64();
         let ph = phases(&report);
+        // With kube binaries every phase must finish: a failed control plane is not a figure.
+        let full = kube.is_some();
         assert!(
             ph.iter()
-                .filter(|p| ["provision", "pki", "etcd", "runtime"].contains(&p.0.as_str()))
+                .filter(|p| full || ["provision", "pki", "etcd", "runtime"].contains(&p.0.as_str()))
                 .all(|p| p.1 == "done"),
             "{label}: {}\n{report:#}",
             String::from_utf8_lossy(&out.stderr)

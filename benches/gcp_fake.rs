@@ -62,12 +62,14 @@ fn main() {
         .expect("profile");
         let p = loaded.profile;
         let inv = k8sforge::inventory::planned(&p, &BTreeMap::new()).expect("inventory");
-        let cfg = GcpConfig::resolve(
+        let mut cfg = GcpConfig::resolve(
             p.provider.gcp.as_ref().expect("gcp"),
             fake.endpoint(),
             Credentials::Anonymous,
         )
         .expect("config");
+        // No guest agent behind the fake: one look for host keys, no wait.
+        cfg.host_key_wait = std::time::Duration::ZERO;
         let gcp = GcpProvider::new(cfg).expect("provider");
         let ctx = ProvisionContext {
             profile: &p,

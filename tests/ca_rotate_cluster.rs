@@ -12,14 +12,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8sforge_testkit::kube::{self, KUBE_BIN_ENV};
 use k8sforge_testkit::mirror;
+use support::kubectl::{server_of, ApiLoop, Kubectl};
 use support::local_cluster::LocalCluster;
 
 fn text(o: &Output) -> String {
@@ -47,66 +46,12 @@ fn certs(c: &LocalCluster, verb: &str, args: &[&str]) -> Output {
     cmd.args(args).output().unwrap()
 }
 
-fn kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// `kubectl get --raw` in a loop through the API endpoint, each request a new connection with
-/// the state directory's admin kubeconfig of the moment (written atomically by k8sforge).
-struct ApiLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<Mutex<Vec<(f64, String)>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ApiLoop {
-    fn start(kubectl_bin: PathBuf, kubeconfig: PathBuf) -> ApiLoop {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let t0 = Instant::now();
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let out = kubectl(
-                    &kubectl_bin,
-                    &kubeconfig,
-                    &["get", "--raw", "/api/v1/namespaces/default"],
-                );
-                if out.status.success() {
-                    o.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.lock().unwrap().push((
-                        t0.elapsed().as_secs_f64(),
-                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        ApiLoop {
-            stop,
-            ok,
-            failed,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> (usize, Vec<(f64, String)>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap();
-        }
-        let f = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), f)
-    }
+/// kubectl as `kubeconfig`, with a short request timeout (the API loop counts a slow answer
+/// as a failure rather than waiting on it).
+fn kubectl_10s(bin: &Path, kubeconfig: &Path) -> Kubectl {
+    let mut k = Kubectl::new(bin, kubeconfig);
+    k.timeout = "10s";
+    k
 }
 
 /// HTTP status of `GET path` with a bearer token, trusting `ca` (curl against the endpoint).
@@ -130,19 +75,54 @@ fn token_status(server: &str, ca: &Path, token: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn server_of(kubeconfig: &Path) -> String {
-    let t = std::fs::read_to_string(kubeconfig).unwrap();
-    t.lines()
-        .find_map(|l| l.trim().strip_prefix("server:"))
-        .unwrap()
-        .trim()
-        .trim_matches('"')
-        .to_string()
+/// The scrape Secret's files as the cluster holds them now, written under `dir/tag/`.
+fn scrape_files(k: &Kubectl, dir: &Path, tag: &str) -> std::path::PathBuf {
+    use base64::Engine;
+    let v = k.json(&["get", "secret", "-n", "monitoring", "k8sforge-scrape-tls"]);
+    let d = dir.join(tag);
+    std::fs::create_dir_all(&d).unwrap();
+    for (key, b64) in v["data"].as_object().unwrap() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        std::fs::write(d.join(key), bytes).unwrap();
+    }
+    d
+}
+
+/// HTTP status of a scrape of `url` with the Secret files in `files` (etcd's identity or the
+/// control plane's), "000" when TLS fails either way.
+fn scrape_status(url: &str, files: &Path, etcd: bool) -> String {
+    let (ca, crt, key) = if etcd {
+        ("etcd-ca.crt", "etcd-prometheus.crt", "etcd-prometheus.key")
+    } else {
+        ("ca.crt", "prometheus.crt", "prometheus.key")
+    };
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cacert")
+        .arg(files.join(ca))
+        .arg("--cert")
+        .arg(files.join(crt))
+        .arg("--key")
+        .arg(files.join(key))
+        .arg(url)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// `(uid, restart count)` of every pod.
 fn pods(kc: &Path, kubeconfig: &Path) -> Vec<(String, String, u64)> {
-    let out = kubectl(kc, kubeconfig, &["get", "pods", "-A", "-o", "json"]);
+    let out = kubectl_10s(kc, kubeconfig).output(&["get", "pods", "-A", "-o", "json"], None);
     assert!(out.status.success(), "{}", text(&out));
     let v = json(&out);
     let mut p: Vec<(String, String, u64)> = v["items"]
@@ -196,6 +176,7 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     let kc = kube.kubectl();
     let admin = c.state_dir().join("kubeconfigs/admin.kubeconfig");
     let server = server_of(&admin);
+    let k = kubectl_10s(&kc, &admin);
     let old_kube_ca = std::fs::read(c.state_dir().join("pki/ca.crt")).unwrap();
 
     // A pod that must survive, on a worker, with the pause image the nodes already hold.
@@ -210,14 +191,13 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     );
     let podfile = c.home().join("pod.yaml");
     std::fs::write(&podfile, pod).unwrap();
-    let out = kubectl(&kc, &admin, &["apply", "-f", podfile.to_str().unwrap()]);
+    let out = k.output(&["apply", "-f", podfile.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let out = kubectl(
-            &kc,
-            &admin,
+        let out = k.output(
             &["get", "pod", "survivor", "-o", "jsonpath={.status.phase}"],
+            None,
         );
         if String::from_utf8_lossy(&out.stdout) == "Running" {
             break;
@@ -236,19 +216,15 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
             "--serviceaccount=default:carot",
         ][..],
     ] {
-        let out = kubectl(&kc, &admin, args);
+        let out = k.output(args, None);
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
-    let token = |kubeconfig: &Path| -> String {
-        let out = kubectl(
-            &kc,
-            kubeconfig,
-            &["create", "token", "carot", "--duration=2h"],
-        );
+    let token = || -> String {
+        let out = k.output(&["create", "token", "carot", "--duration=2h"], None);
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let old_token = token(&admin);
+    let old_token = token();
     let tools = tempfile::tempdir().unwrap();
     let ca_file = tools.path().join("ca.crt");
     std::fs::write(&ca_file, &old_kube_ca).unwrap();
@@ -259,11 +235,29 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     );
     let pods_before = pods(&kc, &admin);
 
+    // The monitoring stack's scrape certificates Secret, as the addons phase applies it (same
+    // function). The stack's own workloads cannot run here (no images of them), so `up` ran
+    // without monitoring and the rotation runs with it enabled: that makes it own the Secret.
+    let out = k.output(&["create", "namespace", "monitoring"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let secret = k8sforge::monitoring::tls_secret(&c.state_dir().join("pki")).unwrap();
+    k.apply(&secret.yaml);
+    let scrape_before = scrape_files(&k, tools.path(), "before");
+    let etcd_metrics = format!(
+        "https://{}.11:2379/metrics",
+        c.cidr.trim_end_matches(".0/24")
+    );
+    assert_eq!(scrape_status(&etcd_metrics, &scrape_before, true), "200");
+
     // The CA rotation under the API loop.
-    let lp = ApiLoop::start(kc.clone(), admin.clone());
+    let lp = ApiLoop::start(kubectl_10s(&kc, &admin), "/api/v1/namespaces/default");
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    let out = certs(&c, "rotate", &["--ca", "-o", "json"]);
+    let out = certs(
+        &c,
+        "rotate",
+        &["--ca", "--set", "monitoring.enabled=true", "-o", "json"],
+    );
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let (ok, failed) = lp.finish();
@@ -289,6 +283,34 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
         "{} failed API requests: {failed:?}",
         failed.len()
     );
+
+    // The rotation brought the scrape Secret along at every CA step: it now holds what the
+    // state directory holds, its etcd client certificate and CA scrape etcd's /metrics (as
+    // Prometheus does), and the Secret as it was before the rotation no longer could.
+    for (i, step) in ["trust-both", "reissue", "drop-old"].iter().enumerate() {
+        let st = &report["steps"][i + 1];
+        assert_eq!(st["step"], *step, "{report:#}");
+        assert_eq!(st["scrapeSecret"], "updated", "{step}: {st:#}");
+    }
+    let want = k8sforge::monitoring::tls_secret(&c.state_dir().join("pki")).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&want.yaml).unwrap();
+    let got = k.json(&["get", "secret", "-n", "monitoring", "k8sforge-scrape-tls"]);
+    assert_eq!(
+        got["data"], want["data"],
+        "the Secret is not the state directory's material"
+    );
+    let scrape_after = scrape_files(&k, tools.path(), "after");
+    assert_eq!(scrape_status(&etcd_metrics, &scrape_after, true), "200");
+    assert_eq!(
+        scrape_status(&etcd_metrics, &scrape_before, true),
+        "000",
+        "etcd still accepts the pre-rotation scrape certificate"
+    );
+    // The apiserver's /metrics: the TLS handshake with the new client certificate succeeds
+    // (403: the scrape RBAC is the stack's, not installed here), the old one is refused.
+    let api_metrics = format!("{server}/metrics");
+    assert_eq!(scrape_status(&api_metrics, &scrape_after, false), "403");
+    assert_eq!(scrape_status(&api_metrics, &scrape_before, false), "000");
 
     // Pods kept running: same pods, same UIDs, no container restarted.
     assert_eq!(
@@ -330,7 +352,7 @@ fn local_ha_rotates_every_ca_serving_throughout_and_old_tokens_keep_working() {
     // Service-account keys: rotate (old token still accepted), then finish (refused).
     let out = certs(&c, "rotate", &["--sa-keys", "-o", "json"]);
     assert!(out.status.success(), "--sa-keys: {}", text(&out));
-    let new_token = token(&admin);
+    let new_token = token();
     assert_eq!(
         token_status(&server, &ca_file, &old_token, pods_path),
         "200"

@@ -3,7 +3,8 @@
 //! binaries needed: a client loop writes and reads etcd through all three members the whole
 //! time with the client material the state directory holds at that moment (the trust bundle
 //! while there is one, the health-check client certificate of the current step) — zero failed
-//! requests. k8sforge is SIGKILLed at every step boundary and inside stages (the
+//! requests (a write caught by a leader election is sent once more, at most one per election:
+//! `support::etcd_loop`). k8sforge is SIGKILLed at every step boundary and inside stages (the
 //! `K8SFORGE_TEST_CRASH_AT` hook), each re-run resumes and the last one finishes. Afterwards
 //! `certs check` is clean, every deployed etcd certificate is signed by the new CA (authority
 //! key id = the new CA's key id), the nodes trust only the new CA, and the pre-rotation client
@@ -56,34 +57,6 @@ fn certs(c: &LocalCluster, verb: &str, args: &[&str], env: Option<(&str, &str)>)
     cmd.output().unwrap()
 }
 
-/// etcdctl from the test mirror's etcd release archive, unpacked into `dir`.
-fn etcdctl(mirror_root: &Path, dir: &Path) -> PathBuf {
-    let mut stack = vec![mirror_root.to_path_buf()];
-    let mut archive = None;
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().filter_map(Result::ok) {
-            let p = e.path();
-            let n = e.file_name().to_string_lossy().into_owned();
-            if p.is_dir() {
-                stack.push(p);
-            } else if n.starts_with("etcd-v") && n.ends_with(".tar.gz") {
-                archive = Some(p);
-            }
-        }
-    }
-    let archive = archive.expect("etcd archive in the test mirror");
-    let out = Command::new("tar")
-        .arg("-xzf")
-        .arg(&archive)
-        .arg("-C")
-        .arg(dir)
-        .args(["--wildcards", "*/etcdctl", "--strip-components=1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    dir.join("etcdctl")
-}
-
 /// Whether `key_pem` is the private key of `cert_pem` (a read between the two renames of a
 /// commit can see a new key with an old certificate: that is a torn read by this test, not a
 /// failed request, and is read again).
@@ -123,11 +96,13 @@ fn snapshot_client(state_dir: &Path, to: &Path) {
 }
 
 /// Writes then reads a key through all members until stopped, each request with the client
-/// material of the moment; counts requests that failed after etcdctl's own failover.
+/// material of the moment; counts requests that failed after etcdctl's own failover. A write
+/// caught by a leader election is sent once more and counted apart (`support::etcd_loop`).
 struct Loop {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<Mutex<Vec<String>>>,
+    retried: Arc<Mutex<Vec<String>>>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -136,7 +111,8 @@ impl Loop {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let retried = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f, r) = (stop.clone(), ok.clone(), failed.clone(), retried.clone());
         let handle = std::thread::spawn(move || {
             let tmp = tempfile::tempdir().unwrap();
             let mut i = 0u64;
@@ -151,7 +127,14 @@ impl Loop {
                     ],
                     vec!["get".to_string(), format!("carot/{}", i % 50)],
                 ] {
-                    let out = etcd_request(&etcdctl, &endpoints, tmp.path(), &args);
+                    let mut out = etcd_request(&etcdctl, &endpoints, tmp.path(), &args);
+                    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                    let why = support::etcd_loop::leader_change_answer(&stderr);
+                    if let (false, "put", Some(why)) = (out.status.success(), args[0].as_str(), why)
+                    {
+                        r.lock().unwrap().push(why.to_string());
+                        out = etcd_request(&etcdctl, &endpoints, tmp.path(), &args);
+                    }
                     if out.status.success() {
                         o.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -166,17 +149,19 @@ impl Loop {
             stop,
             ok,
             failed,
+            retried,
             handle: Some(handle),
         }
     }
 
-    fn finish(mut self) -> (usize, Vec<String>) {
+    fn finish(mut self) -> (usize, Vec<String>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             h.join().unwrap();
         }
         let failed = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failed)
+        let retried = self.retried.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failed, retried)
     }
 }
 
@@ -282,7 +267,7 @@ fn etcd_ca_rotates_in_stages_surviving_a_kill_at_each_one_with_zero_failed_reque
 
     // 2. The rotation, killed at every step boundary and inside stages, under the etcd loop.
     let tools = tempfile::tempdir().unwrap();
-    let etcdctl = etcdctl(&m.root, tools.path());
+    let etcdctl = support::etcd_loop::etcdctl(&m.root, tools.path());
     let old_client = tools.path().join("old");
     fs::create_dir(&old_client).unwrap();
     snapshot_client(&dir, &old_client);
@@ -290,6 +275,18 @@ fn etcd_ca_rotates_in_stages_surviving_a_kill_at_each_one_with_zero_failed_reque
         .map(|h| format!("https://{}.{h}:2379", c.cidr.trim_end_matches(".0/24")))
         .collect::<Vec<_>>()
         .join(",");
+    let elections = || -> usize {
+        ["controlplane-1", "controlplane-2", "controlplane-3"]
+            .iter()
+            .map(|n| {
+                c.ssh_ok(n, support::etcd_loop::ELECTIONS_CMD)
+                    .trim()
+                    .parse::<usize>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let elections_before = elections();
     let lp = Loop::start(etcdctl.clone(), endpoints.clone(), dir.clone());
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
@@ -373,18 +370,25 @@ fn etcd_ca_rotates_in_stages_surviving_a_kill_at_each_one_with_zero_failed_reque
     );
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let (ok, failed) = lp.finish();
+    let (ok, failed, retried) = lp.finish();
     assert!(out.status.success(), "{}", text(&out));
     let report = json(&out);
     assert_eq!(report["ok"], true, "{report:#}");
     assert_eq!(report["resumed"], true);
+    let elections = elections().saturating_sub(elections_before);
     eprintln!(
-        "etcd CA rotation with {} kills: {:.1} s, {ok} etcd requests ok, {} failed",
+        "etcd CA rotation with {} kills: {:.1} s, {ok} etcd requests ok, {} failed, {elections} leader election(s), {} write(s) sent again after one {retried:?}",
         crash_points.len(),
         took.as_secs_f64(),
-        failed.len()
+        failed.len(),
+        retried.len()
     );
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(
+        retried.len() <= elections,
+        "{} writes dropped in {elections} elections: {retried:?}",
+        retried.len()
+    );
     assert!(ok > 50, "the loop ran only {ok} requests");
     assert!(state(&c).get("rotation").is_none(), "record left behind");
     assert!(!dir.join(".ca-rotate-staged").exists());

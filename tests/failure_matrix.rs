@@ -282,3 +282,197 @@ impl FloorBoundary for String {
         i
     }
 }
+
+/// Every file under `dir` with its mode (for "byte-identical, modes included").
+fn files_and_modes(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    files(dir)
+        .into_iter()
+        .map(|(p, bytes)| {
+            let mode = std::fs::metadata(dir.join(&p))
+                .unwrap()
+                .permissions()
+                .mode();
+            (p, (bytes, mode))
+        })
+        .collect()
+}
+
+/// `certs rotate --dry-run` (leaves, `--ca`, `--sa-keys`) writes nothing: the state directory
+/// is byte-identical afterwards (every file, its mode, no file added), also when the PKI is
+/// incomplete — the dry run then refuses, naming what is missing, instead of issuing it — and a
+/// real rotation refused for the same reason leaves it as it was too. The cluster is `plan`'s,
+/// marked provisioned in its state file: rotation plans offline, before any node is contacted.
+#[test]
+fn certs_rotate_dry_run_writes_nothing_into_the_state_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .env("K8SFORGE_HOME", home.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["plan", "--profile", "local-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = home.path().join("local-3");
+    let state_path = dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    state["inventory"]["planned"] = serde_json::json!(false);
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+
+    let unchanged = |args: &[&str], want_ok: bool, want_text: &str| {
+        let before = files_and_modes(&dir);
+        let out = run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), want_ok, "{args:?}: {text}");
+        assert!(
+            text.contains(want_text),
+            "{args:?}: {want_text:?} not in {text}"
+        );
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        let after = files_and_modes(&dir);
+        let changed: Vec<&String> = after
+            .iter()
+            .filter(|(p, v)| before.get(*p) != Some(v))
+            .map(|(p, _)| p)
+            .chain(before.keys().filter(|p| !after.contains_key(*p)))
+            .collect();
+        assert!(changed.is_empty(), "{args:?} changed {changed:?}");
+    };
+    let rotate = ["certs", "rotate", "--profile", "local-3"];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut a = rotate.to_vec();
+        a.extend_from_slice(extra);
+        a
+    };
+    // A complete PKI: the plans are printed, nothing is written.
+    unchanged(&with(&["--dry-run"]), true, "dry run: nothing was changed");
+    unchanged(
+        &with(&["--dry-run", "-o", "json"]),
+        true,
+        "\"dryRun\": true",
+    );
+    unchanged(
+        &with(&["--dry-run", "--only", "apiserver"]),
+        true,
+        "1 certificate(s) to renew: apiserver",
+    );
+    unchanged(&with(&["--ca", "--dry-run"]), true, "step 4/4 drop-old");
+    unchanged(&with(&["--sa-keys", "--dry-run"]), true, "sa-switch");
+
+    // An incomplete PKI: refused with what is missing, still nothing written (the old dry run
+    // issued the missing certificate into the state directory).
+    std::fs::remove_file(dir.join("pki/apiserver.crt")).unwrap();
+    std::fs::remove_file(dir.join("pki/apiserver.key")).unwrap();
+    for args in [
+        with(&["--dry-run"]),
+        with(&[]),
+        with(&["--ca", "--dry-run"]),
+        with(&["--ca"]),
+    ] {
+        unchanged(
+            &args,
+            false,
+            "is incomplete (1 missing or invalid: apiserver)",
+        );
+    }
+    assert!(!dir.join("pki/apiserver.crt").exists());
+}
+
+/// The concurrent-second-run row with two real k8sforge processes: while one run holds the
+/// cluster (a `plan` of gpu-1000 with its bundle, which takes seconds), a second `plan`, `up`
+/// or `certs rotate` on the same cluster fails at once (the lock is the first thing a run
+/// takes), naming the holder's pid, command and start; once the holder is SIGKILLed, the next
+/// run takes its lock over with a line saying so. (A dead holder's lock
+/// being taken over, on real nodes: tests/rotate_local.rs; the lock itself:
+/// src/cluster_lock.rs.)
+#[test]
+fn a_second_run_on_a_held_cluster_fails_at_once_naming_the_holder() {
+    let home = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.env("K8SFORGE_HOME", home.path()).args(args);
+        c
+    };
+    let out_dir = home.path().join("bundle");
+    let mut first = cmd(&[
+        "plan",
+        "--profile",
+        "gpu-1000",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lock = home.path().join("gpu-1000/.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The holder record is written right after the lock is taken.
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.trim().is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never took the lock"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut refused = 0;
+    for args in [
+        vec!["plan", "--profile", "gpu-1000"],
+        vec!["up", "--profile", "gpu-1000", "--only", "pki"],
+        vec!["certs", "rotate", "--profile", "gpu-1000", "--dry-run"],
+    ] {
+        let started = std::time::Instant::now();
+        let out = cmd(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if first.try_wait().unwrap().is_some() {
+            break; // the first finished meanwhile: nothing left to contend with
+        }
+        refused += 1;
+        assert!(!out.status.success(), "{args:?} ran beside a holder: {err}");
+        assert!(
+            err.contains("cluster gpu-1000 is locked by another k8sforge run (pid ")
+                && err.contains(&format!("pid {} on ", first.id()))
+                && err.contains("`k8sforge plan --profile gpu-1000 --out")
+                && err.contains("since 20"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{args:?} waited for the lock"
+        );
+    }
+    assert!(
+        refused >= 1,
+        "the first run ended before any second run could contend"
+    );
+    // The holder dies without clearing its record: the next run takes the lock over, saying so.
+    let pid = first.id();
+    let _ = first.kill();
+    let _ = first.wait();
+    let out = cmd(&["certs", "rotate", "--profile", "gpu-1000", "--dry-run"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is locked by another"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "was left by a run that is no longer running (pid {pid}"
+        )) && err.contains("taking it over"),
+        "{err}"
+    );
+}

@@ -57,6 +57,8 @@ fn provider(fake: &Fake, p: &Profile) -> GcpProvider {
         base: Duration::from_millis(10),
         max: Duration::from_millis(100),
     };
+    // No guest agent runs behind the fake unless a test publishes keys: one look, no wait.
+    cfg.host_key_wait = Duration::ZERO;
     GcpProvider::new(cfg).expect("provider")
 }
 
@@ -84,6 +86,7 @@ fn mutating(fake: &Fake) -> Vec<String> {
             !(m.ends_with(".get")
                 || m.ends_with(".list")
                 || m.ends_with(".wait")
+                || m.ends_with(".getGuestAttributes")
                 || m.ends_with("aggregatedList")
                 || m.ends_with("listInstances"))
         })

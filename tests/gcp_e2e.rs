@@ -10,6 +10,12 @@
 //! address (`ssh.address: private`); a second `up` sends no mutating call and changes nothing;
 //! `teardown` removes every labelled resource.
 //!
+//! Host keys come from the provider: once the stand-ins run, the harness stores each one's REAL
+//! sshd host public keys in the fake's guest attributes of its instance (`hostkeys/`, what GCE's
+//! guest agent publishes), so `up` pins them before its first SSH connection and nothing is
+//! trusted on first use; a node whose reported key is not the one it presents is refused by name;
+//! `status` connects over the pins and writes nothing.
+//!
 //! Every `k8sforge` run goes under `strace -f -e connect`, and the test asserts that no address
 //! outside loopback and 198.18.0.0/15 was dialled (the fake hands out 100.64/10 "external"
 //! addresses and a load-balancer address there; they must never be reached).
@@ -71,6 +77,9 @@ provider:
     zone: us-central1-a
     adminCIDRs: [198.18.0.0/15]
     image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64
+    # The stand-ins boot after the first provision (their addresses come from it): that one
+    # finds no guest attributes and must not wait; the next finds them at once (the fake).
+    hostKeyWaitSeconds: 0
 kubernetes:
   version: {version}
 # The training operators need images nobody can build here (tests/training_apply.rs has them).
@@ -128,6 +137,11 @@ impl Run {
     }
 
     fn up(&self, extra: &[&str]) -> Value {
+        self.up_out(extra).1
+    }
+
+    /// `up` with its output (stderr has the provider's lines).
+    fn up_out(&self, extra: &[&str]) -> (Output, Value) {
         let mut args = vec![
             "up",
             "--mirror",
@@ -138,12 +152,13 @@ impl Run {
         ];
         args.extend_from_slice(extra);
         let out = self.k8sforge(&args);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
                 "up {extra:?}: no JSON ({e}): {}",
                 String::from_utf8_lossy(&out.stderr)
             )
-        })
+        });
+        (out, v)
     }
 }
 
@@ -210,8 +225,19 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
     };
 
     // 1. Provision through `up` (the fake on loopback).
-    let r = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
+    let (out, r) = tokio::task::block_in_place(|| run.up_out(&["--only", "provision"]));
     assert_eq!(r["phases"][0]["outcome"], "done", "{r:#}");
+    // No guest agent has published host keys yet (no stand-in runs): first contact, one line
+    // per node saying so.
+    let said = String::from_utf8_lossy(&out.stderr);
+    for n in ["controlplane-1", "worker-1", "worker-2"] {
+        assert!(
+            said.contains(&format!(
+                "node {n}: no SSH host keys in its guest attributes within 0 s"
+            )) && said.contains("pinned on first contact"),
+            "{said}"
+        );
+    }
     let state: Value =
         serde_json::from_slice(&std::fs::read(run.home.join(&name).join("state.json")).unwrap())
             .unwrap();
@@ -232,6 +258,7 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
     let instances = fake.all("instances");
     assert_eq!(instances.len(), 3, "{instances:#?}");
     let mut meta_key = None;
+    let mut instance_of = std::collections::BTreeMap::new();
     for i in &instances {
         let ip = i["networkInterfaces"][0]["networkIP"]
             .as_str()
@@ -253,6 +280,19 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         let (user, key) = keys.split_once(':').unwrap_or_default();
         assert_eq!(user, LOGIN_USER, "ssh-keys metadata: {keys}");
         meta_key = Some(key.trim().to_string());
+        // The guest agent publishes host keys only where this metadata turns it on.
+        assert!(
+            items
+                .iter()
+                .any(|it| it["key"] == "enable-guest-attributes" && it["value"] == "TRUE"),
+            "{items:?}"
+        );
+        let node = inv
+            .nodes
+            .iter()
+            .find(|n| n.internal_ip.to_string() == ip)
+            .unwrap();
+        instance_of.insert(node.name.clone(), i["name"].as_str().unwrap().to_string());
     }
     let key = meta_key.unwrap();
     let cluster_key = run.home.join(&name).join("ssh/id_ed25519");
@@ -269,8 +309,64 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         }
     }
 
+    // Host keys from the provider: each instance's guest agent publishes its stand-in's REAL
+    // sshd host keys under `hostkeys/` (the fake serves them through getGuestAttributes) — for
+    // worker-2 first a key that is not its own, which must be refused by name on first contact.
+    let real = nodes.host_keys();
+    for (n, keys) in &real {
+        let keys = if n == "worker-2" {
+            vec![other_host_key(work.path())]
+        } else {
+            keys.clone()
+        };
+        fake.set_host_keys(&instance_of[n], &keys);
+    }
+    let (out, refused) = tokio::task::block_in_place(|| run.up_out(&[]));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "SSH host keys of controlplane-1, worker-1, worker-2 pinned from the GCP guest attributes (hostkeys/)"
+        ),
+        "{said}"
+    );
+    assert!(
+        format!("{refused}{said}").contains("node worker-2: SSH HOST KEY CHANGED"),
+        "{refused:#}\n{said}"
+    );
+    // The operator removes the wrong pin (ssh-keygen -R); the agent now shows the real keys.
+    let kh_path = run.home.join(&name).join("known_hosts");
+    let w2 = inv.node("worker-2").unwrap().internal_ip.to_string();
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    let kept: String = kh
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{w2} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&kh_path, kept).unwrap();
+    let w2_keys = &real.iter().find(|(n, _)| n == "worker-2").unwrap().1;
+    fake.set_host_keys(&instance_of["worker-2"], w2_keys);
+
     // 3. A whole `up`: provision inside it, then PKI, etcd over TLS and the runtime.
-    let full = tokio::task::block_in_place(|| run.up(&[]));
+    let (out, full) = tokio::task::block_in_place(|| run.up_out(&[]));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Every node's keys came from the guest attributes: none was trusted on first contact.
+    assert!(!stderr.contains("on first contact"), "{stderr}");
+    assert!(
+        stderr.contains("SSH host keys of worker-2 pinned from the GCP guest attributes"),
+        "{stderr}"
+    );
+    let kh = std::fs::read_to_string(&kh_path).unwrap();
+    for (n, keys) in &real {
+        let ip = inv.node(n).unwrap().internal_ip.to_string();
+        for k in keys {
+            assert!(
+                kh.lines()
+                    .any(|l| l.starts_with(&format!("{ip} ")) && l.contains(k.as_str())),
+                "{n}: {k} not pinned in\n{kh}"
+            );
+        }
+    }
     let phases = full["phases"].as_array().unwrap();
     for (i, want) in ["provision", "pki", "etcd", "runtime"].iter().enumerate() {
         assert_eq!(phases[i]["phase"], *want, "{full:#}");
@@ -322,9 +418,42 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         );
     }
 
+    // `status` is read-only: known_hosts is not rewritten (nothing pinned, nothing touched).
+    let before = std::fs::read(&kh_path).unwrap();
+    let modified = std::fs::metadata(&kh_path).unwrap().modified().unwrap();
+    let st = tokio::task::block_in_place(|| run.k8sforge(&["status", "-o", "json"]));
+    let sj: Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+    assert!(
+        sj["nodes"]
+            .as_array()
+            .map(|a| a.len() == 3 && a.iter().all(|n| n["reachable"] == true))
+            == Some(true),
+        "status over the pinned keys: {sj:#}\n{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&kh_path).unwrap(),
+        before,
+        "status wrote known_hosts"
+    );
+    assert_eq!(
+        std::fs::metadata(&kh_path).unwrap().modified().unwrap(),
+        modified,
+        "status rewrote known_hosts"
+    );
+
     // 4. A second run sends no mutating call and changes nothing on the nodes.
     fake.clear_calls();
     let again = tokio::task::block_in_place(|| run.up(&["--only", "provision"]));
+    // Every node is pinned now: host keys are not asked for again.
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| c.method_id == "compute.instances.getGuestAttributes"),
+        "{:?}",
+        fake.call_counts()
+    );
     assert!(
         again["phases"][0]["detail"]
             .as_str()
@@ -377,4 +506,21 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
         .find(|n| n.name == "controlplane-1")
         .unwrap();
     run.trace.assert_only_test_ranges(cp.internal_ip);
+}
+
+/// A fresh ed25519 public key that belongs to no stand-in.
+fn other_host_key(dir: &Path) -> String {
+    let f = dir.join("not-the-host-key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&f)
+        .status()
+        .expect("ssh-keygen");
+    assert!(st.success());
+    let pub_key = std::fs::read_to_string(f.with_extension("pub")).unwrap();
+    pub_key
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -66,6 +66,8 @@ fn provider(fake: &Fake, p: &Profile) -> GcpProvider {
         base: Duration::from_millis(10),
         max: Duration::from_millis(100),
     };
+    // No guest agent runs behind the fake unless a test publishes keys: one look, no wait.
+    cfg.host_key_wait = Duration::ZERO;
     GcpProvider::new(cfg).expect("provider")
 }
 
@@ -600,6 +602,94 @@ async fn rate_limits_and_server_errors_are_retried() {
     assert_eq!(gcp.api.call_counts()["compute.networks.insert"], 3 + 4);
 }
 
+/// `type base64` of a fresh ed25519 key (what a guest agent would publish for its sshd).
+fn host_key() -> String {
+    let k = k8sforge::sshkeys::generate("host").expect("key");
+    k.public_openssh
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Host keys the guest agent published are pinned before any SSH connection, with one
+/// getGuestAttributes per unpinned node (`queryPath=hostkeys/`, schema-checked by the fake);
+/// a node without published keys, or whose instance lacks `enable-guest-attributes=TRUE` (made
+/// by an older k8sforge), is left to first contact — that instance is adopted without drift
+/// and not asked at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_keys_from_guest_attributes_are_pinned_before_first_contact() {
+    let fake = Fake::start(World::default()).await;
+    let p = small(3, &[]);
+    let inv = planned(&p);
+    let gcp = provider(&fake, &p);
+    let dir = tempfile::tempdir().unwrap();
+    let c = ProvisionContext {
+        cluster_dir: dir.path().to_path_buf(),
+        ..ctx(&p, &inv)
+    };
+    // The agents of the control plane and gpu-1 publish keys as soon as they boot.
+    let (cp, g1) = (host_key(), host_key());
+    fake.set_host_keys("small-controlplane-1", std::slice::from_ref(&cp));
+    fake.set_host_keys("small-gpu-1", std::slice::from_ref(&g1));
+    // And something the agent did not write, which must never be pinned.
+    fake.set_guest_attribute("small-gpu-1", "other", "ssh-ed25519", &host_key());
+    gcp.preflight(&c).await.expect("preflight");
+    let got = gcp.provision(&c).await.expect("provision").inventory;
+    assert_eq!(fake.violations(), Vec::<String>::new());
+    let asked: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method_id == "compute.instances.getGuestAttributes")
+        .map(|c| c.path)
+        .collect();
+    assert_eq!(asked.len(), 4, "one call per node: {asked:?}");
+    let ssh = |n: &str| {
+        let e = &got.node(n).unwrap().ssh;
+        k8sforge::sshkeys::host_pattern(e.host, e.port)
+    };
+    let kh = std::fs::read_to_string(dir.path().join("known_hosts")).expect("known_hosts");
+    assert_eq!(
+        kh,
+        format!(
+            "{} {cp} controlplane-1\n{} {g1} gpu-1\n",
+            ssh("controlplane-1"),
+            ssh("gpu-1")
+        )
+    );
+
+    // gpu-3 as an older k8sforge made it: no enable-guest-attributes in its metadata. Its
+    // agent would publish nothing; gpu-2's publishes now.
+    fake.edit("instances", "small-gpu-3", |i| {
+        let items = i["metadata"]["items"].as_array_mut().unwrap();
+        items.retain(|it| it["key"] != "enable-guest-attributes");
+    });
+    let g2 = host_key();
+    fake.set_host_keys("small-gpu-2", std::slice::from_ref(&g2));
+    fake.clear_calls();
+    let again = gcp.provision(&c).await.expect("re-run adopts, no drift");
+    assert_eq!(again.replaced, vec![]);
+    assert_eq!(fake.violations(), Vec::<String>::new());
+    let asked: Vec<String> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.method_id == "compute.instances.getGuestAttributes")
+        .map(|c| c.path)
+        .collect();
+    // Only gpu-2: the pinned ones are not asked again, gpu-3 cannot answer.
+    assert_eq!(
+        asked,
+        vec!["projects/k8sforge-test/zones/us-central1-a/instances/small-gpu-2/getGuestAttributes"]
+    );
+    let kh2 = std::fs::read_to_string(dir.path().join("known_hosts")).unwrap();
+    assert!(kh2.starts_with(&kh), "earlier pins kept:\n{kh2}");
+    assert!(
+        kh2.ends_with(&format!("{} {g2} gpu-2\n", ssh("gpu-2"))),
+        "{kh2}"
+    );
+    assert!(!kh2.contains(&ssh("gpu-3")), "{kh2}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_bulk_insert_is_reported_per_instance_and_rerun_completes() {
     let fake = Fake::start(World::default()).await;
@@ -847,6 +937,8 @@ async fn cli_up_and_teardown_with_endpoint_override() {
                 "etcd.members=1",
                 "--set",
                 "workers[0].count=2",
+                "--set",
+                "provider.gcp.hostKeyWaitSeconds=0",
             ])
             .env("K8SFORGE_HOME", &home_path)
             .env("K8SFORGE_GCP_ENDPOINT", &endpoint)
@@ -863,6 +955,16 @@ async fn cli_up_and_teardown_with_endpoint_override() {
         "up: {}",
         String::from_utf8_lossy(&a.stderr)
     );
+    // No guest agent publishes keys behind the fake here: one line per node saying so.
+    let said = String::from_utf8_lossy(&a.stderr);
+    for n in ["controlplane-1", "gpu-1", "gpu-2"] {
+        assert!(
+            said.contains(&format!(
+                "node {n}: no SSH host keys in its guest attributes within 0 s"
+            )),
+            "{said}"
+        );
+    }
     let state: Value =
         serde_json::from_slice(&std::fs::read(home.path().join("cli/state.json")).unwrap())
             .unwrap();

@@ -362,6 +362,22 @@ fn all_errors_of_a_file_are_reported_together() {
 }
 
 #[test]
+fn ssh_concurrency_is_a_bounded_knob() {
+    let (p, _) = profile::parse(GOOD, "mine.yaml", &["ssh.concurrency=16".into()]).unwrap();
+    assert_eq!(p.ssh.concurrency, Some(16));
+    let (p, _) = profile::parse(GOOD, "mine.yaml", &[]).unwrap();
+    assert_eq!(p.ssh.concurrency, None, "unset: the executor's default");
+    for bad in ["0", "5000"] {
+        let set = format!("ssh.concurrency={bad}");
+        let errs = errors_of(GOOD, &[set.as_str()]);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert_eq!(errs[0].path, "ssh.concurrency");
+        assert_eq!(errs[0].found, bad);
+        assert_eq!(errs[0].allowed, "1 to 4096");
+    }
+}
+
+#[test]
 fn set_overrides_apply_and_are_blamed() {
     let sets: Vec<String> = vec!["workers[0].count=5".into()];
     let (p, _) = profile::parse(GOOD, "mine.yaml", &sets).unwrap();

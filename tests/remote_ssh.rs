@@ -440,6 +440,72 @@ fn exec_timeout_fires_and_kills_the_command() {
     }
 }
 
+/// The command bound is a no-progress bound from the command's start on the node, not a
+/// total-time bound: at 50 nodes on a loaded host the finalize step (hashing 150 MiB per node)
+/// took longer than the old fixed 120 s total while making steady progress.
+#[test]
+fn command_bound_is_no_progress_not_total_time() {
+    let fx = Fixture::new();
+    let server = fx.sshd();
+    let ex = Executor::new(&fx.cluster_dir, opts()).unwrap();
+    let n = node("n1", server.port);
+
+    // Works 3 s in all under a 1.2 s bound, printing a line every 0.4 s: it completes.
+    let started = Instant::now();
+    let out = ex.run_all(
+        &[&n],
+        "for i in 1 2 3 4 5 6 7 8; do sleep 0.4; echo step $i; done",
+        Duration::from_millis(1200),
+    );
+    let r = out[0].result.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(r.stdout.lines().count(), 8, "{}", r.stdout);
+    // The wrapper's start line is the executor's, never part of the command's stderr.
+    assert!(!r.stderr.contains("k8sforge-started"), "{}", r.stderr);
+
+    // Quiet for longer than the bound: stopped, and its whole process group is killed on the
+    // node (the child `sleep` included), not left running behind the error.
+    let pid_file = fx.dir.path().join("quiet.pid");
+    let started = Instant::now();
+    let out = ex.run_all(
+        &[&n],
+        &format!("sleep 60 & echo $! > {}; wait", pid_file.display()),
+        Duration::from_millis(1000),
+    );
+    let err = out[0].result.as_ref().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(err.to_string().contains("no output"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+        && !std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .unwrap_or_default()
+            .contains(") Z ");
+    assert!(
+        !alive,
+        "the quiet command's child {} kept running",
+        pid.trim()
+    );
+
+    // Talking forever does not run forever either: the total is capped (10 × the bound).
+    let started = Instant::now();
+    let out = ex.run_all(
+        &[&n],
+        "while :; do echo tick; sleep 0.1; done",
+        Duration::from_millis(300),
+    );
+    let err = out[0].result.as_ref().unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(err.to_string().contains("total run time cap"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
 #[test]
 fn unreachable_node_is_reported_by_name_while_others_succeed() {
     let fx = Fixture::new();

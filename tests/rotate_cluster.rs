@@ -1,7 +1,9 @@
 //! `certs rotate` of every leaf certificate on a working cluster (local-3 and local-ha), with a
-//! client loop of API requests running the whole time: on local-ha (three apiservers behind the
-//! local API proxy) no request fails; on local-3 (one apiserver) only requests during that
-//! apiserver's restart may fail, at most `LOCAL_3_MAX_FAILED`. Afterwards every deployed leaf
+//! client loop of API requests and an etcd loop (put and get through every member) running the
+//! whole time: on local-ha (three apiservers behind the local API proxy, three etcd members) no
+//! request of either fails; on local-3 (one apiserver, one etcd member) only requests during
+//! their restarts may fail, at most `LOCAL_3_MAX_FAILED` and `LOCAL_3_MAX_ETCD_FAILED`.
+//! Afterwards every deployed leaf
 //! certificate has a new serial, the CAs are unchanged, `certs check` (which reads the nodes over
 //! SSH) is clean and every node is Ready.
 //!
@@ -13,18 +15,20 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8sforge_testkit::kube::{self, KubeBinaries, KUBE_BIN_ENV};
 use k8sforge_testkit::mirror;
+use support::kubectl::{ApiLoop, Kubectl};
 
 const BIN: &str = env!("CARGO_BIN_EXE_k8sforge");
 
 /// Requests the single-apiserver profile may lose while its only apiserver restarts (the loop
 /// sends about five a second; a restart takes a few seconds).
 const LOCAL_3_MAX_FAILED: usize = 100;
+/// etcd requests local-3 may lose while its only etcd member restarts (the loop sends about
+/// ten a second; the member is back in a few seconds).
+const LOCAL_3_MAX_ETCD_FAILED: usize = 100;
 
 struct Cluster {
     name: String,
@@ -32,6 +36,8 @@ struct Cluster {
     profile: &'static str,
     home: tempfile::TempDir,
     mirror: PathBuf,
+    /// The Debian-built test mirror (its etcd release holds etcdctl).
+    base_mirror: PathBuf,
     kube: KubeBinaries,
     _subnet: std::fs::File,
 }
@@ -115,6 +121,7 @@ fn start(test: &str, profile: &'static str) -> Option<Cluster> {
         profile,
         home: tempfile::tempdir().unwrap(),
         mirror: m.root.clone(),
+        base_mirror: base.root.clone(),
         kube,
         _subnet: lock,
     };
@@ -144,68 +151,14 @@ fn deployed(c: &Cluster) -> BTreeMap<(String, String), String> {
 
 /// Paths of CA certificates on nodes (not rotated by a leaf rotation).
 fn is_ca_path(p: &str) -> bool {
-    p.ends_with("/ca.crt") || p.ends_with("front-proxy-ca.crt") || p.ends_with("etcd-ca.crt")
+    p.ends_with("/ca.crt")
+        || p.ends_with("front-proxy-ca.crt")
+        || p.ends_with("etcd-ca.crt")
+        // The controller-manager's CSR signer: the cluster CA's certificate and key.
+        || p.ends_with("/ca-signer.crt")
 }
 
-/// `kubectl get --raw` in a loop with the admin credentials the test started with (a copy:
-/// still valid after the rotation), each request a new connection through the API endpoint.
-struct ApiLoop {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<Mutex<Vec<(f64, String)>>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ApiLoop {
-    fn start(kubectl: PathBuf, kubeconfig: PathBuf) -> ApiLoop {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let t0 = Instant::now();
-        let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let out = Command::new(&kubectl)
-                    .arg("--kubeconfig")
-                    .arg(&kubeconfig)
-                    .args([
-                        "--request-timeout=10s",
-                        "get",
-                        "--raw",
-                        "/api/v1/namespaces/default",
-                    ])
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    o.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    f.lock().unwrap().push((
-                        t0.elapsed().as_secs_f64(),
-                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        ApiLoop {
-            stop,
-            ok,
-            failed,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> (usize, Vec<(f64, String)>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            h.join().unwrap();
-        }
-        let f = self.failed.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), f)
-    }
-}
-
-fn rotate_all_leaves(c: &Cluster, max_failed: usize) {
+fn rotate_all_leaves(c: &Cluster, max_failed: usize, max_etcd_failed: usize) {
     let mirror = c.mirror.display().to_string();
     let out = c.run(
         &["up"],
@@ -223,30 +176,89 @@ fn rotate_all_leaves(c: &Cluster, max_failed: usize) {
     let tools = tempfile::tempdir().unwrap();
     let admin = tools.path().join("admin.kubeconfig");
     std::fs::copy(c.dir().join("kubeconfigs/admin.kubeconfig"), &admin).unwrap();
-    let lp = ApiLoop::start(c.kube.kubectl(), admin.clone());
+    // The monitoring stack's scrape certificates Secret, as the addons phase applies it (same
+    // function). The stack's workloads cannot run here (no images of them), so `up` ran
+    // without monitoring and the rotation runs with it enabled: that makes it own the Secret.
+    let km = Kubectl::new(c.kube.kubectl(), &admin);
+    km.ok(&["create", "namespace", "monitoring"]);
+    km.apply(
+        &k8sforge::monitoring::tls_secret(&c.dir().join("pki"))
+            .unwrap()
+            .yaml,
+    );
+    // The admin credentials the test started with (a copy: still valid after the rotation).
+    let mut k = Kubectl::new(c.kube.kubectl(), &admin);
+    k.timeout = "10s";
+    let lp = ApiLoop::start(k, "/api/v1/namespaces/default");
+    // And the etcd loop, through every member, with the health-check client certificate of
+    // before (rotated too; the old one stays valid: same CA).
+    let etcdctl = support::etcd_loop::etcdctl(&c.base_mirror, tools.path());
+    for (from, to) in [
+        ("etcd/ca.crt", "ca.crt"),
+        ("etcd/healthcheck-client.crt", "client.crt"),
+        ("etcd/healthcheck-client.key", "client.key"),
+    ] {
+        std::fs::copy(c.dir().join("pki").join(from), tools.path().join(to)).unwrap();
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.dir().join("state.json")).unwrap()).unwrap();
+    let inv: k8sforge::inventory::Inventory =
+        serde_json::from_value(state["inventory"].clone()).unwrap();
+    let endpoints: Vec<String> = inv
+        .with_role(k8sforge::inventory::Role::Etcd)
+        .map(|n| format!("https://{}:2379", n.internal_ip))
+        .collect();
+    let el = support::etcd_loop::EtcdLoop::start(
+        etcdctl,
+        endpoints.join(","),
+        tools.path().to_path_buf(),
+    );
     std::thread::sleep(Duration::from_secs(3));
     let t = Instant::now();
-    let out = c.run(&["certs", "rotate"], &["-o", "json"]);
+    let out = c.run(
+        &["certs", "rotate"],
+        &["--set", "monitoring.enabled=true", "-o", "json"],
+    );
     let took = t.elapsed();
     std::thread::sleep(Duration::from_secs(3));
     let (ok, failed) = lp.finish();
+    let (etcd_ok, etcd_failed, etcd_retried) = el.finish();
     assert!(out.status.success(), "certs rotate: {}", text(&out));
     let report = json(&out);
     eprintln!(
-        "{}: certs rotate of {} certificates: {:.1} s, {} stages, {ok} API requests ok, {} failed: {:?}",
+        "{}: certs rotate of {} certificates: {:.1} s, {} stages, {ok} API requests ok, {} failed: {:?}; {etcd_ok} etcd requests ok, {} failed: {:?}, {} write(s) sent again after a leader election",
         c.profile,
         report["certificates"].as_array().unwrap().len(),
         took.as_secs_f64(),
         report["stages"].as_array().unwrap().len(),
         failed.len(),
-        failed.iter().take(5).collect::<Vec<_>>()
+        failed.iter().take(5).collect::<Vec<_>>(),
+        etcd_failed.len(),
+        etcd_failed.iter().take(5).collect::<Vec<_>>(),
+        etcd_retried.len()
     );
     assert_eq!(report["ok"], true, "{report:#}");
+    // The Secret now holds the renewed Prometheus client certificates (same CA).
+    assert_eq!(report["scrapeSecret"], "updated", "{report:#}");
+    let want: serde_json::Value = serde_json::from_str(
+        &k8sforge::monitoring::tls_secret(&c.dir().join("pki"))
+            .unwrap()
+            .yaml,
+    )
+    .unwrap();
+    let got = km.json(&["get", "secret", "-n", "monitoring", "k8sforge-scrape-tls"]);
+    assert_eq!(got["data"], want["data"], "scrape Secret not renewed");
     assert!(ok > 20, "the API loop ran only {ok} requests");
     assert!(
         failed.len() <= max_failed,
         "{} failed API requests (at most {max_failed}): {failed:?}",
         failed.len()
+    );
+    assert!(etcd_ok > 20, "the etcd loop ran only {etcd_ok} requests");
+    assert!(
+        etcd_failed.len() <= max_etcd_failed,
+        "{} failed etcd requests (at most {max_etcd_failed}): {etcd_failed:#?}",
+        etcd_failed.len()
     );
 
     // Every deployed leaf has a new serial; CAs unchanged; certs check clean (deployed()).
@@ -298,7 +310,7 @@ fn local_3_rotates_every_leaf_with_at_most_the_apiserver_restart_lost() {
     let Some(c) = start("local_3_rotates_every_leaf", "local-3") else {
         return;
     };
-    rotate_all_leaves(&c, LOCAL_3_MAX_FAILED);
+    rotate_all_leaves(&c, LOCAL_3_MAX_FAILED, LOCAL_3_MAX_ETCD_FAILED);
 }
 
 #[test]
@@ -306,5 +318,5 @@ fn local_ha_rotates_every_leaf_with_zero_failed_requests() {
     let Some(c) = start("local_ha_rotates_every_leaf", "local-ha") else {
         return;
     };
-    rotate_all_leaves(&c, 0);
+    rotate_all_leaves(&c, 0, 0);
 }

@@ -175,10 +175,20 @@ impl ScrapeTls {
         }
     }
 
-    /// (Secret key, file in `pki/`) for every file of [`ScrapeTls::in_cluster`].
+    /// (Secret key, file in `pki/`) for every file of [`ScrapeTls::in_cluster`]. While a CA
+    /// rotates, its trust bundle (old + new) stands for it: servers present certificates of
+    /// either during the rotation.
     pub fn secret_files(pki: &Path) -> Vec<(&'static str, std::path::PathBuf)> {
+        let trust = |name: &str| {
+            let bundle = layout::trust_path(pki, name);
+            if bundle.is_file() {
+                bundle
+            } else {
+                layout::cert_path(pki, name)
+            }
+        };
         vec![
-            ("ca.crt", layout::cert_path(pki, layout::CA)),
+            ("ca.crt", trust(layout::CA)),
             (
                 "prometheus.crt",
                 layout::cert_path(pki, layout::PROMETHEUS_CLIENT),
@@ -187,7 +197,7 @@ impl ScrapeTls {
                 "prometheus.key",
                 layout::key_path(pki, layout::PROMETHEUS_CLIENT),
             ),
-            ("etcd-ca.crt", layout::cert_path(pki, layout::ETCD_CA)),
+            ("etcd-ca.crt", trust(layout::ETCD_CA)),
             (
                 "etcd-prometheus.crt",
                 layout::cert_path(pki, layout::ETCD_PROMETHEUS_CLIENT),

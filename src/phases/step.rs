@@ -30,9 +30,16 @@ impl RemoteStep {
 
 /// The executor every remote phase uses (progress bars as the run asks).
 pub fn executor(ctx: &Context) -> Result<Executor, PhaseError> {
+    let defaults = ExecutorOptions::default();
     let opts = ExecutorOptions {
         progress: ctx.progress,
-        ..ExecutorOptions::default()
+        concurrency: ctx
+            .loaded
+            .profile
+            .ssh
+            .concurrency
+            .map_or(defaults.concurrency, |c| c as usize),
+        ..defaults
     };
     Executor::new(&ctx.dir.root, opts).map_err(|e| PhaseError::Failed(e.to_string()))
 }

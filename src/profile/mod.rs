@@ -430,7 +430,14 @@ fn allowed_fields(parent: &str) -> String {
             "hostKeyWaitSeconds",
         ],
         "provider.aws.ami" => &["owner", "name"],
-        "provider.gcp" => &["project", "region", "zone", "adminCIDRs", "image"],
+        "provider.gcp" => &[
+            "project",
+            "region",
+            "zone",
+            "adminCIDRs",
+            "image",
+            "hostKeyWaitSeconds",
+        ],
         "kubernetes" => &["version", "clusterDomain"],
         "network" => &[
             "nodeCIDR",
@@ -458,7 +465,7 @@ fn allowed_fields(parent: &str) -> String {
         "pki" => &["keyAlgorithm", "certValidityDays", "caValidityDays"],
         "apiServer" => &["port", "endpoint", "extraSANs", "auditLogMaxAgeDays"],
         "artifacts" => &["mirror", "trustMirrorChecksums"],
-        "ssh" => &["user", "port", "privateKey"],
+        "ssh" => &["user", "port", "privateKey", "address", "concurrency"],
         _ => &[],
     };
     if fields.is_empty() {

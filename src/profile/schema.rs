@@ -241,6 +241,11 @@ pub struct GcpProviderSpec {
     pub admin_cidrs: Vec<Ipv4Net>,
     /// Boot image, e.g. `projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts`.
     pub image: String,
+    /// Seconds provision waits for new instances' SSH host keys in their guest attributes
+    /// (the guest agent writes them once booted) before leaving them to first contact.
+    /// Default 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_wait_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +470,10 @@ pub struct SshSpec {
     /// (a VPN, Direct Connect, a host in the VPC).
     #[serde(default, skip_serializing_if = "SshAddress::is_public")]
     pub address: SshAddress,
+    /// SSH sessions in flight at once during a phase (default 128). Lower it when the
+    /// operator's machine or uplink is the bottleneck, e.g. pushing binaries to many nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
 }
 
 /// `ssh.address`.
@@ -489,6 +498,7 @@ impl Default for SshSpec {
             port: 22,
             private_key: None,
             address: SshAddress::Public,
+            concurrency: None,
         }
     }
 }

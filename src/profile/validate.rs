@@ -713,6 +713,10 @@ fn check_api_server(p: &Profile, r: &mut Reporter) {
     }
 }
 
+/// Each session is a thread with its own socket; beyond this the operator's machine runs out
+/// of file descriptors before the nodes are the limit.
+const MAX_SSH_CONCURRENCY: u32 = 4096;
+
 fn check_ssh(p: &Profile, r: &mut Reporter) {
     if p.ssh.user.is_empty() || p.ssh.user.contains(char::is_whitespace) {
         r.error(
@@ -724,6 +728,16 @@ fn check_ssh(p: &Profile, r: &mut Reporter) {
     }
     if p.ssh.port == 0 {
         r.error("ssh.port", "invalid SSH port", "0", "1 to 65535");
+    }
+    if let Some(c) = p.ssh.concurrency {
+        if !(1..=MAX_SSH_CONCURRENCY).contains(&c) {
+            r.error(
+                "ssh.concurrency",
+                "invalid number of SSH sessions in flight",
+                c.to_string(),
+                format!("1 to {MAX_SSH_CONCURRENCY}"),
+            );
+        }
     }
 }
 

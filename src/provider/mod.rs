@@ -17,6 +17,7 @@ pub mod aws;
 pub mod drift;
 pub mod facade;
 pub mod gcp;
+pub mod host_keys;
 pub mod local;
 pub mod static_hosts;
 pub mod static_teardown;

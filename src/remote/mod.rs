@@ -136,14 +136,18 @@ impl RemoteError {
 /// Knobs of the executor. Defaults are sized for 1000 nodes.
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
-    /// SSH sessions in flight at once.
+    /// SSH sessions in flight at once (`ssh.concurrency`; like ansible's forks and k0sctl's
+    /// `--concurrency`). A node queued behind the others starts its clocks when its turn comes.
     pub concurrency: usize,
     pub connect_timeout: Duration,
     /// Extra connect attempts after the first, on connection or authentication failure.
     pub retries: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Bound of each remote command.
+    /// Bound of each remote command WITHOUT PROGRESS (no output for this long, counted from
+    /// when the command starts on the node); its total run time is capped at
+    /// `session::HARD_CAP_FACTOR` times this. The systemd step and the nodes' downloads
+    /// (`unit_timeout`, `fetch_timeout`) are bounded the same way.
     pub command_timeout: Duration,
     /// Bound of each SFTP operation (one chunk write, fsync, close) during uploads.
     pub transfer_timeout: Duration,

@@ -34,9 +34,16 @@ pub struct ExecOutput {
 
 /// Exit status GNU `timeout` returns when it had to stop the command.
 const REMOTE_TIMEOUT_STATUS: i32 = 124;
-/// Extra local slack over the remote `timeout`, so the remote side normally fires first and
-/// reports; the local timeout only catches a dead transport.
+/// Extra local slack over the remote hard cap, so the remote side normally fires first and
+/// reports; the local cap only catches a dead transport.
 const LOCAL_SLACK: Duration = Duration::from_secs(10);
+/// A command's `timeout` is a no-progress bound (nothing on stdout or stderr for that long);
+/// its total run time is capped at this many times the bound, so a command that keeps talking
+/// forever still ends.
+pub const HARD_CAP_FACTOR: u32 = 10;
+/// First line the wrapper prints on stderr when the command starts on the node, with the
+/// process group to stop if it goes quiet (`timeout` leads its own group).
+const START_TAG: &str = "k8sforge-started";
 /// Host key algorithms we accept, strongest first (all supported by libssh2 with OpenSSL).
 const HOSTKEY_ALGS: &[&str] = &[
     "ssh-ed25519",
@@ -381,12 +388,23 @@ impl Conn {
     }
 
     /// Run `cmd` and return its output and exit status, whatever the status (except a timeout,
-    /// which is an error). The remote side is bounded by coreutils `timeout`, which kills the
-    /// command's process group; the local side by the session timeout plus some slack.
+    /// which is an error).
+    ///
+    /// `timeout` bounds the time WITHOUT PROGRESS, not the total: the clock restarts when the
+    /// command starts on the node (the wrapper's start line: time queued in sshd, sudo or a
+    /// loaded scheduler before it is charged once, not on top of the work) and on every byte of
+    /// output. A command quiet for `timeout` is stopped: its process group is killed on the node
+    /// over a second channel. The total run time is capped on the node at
+    /// `HARD_CAP_FACTOR × timeout` by coreutils `timeout`.
     pub fn exec_status(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput, RemoteError> {
         let what = format!("command `{}`", summarize(cmd));
-        let secs = timeout.as_secs_f64().max(0.001);
-        let mut wrapped = format!("timeout -k 5 {secs:.3} sh -c {}", shell_quote(cmd));
+        let cap = timeout.saturating_mul(HARD_CAP_FACTOR);
+        let script = format!(
+            "printf '%s %s\\n' {START_TAG} \"$$\" >&2; exec timeout -k 5 {:.3} sh -c {}",
+            cap.as_secs_f64().max(0.001),
+            shell_quote(cmd)
+        );
+        let mut wrapped = format!("sh -c {}", shell_quote(&script));
         if self.elevate {
             // Never prompt: a password prompt would hang a thousand sessions.
             wrapped = format!("sudo -n -- {wrapped}");
@@ -403,30 +421,32 @@ impl Conn {
         let mut ch = self.sess.channel_session().map_err(map)?;
         self.count(wrapped.len() as u64);
         ch.exec(&wrapped).map_err(map)?;
-        let deadline = started + timeout + LOCAL_SLACK;
+        let hard_deadline = started + cap + LOCAL_SLACK;
         // Both streams are drained together (non-blocking, waiting on the socket in between), so
         // a command that writes a lot to stderr can never stall on a full channel window.
         self.sess.set_blocking(false);
-        let drained = self.drain(&mut ch, deadline);
+        let drained = self.drain(&mut ch, timeout, hard_deadline);
         self.sess.set_blocking(true);
         let (stdout, stderr) = match drained {
             Ok(out) => out,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Err(self.timeout_err(&what, timeout))
+            Err((e, stderr)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                // Stop it on the node, so that a re-run never races the old command.
+                if let Some(pid) = started_pid(&stderr) {
+                    self.kill_group(pid);
+                }
+                return Err(self.timeout_err(&format!("{what} (no output)"), timeout));
             }
-            Err(e) => return Err(self.ssh_err(&what, e)),
+            Err((e, _)) => return Err(self.ssh_err(&what, e)),
         };
         ch.wait_close().map_err(map)?;
         let status = ch.exit_status().map_err(map)?;
-        if status == REMOTE_TIMEOUT_STATUS
-            && started.elapsed() + Duration::from_millis(50) >= timeout
-        {
-            return Err(self.timeout_err(&what, timeout));
+        if status == REMOTE_TIMEOUT_STATUS && started.elapsed() + Duration::from_millis(50) >= cap {
+            return Err(self.timeout_err(&format!("{what} (total run time cap)"), cap));
         }
         let out = ExecOutput {
             status,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stderr: without_start_line(&stderr),
         };
         if self.elevate {
             if let Some(reason) = sudo_refusal(out.status, &out.stderr) {
@@ -440,6 +460,24 @@ impl Conn {
         Ok(out)
     }
 
+    /// Kill the process group `pid` leads on the node (best effort: the node may be gone).
+    fn kill_group(&self, pid: u32) {
+        let mut cmd =
+            format!("kill -KILL -- -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true");
+        if self.elevate {
+            cmd = format!("sudo -n -- sh -c {}", shell_quote(&cmd));
+        }
+        self.sess.set_timeout(millis(Duration::from_secs(15)));
+        let killed = self.sess.channel_session().and_then(|mut ch| {
+            ch.exec(&cmd)?;
+            ch.wait_eof()?;
+            ch.wait_close()
+        });
+        if let Err(e) = killed {
+            tracing::debug!(node = %self.node, pid, error = %e, "could not stop a timed-out command");
+        }
+    }
+
     /// The login user is not root, so commands run under `sudo -n`.
     pub fn elevated(&self) -> bool {
         self.elevate
@@ -451,15 +489,18 @@ impl Conn {
         std::mem::take(&mut self.staged)
     }
 
-    /// Read stdout and stderr until the remote side closes them, or fail at `deadline`.
+    /// Read stdout and stderr until the remote side closes them; fail, with the stderr read so
+    /// far, after `idle` without a byte on either stream or at `hard_deadline`.
     fn drain(
         &self,
         ch: &mut ssh2::Channel,
-        deadline: Instant,
-    ) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+        idle: Duration,
+        hard_deadline: Instant,
+    ) -> Result<(Vec<u8>, Vec<u8>), DrainError> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
+        let mut last_progress = Instant::now();
         loop {
             let mut progressed = false;
             for stream in [0, 1] {
@@ -479,7 +520,7 @@ impl Conn {
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err((e, stderr)),
                 }
             }
             // eof() is only true once no data of either stream is left unread.
@@ -487,8 +528,12 @@ impl Conn {
                 return Ok((stdout, stderr));
             }
             let now = Instant::now();
+            if progressed {
+                last_progress = now;
+            }
+            let deadline = (last_progress + idle).min(hard_deadline);
             if now >= deadline {
-                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                return Err((std::io::Error::from(std::io::ErrorKind::TimedOut), stderr));
             }
             if !progressed {
                 self.wait_socket((deadline - now).min(Duration::from_millis(200)));
@@ -668,6 +713,31 @@ impl Conn {
             }
         }
     }
+}
+
+/// Why draining a command's output stopped, with the stderr read until then.
+type DrainError = (std::io::Error, Vec<u8>);
+
+/// The process group id from the wrapper's start line, once it has arrived.
+fn started_pid(stderr: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().find(|l| l.starts_with(START_TAG))?;
+    line[START_TAG.len()..].trim().parse().ok()
+}
+
+/// stderr without the wrapper's start line: what the command (and the login shell) wrote.
+fn without_start_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let mut out = String::with_capacity(text.len());
+    let mut dropped = false;
+    for line in text.split_inclusive('\n') {
+        if !dropped && line.starts_with(START_TAG) {
+            dropped = true;
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
 }
 
 /// Upload directory under the login user's home, for sessions that elevate.

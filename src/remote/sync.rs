@@ -309,7 +309,9 @@ pub fn finalize_script(
         ));
     }
     if !uploads.is_empty() {
-        s.push_str("sha256sum --quiet -c - <<'K8SFORGE_SUMS'\n");
+        // One "OK" line per verified file: progress for the executor's no-progress bound
+        // (hashing hundreds of MiB on a loaded node is slow, not stuck).
+        s.push_str("sha256sum -c - <<'K8SFORGE_SUMS'\n");
         for f in uploads {
             s.push_str(&format!("{}  {}\n", f.sha256, temp_path(&f.path)));
         }
@@ -425,6 +427,8 @@ pub fn units_script(rp: &RestartPlan, units: &[String]) -> Option<String> {
         } else {
             s.push_str(&format!("systemctl enable -q --now {q}\n"));
         }
+        // Progress for the no-progress bound: each unit has that long, not all of them together.
+        s.push_str(&format!("echo k8sforge-unit {q} up\n"));
     }
     for u in rp.restart.iter().filter(|u| !units.contains(u)) {
         // Exit status 5: the unit is not installed (yet) — nothing to restart.
@@ -513,7 +517,9 @@ mod tests {
         assert_eq!(
             s,
             "set -eu\nsystemctl daemon-reload\nsystemctl enable -q --now 'etcd.service'\n\
+             echo k8sforge-unit 'etcd.service' up\n\
              systemctl enable -q 'kubelet.service'\nsystemctl restart 'kubelet.service'\n\
+             echo k8sforge-unit 'kubelet.service' up\n\
              systemctl try-restart 'containerd.service' || test $? -eq 5\n"
         );
         assert_eq!(units_script(&RestartPlan::default(), &[]), None);

@@ -158,6 +158,10 @@ pub struct StepReport {
     pub certificates: Vec<Renewed>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stages: Vec<StageResult>,
+    /// The monitoring scrape certificates Secret, brought to this step's material before its
+    /// stages (when the profile enables monitoring).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_secret: Option<super::monitoring::Outcome>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -237,7 +241,7 @@ pub fn run(
             }
         },
         None => {
-            preflight(loaded, dir, &inventory, flow)?;
+            preflight(loaded, dir, &inventory, flow, opts.dry_run)?;
             RotationRecord {
                 started_at: super::now_rfc3339(),
                 certificates: Vec::new(),
@@ -268,6 +272,7 @@ pub fn run(
             plan: RolloutPlan::default(),
             certificates: Vec::new(),
             stages: Vec::new(),
+            scrape_secret: None,
         });
     }
     if opts.dry_run {
@@ -314,6 +319,7 @@ pub fn run(
                 Vec::new()
             },
             stages: Vec::new(),
+            scrape_secret: None,
         };
         if !record.plan.stages.is_empty() {
             eprintln!(
@@ -333,6 +339,7 @@ pub fn run(
             &mut record,
             opts,
             &mut sr.stages,
+            &mut sr.scrape_secret,
             step.name(),
         )?;
         report.steps.push(sr);
@@ -376,23 +383,25 @@ pub fn run(
     Ok(report)
 }
 
-/// Refusals before a new rotation starts.
+/// Refusals before a new rotation starts. The PKI's completeness is checked in a copy, so a
+/// refusal (or a dry run) writes nothing into the state directory.
 fn preflight(
     loaded: &LoadedProfile,
     dir: &ClusterDir,
     inventory: &Inventory,
     flow: Flow,
+    dry_run: bool,
 ) -> anyhow::Result<()> {
     let profile = &loaded.profile;
     let arg = loaded.cli_arg();
-    let report = crate::pki::ensure(profile, inventory, &dir.root)?;
-    if !report.issued.is_empty() {
-        anyhow::bail!(
-            "the PKI of cluster {} was incomplete ({} issued now: {}); run `k8sforge up` to install it before rotating",
-            profile.name,
-            report.issued.len(),
-            report.issued.join(", ")
-        );
+    let check = super::staging_dir(dir, dry_run, ".ca-rotate-check-")?;
+    pki_rotate::copy_material(&dir.root, check.path())?;
+    super::require_complete_pki(profile, inventory, check.path())?;
+    drop(check);
+    if !dry_run {
+        // Complete: this only rewrites derived files (kubeconfigs) whose content is stale, so
+        // the first step's "old" render is what `up` would install.
+        crate::pki::ensure(profile, inventory, &dir.root)?;
     }
     let accepted = ca_rotate::sa_accepted_keys(&dir.root);
     match flow {
@@ -565,15 +574,21 @@ fn dry_run(
                 plan,
                 certificates: Vec::new(),
                 stages: Vec::new(),
+                scrape_secret: None,
             });
         }
         first += 1;
     }
-    let scratch = tempfile::Builder::new()
-        .prefix(".ca-rotate-dry-run-")
-        .tempdir_in(&dir.root)?;
-    // Each simulated step starts from the previous one's result.
-    let mut from = dir.root.clone();
+    // Outside the state directory (`staging_dir`): a dry run writes nothing there.
+    let scratch = super::staging_dir(dir, true, ".ca-rotate-dry-run-")?;
+    // Each simulated step starts from the previous one's result; the first from a copy of the
+    // state directory's material, completed as a real run's preflight would (derived files).
+    let mut from = scratch.path().join("base");
+    crate::fsutil::ensure_dir(&from, crate::fsutil::PRIVATE_DIR)?;
+    pki_rotate::copy_material(&dir.root, &from)?;
+    if record.stages_done == 0 && progress.step == 0 && !progress.committed {
+        super::require_complete_pki(&loaded.profile, inventory, &from)?;
+    }
     for (i, step) in steps.iter().enumerate().skip(first) {
         let staged = scratch.path().join(format!("step-{i}"));
         crate::fsutil::ensure_dir(&staged, crate::fsutil::PRIVATE_DIR)?;
@@ -593,6 +608,7 @@ fn dry_run(
             plan,
             certificates,
             stages: Vec::new(),
+            scrape_secret: None,
         });
         from = staged;
     }

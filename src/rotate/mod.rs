@@ -12,6 +12,7 @@
 
 pub mod ca;
 pub mod crashpoint;
+pub mod monitoring;
 pub mod plan;
 pub mod rollout;
 
@@ -113,6 +114,9 @@ pub struct RotateReport {
     /// Stages run by this invocation (after those an earlier run finished).
     pub stages: Vec<StageResult>,
     pub stages_done_before: usize,
+    /// The monitoring scrape certificates Secret, when the profile enables monitoring.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_secret: Option<monitoring::Outcome>,
     pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -148,6 +152,7 @@ pub fn run(
         plan: RolloutPlan::default(),
         stages: Vec::new(),
         stages_done_before: 0,
+        scrape_secret: None,
         ok: true,
         message: None,
         elapsed_secs: 0.0,
@@ -225,6 +230,7 @@ pub fn run(
         &mut record,
         opts,
         &mut report.stages,
+        &mut report.scrape_secret,
         "leaf",
     )
     .map(|failed| {
@@ -251,6 +257,9 @@ pub fn run(
 /// Run the stages of `record.plan` not done yet, recording each one done in the state file.
 /// Returns the message of the stage that failed, if one did (the record then stays, and a
 /// re-run resumes at that stage). `point` names the crash points (`crashpoint`).
+///
+/// First, on every run and resume, the monitoring scrape Secret is brought to the committed
+/// material (`monitoring`: why this order is safe); `secret` says what that did.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn roll_out(
     loaded: &LoadedProfile,
@@ -260,9 +269,32 @@ pub(crate) fn roll_out(
     record: &mut RotationRecord,
     opts: &RotateOptions,
     results: &mut Vec<StageResult>,
+    secret: &mut Option<monitoring::Outcome>,
     point: &str,
 ) -> anyhow::Result<Option<String>> {
     let profile = &loaded.profile;
+    let flags = record
+        .ca
+        .as_ref()
+        .map(|p| p.flow.resume_flags())
+        .unwrap_or_default();
+    // Service-account keys are not in the Secret.
+    let sa_only = record.ca.as_ref().is_some_and(|p| p.flow != ca::Flow::Ca);
+    if !sa_only {
+        match monitoring::refresh(profile, inventory, &dir.root) {
+            Ok(outcome) => *secret = outcome,
+            Err(e) => {
+                return Ok(Some(format!(
+                    "rotation stopped before stage {} of {}: the monitoring scrape certificates Secret {}/{} could not be brought to the new certificates: {e}\n  Without it Prometheus keeps scraping with the certificates of before. The cluster keeps serving; fix the API access and run `k8sforge certs rotate --profile {}{flags}` again: it resumes here.",
+                    record.stages_done + 1,
+                    record.plan.stages.len(),
+                    crate::monitoring::NAMESPACE,
+                    crate::monitoring::scrape::TLS_SECRET,
+                    loaded.cli_arg()
+                )))
+            }
+        }
+    }
     if record.stages_done >= record.plan.stages.len() {
         return Ok(None);
     }
@@ -280,6 +312,13 @@ pub(crate) fn roll_out(
         bundle: &bundle,
         api_port: profile.api_server.port,
         timeouts: opts.timeouts.clone(),
+        etcd_order: record
+            .plan
+            .stages
+            .iter()
+            .filter(|s| s.kind == plan::StageKind::Etcd)
+            .flat_map(|s| s.nodes.iter().map(|n| n.node.clone()))
+            .collect(),
     };
     let total = record.plan.stages.len();
     let stages = record.plan.stages.clone();
@@ -306,11 +345,6 @@ pub(crate) fn roll_out(
                 .iter()
                 .filter_map(|n| n.error.as_ref().map(|e| format!("{}: {e}", n.node)))
                 .collect();
-            let flags = record
-                .ca
-                .as_ref()
-                .map(|p| p.flow.resume_flags())
-                .unwrap_or_default();
             results.push(result);
             return Ok(Some(format!(
                 "rotation stopped at stage {}/{total} ({title}):\n    {}\n  Stages before it are done; the nodes after it still use their previous files, which stay trusted, so the cluster keeps serving. Fix the cause and run `k8sforge certs rotate --profile {}{flags}` again: it resumes at this stage.",
@@ -364,6 +398,9 @@ fn stage_detail(r: &StageResult) -> String {
 }
 
 /// Select, re-issue in a staging copy, and plan. None when the selection is empty.
+///
+/// Everything happens in the staging copy: the state directory is only read, so a dry run
+/// writes nothing there and a refused run (incomplete PKI) leaves it as it was.
 fn prepare(
     loaded: &LoadedProfile,
     dir: &ClusterDir,
@@ -377,24 +414,52 @@ fn prepare(
     if selected.is_empty() {
         return Ok(None);
     }
-    // The state directory must hold a complete, current PKI before anything is compared.
-    let report = crate::pki::ensure(profile, inventory, &dir.root)?;
-    if !report.issued.is_empty() {
-        anyhow::bail!(
-            "the PKI of cluster {} was incomplete ({} issued now: {}); run `k8sforge up` to install it before rotating",
-            profile.name,
-            report.issued.len(),
-            report.issued.join(", ")
-        );
-    }
-    let old = crate::render::render(profile, inventory, &dir.root)?;
-    let staging = tempfile::Builder::new()
-        .prefix(".rotate-")
-        .tempdir_in(&dir.root)?;
+    let staging = staging_dir(dir, opts.dry_run, ".rotate-")?;
     pki_rotate::copy_material(&dir.root, staging.path())?;
+    // The copy must hold a complete, current PKI before anything is compared.
+    require_complete_pki(profile, inventory, staging.path())?;
+    let old = crate::render::render(profile, inventory, staging.path())?;
     let renewed = pki_rotate::reissue(profile, inventory, staging.path(), &selected, now)?;
     let new = crate::render::render(profile, inventory, staging.path())?;
     let changed = plan::changed_files(&old, &new);
     let plan = plan::build(inventory, &changed, opts.batch);
     Ok(Some((renewed, plan, staging)))
+}
+
+/// A private scratch directory for a copy of the PKI. A real run stages beside the state (the
+/// same file system as what it commits to); a dry run stages in the system's temporary
+/// directory, so that not even a crash of it leaves anything in the state directory. Both are
+/// 0700 and removed when dropped.
+pub(crate) fn staging_dir(
+    dir: &ClusterDir,
+    dry_run: bool,
+    prefix: &str,
+) -> std::io::Result<tempfile::TempDir> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    if dry_run {
+        b.tempdir()
+    } else {
+        b.tempdir_in(&dir.root)
+    }
+}
+
+/// `pki::ensure` on a copy of the material at `staged`: refuse (naming what is missing or
+/// invalid) when it had to issue anything. Derived files it rewrites (kubeconfigs) stay in the
+/// copy and are committed with the rotation.
+pub(crate) fn require_complete_pki(
+    profile: &crate::profile::Profile,
+    inventory: &Inventory,
+    staged: &std::path::Path,
+) -> anyhow::Result<()> {
+    let report = crate::pki::ensure(profile, inventory, staged)?;
+    if !report.issued.is_empty() {
+        anyhow::bail!(
+            "the PKI of cluster {} is incomplete ({} missing or invalid: {}); run `k8sforge up` to install it before rotating (nothing was changed)",
+            profile.name,
+            report.issued.len(),
+            report.issued.join(", ")
+        );
+    }
+    Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Rollout<'a> {
     pub bundle: &'a Bundle,
     pub api_port: u16,
     pub timeouts: Timeouts,
+    /// The etcd members the plan restarts, in order: leadership is handed to one that has
+    /// restarted already (or restarts last), so a rotation costs one election, not one per
+    /// member that happens to lead when its turn comes.
+    pub etcd_order: Vec<String>,
 }
 
 impl Rollout<'_> {
@@ -173,12 +177,24 @@ impl Rollout<'_> {
                 // In-flight requests to a stopped leader time out until a new one is elected
                 // (seconds on a loaded machine): hand leadership over first, as etcd's own
                 // operators do. A member that is not the leader restarts without notice.
-                if let Err(e) = hand_over_etcd_leadership(&conn) {
+                let pos = self.etcd_order.iter().position(|n| *n == node.name);
+                let later: &[String] = match pos {
+                    Some(i) => &self.etcd_order[i + 1..],
+                    None => &[],
+                };
+                if let Err(e) = hand_over_etcd_leadership(&conn, later) {
                     tracing::warn!(node = %node.name, "etcd leadership not handed over before restart: {e}");
                 }
             }
-            conn.exec(&format!("systemctl restart {u}"), Duration::from_secs(180))
-                .map_err(|e| format!("restarting {u}: {e}"))?;
+            let drained = u == ETCD && drain_etcd_clients(&conn, &node.name);
+            let restarted = conn
+                .exec(&format!("systemctl restart {u}"), Duration::from_secs(180))
+                .map_err(|e| format!("restarting {u}: {e}"));
+            if drained {
+                // Before the health check: it dials the member's own address too.
+                undrain_etcd_clients(&conn, &node.name);
+            }
+            restarted?;
             r.restarted.push(u.clone());
             // Wait for the service's own health before the next unit on this node.
             self.verify_unit(&conn, node, u)?;
@@ -278,8 +294,54 @@ const LOCAL_ETCDCTL: &str = "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1
      --cacert=/etc/etcd/ca.crt --cert=/etc/etcd/healthcheck-client.crt \
      --key=/etc/etcd/healthcheck-client.key --command-timeout=5s";
 
-/// When the node's etcd member leads, move leadership to another started member.
-fn hand_over_etcd_leadership(conn: &Conn) -> Result<(), String> {
+/// The rule that turns new client connections to the member's address away while it restarts
+/// (loopback, i.e. this node's own tools, is let through).
+const ETCD_DRAIN_RULE: &str = "INPUT -p tcp --dport 2379 ! -s 127.0.0.0/8 --syn \
+     -m comment --comment k8sforge-etcd-drain -j REJECT --reject-with tcp-reset";
+
+/// How long connections made before the drain get to finish their requests.
+const ETCD_DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// Stop new client connections to the member before it restarts, then give the requests in
+/// flight a moment. Why: an etcd member with client TLS serves gRPC through its HTTP server and
+/// on SIGTERM stops gRPC before the HTTP side (no graceful stop with TLS), so a request that
+/// reaches it in that moment fails with "missing content-type field" and clients do not retry
+/// writes. Refused, a client's balancer uses the other members meanwhile. Best effort: without
+/// iptables on the node the restart goes ahead undrained, with a warning. A transient timer
+/// removes the rule after two minutes whatever happens to this run (e.g. SIGKILL).
+fn drain_etcd_clients(conn: &Conn, node: &str) -> bool {
+    let cmd = format!(
+        "command -v iptables >/dev/null || exit 3; \
+         systemd-run --quiet --on-active=120 --unit=k8sforge-etcd-undrain-$(date +%s%N) \
+           /bin/sh -c 'while iptables -w -D {ETCD_DRAIN_RULE}; do :; done' || true; \
+         iptables -w -C {ETCD_DRAIN_RULE} 2>/dev/null || iptables -w -I {ETCD_DRAIN_RULE}"
+    );
+    match conn.exec_status(&cmd, Duration::from_secs(30)) {
+        Ok(o) if o.status == 0 => {
+            std::thread::sleep(ETCD_DRAIN_GRACE);
+            true
+        }
+        Ok(o) => {
+            tracing::warn!(%node, "etcd clients not drained before the restart (exit {}): {}", o.status, o.stderr.trim());
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%node, "etcd clients not drained before the restart: {e}");
+            false
+        }
+    }
+}
+
+fn undrain_etcd_clients(conn: &Conn, node: &str) {
+    let cmd = format!("while iptables -w -D {ETCD_DRAIN_RULE} 2>/dev/null; do :; done");
+    if let Err(e) = conn.exec_status(&cmd, Duration::from_secs(30)) {
+        tracing::warn!(%node, "etcd drain rule not removed (a timer removes it within two minutes): {e}");
+    }
+}
+
+/// When the node's etcd member leads, move leadership to another started member, preferring
+/// one not in `later` (members still to be restarted).
+fn hand_over_etcd_leadership(conn: &Conn, later: &[String]) -> Result<(), String> {
     let run = |args: &str| -> Result<serde_json::Value, String> {
         let o = conn
             .exec_status(&format!("{LOCAL_ETCDCTL} {args}"), Duration::from_secs(30))
@@ -299,15 +361,28 @@ fn hand_over_etcd_leadership(conn: &Conn) -> Result<(), String> {
         return Ok(());
     }
     let members = run("member list -w json")?;
-    let next = members["members"]
+    // Started members have a name; learners cannot lead.
+    let candidates: Vec<(u64, String)> = members["members"]
         .as_array()
         .into_iter()
         .flatten()
-        // Started members have a name; learners cannot lead.
-        .filter(|m| m["name"].as_str().is_some_and(|n| !n.is_empty()))
         .filter(|m| !m["isLearner"].as_bool().unwrap_or(false))
-        .filter_map(|m| m["ID"].as_u64())
-        .find(|id| *id != own)
+        .filter_map(|m| {
+            let name = m["name"].as_str().filter(|n| !n.is_empty())?;
+            Some((m["ID"].as_u64()?, name.to_string()))
+        })
+        .filter(|(id, _)| *id != own)
+        .collect();
+    let next = candidates
+        .iter()
+        .find(|(_, name)| !later.contains(name))
+        .or_else(|| {
+            candidates
+                .iter()
+                .find(|(_, name)| later.last() == Some(name))
+        })
+        .or(candidates.first())
+        .map(|(id, _)| *id)
         .ok_or("no other started member to lead")?;
     let o = conn
         .exec_status(
@@ -318,7 +393,18 @@ fn hand_over_etcd_leadership(conn: &Conn) -> Result<(), String> {
     if o.status != 0 {
         return Err(format!("etcdctl move-leader: {}", o.stderr.trim()));
     }
-    Ok(())
+    // move-leader answers when the transfer started; stop the member only once it follows the
+    // new leader, so its own shutdown does not start another transfer (etcd hands leadership
+    // over on SIGTERM too) and no write is proposed to a member that is about to go.
+    wait_until(Duration::from_secs(10), || {
+        let s = run("endpoint status -w json")?;
+        let leader = s[0]["Status"]["leader"].as_u64();
+        Ok((
+            leader == Some(next),
+            format!("leader is {leader:?}, want {next:x}"),
+        ))
+    })
+    .map_err(|last| format!("leadership not moved within 10 s: {last}"))
 }
 
 fn is_active(conn: &Conn, unit: &str) -> Result<bool, String> {

@@ -110,6 +110,9 @@ pub struct State {
     faults: VecDeque<Fault>,
     /// Instance names whose creation fails (per-instance bulkInsert error).
     failing_instances: BTreeMap<String, String>,
+    /// Guest attributes by instance name, as its guest agent would have written them:
+    /// `(namespace, key, value)`.
+    guest_attributes: BTreeMap<String, Vec<(String, String, String)>>,
     calls: Vec<Call>,
     /// Requests to the `/batch/compute/v1` endpoint.
     batches: usize,
@@ -205,6 +208,30 @@ impl Fake {
             .insert(name.into(), code.into());
     }
 
+    /// What the instance's guest agent publishes: `namespace/key = value` (replacing an
+    /// entry with the same namespace and key).
+    pub fn set_guest_attribute(&self, instance: &str, namespace: &str, key: &str, value: &str) {
+        let mut st = self.state.lock().unwrap();
+        let attrs = st.guest_attributes.entry(instance.into()).or_default();
+        attrs.retain(|(n, k, _)| !(n == namespace && k == key));
+        attrs.push((namespace.into(), key.into(), value.into()));
+    }
+
+    /// The guest agent's SSH host keys (`type base64` each) under `hostkeys/`, replacing any
+    /// published before, as the agent does when it regenerates them.
+    pub fn set_host_keys(&self, instance: &str, keys: &[String]) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if let Some(a) = st.guest_attributes.get_mut(instance) {
+                a.retain(|(n, _, _)| n != "hostkeys");
+            }
+        }
+        for k in keys {
+            let (kind, b64) = k.split_once(' ').expect("`type base64`");
+            self.set_guest_attribute(instance, "hostkeys", kind, b64.trim());
+        }
+    }
+
     pub fn clear_failures(&self) {
         self.state.lock().unwrap().failing_instances.clear();
     }
@@ -278,6 +305,18 @@ impl Fake {
             .filter(|(k, _)| k.rsplit('/').next() == Some(kind))
             .flat_map(|(_, v)| v.values().cloned())
             .collect()
+    }
+
+    /// Change a stored resource in place (e.g. as an older k8sforge would have made it).
+    pub fn edit(&self, kind: &str, name: &str, f: impl FnOnce(&mut Value)) {
+        let mut st = self.state.lock().unwrap();
+        let v = st
+            .resources
+            .iter_mut()
+            .filter(|(k, _)| k.rsplit('/').next() == Some(kind))
+            .find_map(|(_, c)| c.get_mut(name))
+            .unwrap_or_else(|| panic!("no {kind} {name} in the fake"));
+        f(v);
     }
 
     /// Put a resource in place directly, as if someone else had created it.
@@ -597,6 +636,13 @@ impl HandlerState<'_> {
     }
     pub fn failing(&self, name: &str) -> Option<String> {
         self.st.failing_instances.get(name).cloned()
+    }
+    pub fn guest_attributes(&self, instance: &str) -> Vec<(String, String, String)> {
+        self.st
+            .guest_attributes
+            .get(instance)
+            .cloned()
+            .unwrap_or_default()
     }
     pub fn violation(&mut self, v: String) {
         self.st.violations.push(v);

@@ -209,6 +209,7 @@ pub fn handle(
             )
         }
         ("instances", "bulkInsert") => bulk_insert(world, hs, rel, params, body),
+        ("instances", "getGuestAttributes") => guest_attributes(hs, rel, params, q),
         ("instanceGroups", "addInstances") => add_instances(world, hs, rel, params, body),
         ("instanceGroups", "listInstances") => {
             let ig = rel.trim_end_matches("/listInstances").to_string();
@@ -1400,4 +1401,89 @@ fn patch(world: &World, hs: &mut HandlerState, rel: &str, body: Value) -> Answer
     hs.collection(&coll).insert(name.to_string(), v);
     let scope = scope_of(&coll);
     (200, operation(hs, world, &scope, "patch", &url, None, None))
+}
+
+/// `instances.getGuestAttributes`: what the instance's guest agent published (set by the test
+/// through `Fake::set_guest_attribute`), for `queryPath` `""`, `<namespace>/` or
+/// `<namespace>/<key>`, or one `variableKey`. Nothing published under the path is a 404 in the
+/// words gcloud matches on ("The resource 'hostkeys/' of type 'Guest Attribute' was not found.").
+/// An instance whose metadata lacks `enable-guest-attributes=TRUE` has no agent writing here,
+/// so it answers the same 404 (gcloud and k8sforge read the metadata and do not ask). The answer
+/// is checked against the schema's `GuestAttributes` message before it is sent.
+fn guest_attributes(
+    hs: &mut HandlerState,
+    rel: &str,
+    params: &HashMap<String, String>,
+    q: &[(String, String)],
+) -> Answer {
+    let name = &params["instance"];
+    let coll = collection_of(rel, "getGuestAttributes");
+    let Some(inst) = hs.get(&coll, name).cloned() else {
+        return not_found(&format!("{coll}/{name}"));
+    };
+    let qget = |k: &str| q.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    let enabled = inst["metadata"]["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|i| {
+            i["key"] == "enable-guest-attributes"
+                && i["value"]
+                    .as_str()
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        });
+    let attrs = if enabled {
+        hs.guest_attributes(name)
+    } else {
+        vec![]
+    };
+    let missing = |what: &str| {
+        err(
+            404,
+            "notFound",
+            &format!("The resource '{what}' of type 'Guest Attribute' was not found."),
+        )
+    };
+    let self_link = format!("{}{rel}", hs.base);
+    let mut v = if let Some(key) = qget("variableKey") {
+        match attrs.iter().find(|(n, k, _)| format!("{n}/{k}") == key) {
+            Some((_, _, value)) => json!({"kind": "compute#guestAttributes", "variableKey": key,
+                "variableValue": value, "selfLink": self_link}),
+            None => return missing(&key),
+        }
+    } else {
+        let path = qget("queryPath").unwrap_or_default();
+        let (ns, key) = match path.split_once('/') {
+            Some((ns, key)) if !ns.is_empty() => (Some(ns.to_string()), Some(key.to_string())),
+            None if path.is_empty() => (None, None),
+            _ => {
+                return err(
+                    400,
+                    "invalid",
+                    &format!("Invalid value for field 'queryPath': '{path}'. Must be empty, '<namespace>/' or '<namespace>/<key>'."),
+                )
+            }
+        };
+        let items: Vec<Value> = attrs
+            .iter()
+            .filter(|(n, k, _)| {
+                ns.as_ref().is_none_or(|x| x == n)
+                    && key.as_ref().is_none_or(|x| x.is_empty() || x == k)
+            })
+            .map(|(n, k, value)| json!({"namespace": n, "key": k, "value": value}))
+            .collect();
+        if items.is_empty() {
+            return missing(&path);
+        }
+        json!({"kind": "compute#guestAttributes", "queryPath": path,
+            "queryValue": {"items": items}, "selfLink": self_link})
+    };
+    if let Err(e) = super::schema::schema().check("GuestAttributes", &v, "response") {
+        hs.violation(format!(
+            "the fake's own getGuestAttributes answer: {}",
+            e.message
+        ));
+        v = json!({});
+    }
+    (200, v)
 }

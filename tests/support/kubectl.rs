@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct Kubectl {
@@ -113,6 +115,58 @@ impl Kubectl {
             );
             std::thread::sleep(Duration::from_secs(1));
         }
+    }
+}
+
+/// `kubectl get --raw PATH` in a loop on its own thread (about ten a second) until
+/// [`ApiLoop::finish`]: each request a new kubectl process and connection, so a kubeconfig
+/// rewritten meanwhile (atomically, by k8sforge) is read anew. Failures are kept with the
+/// seconds since the start.
+pub struct ApiLoop {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<Mutex<Vec<(f64, String)>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiLoop {
+    pub fn start(k: Kubectl, path: &str) -> ApiLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let path = path.to_string();
+        let t0 = Instant::now();
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let out = k.output(&["get", "--raw", &path], None);
+                if out.status.success() {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.lock().unwrap().push((
+                        t0.elapsed().as_secs_f64(),
+                        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        ApiLoop {
+            stop,
+            ok,
+            failed,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop the loop; (requests that succeeded, failures with their time).
+    pub fn finish(mut self) -> (usize, Vec<(f64, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        let f = self.failed.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), f)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod sshd;
 pub use placeholder_pki::*;
 pub mod aws;
 pub mod cloud_nodes;
+pub mod etcd_loop;
 pub mod kube_checks;
 pub mod kubectl;
 pub mod local_cluster;

@@ -4,19 +4,19 @@
 //! first SSH connection, so the first contact is already checked; a node presenting another key
 //! is refused by name by the SSH layer. The console appears about a minute after boot: nodes
 //! without keys are asked again every few seconds within `Options::host_key_wait` (one call per
-//! node and round, `parallelism` in flight), then fall back to first contact, saying so.
+//! node and round, `parallelism` in flight), then fall back to first contact, saying so — the
+//! loop is `provider::host_keys`, shared with GCP; this module has only the EC2 call.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use tokio::task::JoinSet;
 
 use super::session::Session;
 use crate::inventory::Inventory;
-use crate::sshkeys::{self, PinnedKey};
+pub use crate::provider::host_keys::HostKeyReport;
+use crate::provider::host_keys::{pin_reported, Polling, Reported};
 
 const BEGIN: &str = "-----BEGIN SSH HOST KEY KEYS-----";
 const END: &str = "-----END SSH HOST KEY KEYS-----";
@@ -49,88 +49,32 @@ pub fn parse_console(console: &str) -> Vec<String> {
         .collect()
 }
 
-/// What happened per node.
-#[derive(Debug, Default)]
-pub struct HostKeyReport {
-    /// Nodes pinned from the console now.
-    pub pinned: Vec<String>,
-    /// Nodes already pinned before (left as they are).
-    pub already: Vec<String>,
-    /// Nodes whose console showed no keys within the wait: first contact will pin them.
-    pub first_contact: Vec<String>,
-}
-
 /// Pin the console-reported host keys of every node of `inv` not pinned yet
-/// (`instance_ids`: node name → instance id).
+/// (`instance_ids`: node name → instance id), through the providers' one pinning loop.
 pub async fn pin_from_console(
     s: &Session,
     inv: &Inventory,
     instance_ids: &BTreeMap<String, String>,
     cluster_dir: &Path,
 ) -> HostKeyReport {
-    let mut report = HostKeyReport::default();
-    let mut todo: Vec<(String, String, IpAddr, u16)> = Vec::new();
-    for n in &inv.nodes {
-        if sshkeys::pinned_key(cluster_dir, n.ssh.host, n.ssh.port).is_some() {
-            report.already.push(n.name.clone());
-        } else if let Some(id) = instance_ids.get(&n.name) {
-            todo.push((n.name.clone(), id.clone(), n.ssh.host, n.ssh.port));
-        }
-    }
-    let deadline = Instant::now() + s.opts.host_key_wait;
-    let mut pins: Vec<PinnedKey> = Vec::new();
-    loop {
-        let found = console_round(s, todo.iter().map(|t| t.1.clone()).collect()).await;
-        let mut done = vec![false; todo.len()];
-        for (i, keys) in found {
+    let polling = Polling {
+        wait: s.opts.host_key_wait,
+        round: ROUND,
+        parallelism: s.opts.parallelism,
+    };
+    pin_reported(inv, instance_ids, cluster_dir, polling, |id| {
+        let s = s.clone();
+        async move {
+            // No block yet and a failed call look the same: ask again within the wait.
+            let keys = console_keys(&s, &id).await;
             if keys.is_empty() {
-                continue;
+                Reported::NotYet
+            } else {
+                Reported::Keys(keys)
             }
-            let (name, _, host, port) = &todo[i];
-            pins.extend(keys.iter().map(|k| PinnedKey::new(*host, *port, k, name)));
-            report.pinned.push(name.clone());
-            done[i] = true;
         }
-        let mut i = 0;
-        todo.retain(|_| {
-            i += 1;
-            !done[i - 1]
-        });
-        if todo.is_empty() || Instant::now() + ROUND > deadline {
-            break;
-        }
-        tokio::time::sleep(ROUND).await;
-    }
-    report.first_contact = todo.into_iter().map(|(n, ..)| n).collect();
-    if !pins.is_empty() {
-        if let Err(e) = sshkeys::pin_host_keys(cluster_dir, &pins) {
-            eprintln!("warning: cannot pin the console-reported host keys: {e}");
-            report.first_contact.append(&mut report.pinned);
-        }
-    }
-    report.pinned.sort();
-    report.first_contact.sort();
-    report
-}
-
-/// One GetConsoleOutput per instance, `parallelism` in flight: `(index, keys)`.
-async fn console_round(s: &Session, ids: Vec<String>) -> Vec<(usize, Vec<String>)> {
-    let mut out = Vec::new();
-    let mut next = ids.into_iter().enumerate();
-    let mut set = JoinSet::new();
-    loop {
-        while set.len() < s.opts.parallelism.max(1) {
-            let Some((i, id)) = next.next() else { break };
-            let s = s.clone();
-            set.spawn(async move { (i, console_keys(&s, &id).await) });
-        }
-        match set.join_next().await {
-            None => break,
-            Some(Ok(r)) => out.push(r),
-            Some(Err(e)) => tracing::debug!("GetConsoleOutput task: {e}"),
-        }
-    }
-    out
+    })
+    .await
 }
 
 /// The keys in one instance's console output; none when it has no block (yet) or the call

@@ -141,6 +141,10 @@ fn instance_properties(
                 metadata::Items::new()
                     .set_key("block-project-ssh-keys")
                     .set_value("true"),
+                // The guest agent then publishes the SSH host keys (see `host_keys`).
+                metadata::Items::new()
+                    .set_key(super::host_keys::METADATA_KEY)
+                    .set_value("TRUE"),
             ]),
         )
         .set_tags(Tags::new().set_items(if cp {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod drift;
 pub mod gpu_fabric;
+pub mod host_keys;
 pub mod instances;
 pub mod loadbalancer;
 pub mod names;
@@ -80,8 +81,11 @@ pub struct GcpConfig {
     pub endpoint: String,
     pub credentials: Credentials,
     pub retry: RetryPolicy,
-    /// Concurrent calls when many resources are deleted at once.
+    /// Concurrent calls when many resources are deleted at once (or host keys asked for).
     pub concurrency: usize,
+    /// How long provision waits for new instances' host keys in their guest attributes
+    /// (`provider.gcp.hostKeyWaitSeconds`); zero: one look.
+    pub host_key_wait: std::time::Duration,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -153,6 +157,9 @@ impl GcpConfig {
             credentials,
             retry: RetryPolicy::default(),
             concurrency: 64,
+            host_key_wait: std::time::Duration::from_secs(
+                spec.host_key_wait_seconds.unwrap_or(120),
+            ),
         })
     }
 }

@@ -31,6 +31,14 @@ pub async fn run(p: &GcpProvider, ctx: &ProvisionContext<'_>) -> Result<Provisio
     let (instances, replaced) = ensure_instances(p, ctx, &names, &subnet, fabric.as_ref()).await?;
     let lb_ip = ensure_load_balancer(p, ctx, &names, &net, &instances).await?;
     let inventory = build_inventory(ctx, &names, &instances, lb_ip)?;
+    super::host_keys::pin_from_guest_attributes(
+        p,
+        &names,
+        &inventory,
+        &instances,
+        &ctx.cluster_dir,
+    )
+    .await;
     let created = p.api.created_list().split_off(created_before);
     Ok(Provisioned::cloud(inventory, created, replaced))
 }
