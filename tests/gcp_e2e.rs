@@ -337,13 +337,7 @@ async fn gcp_up_on_local_nodes_standing_in_for_the_instances() {
     // The operator removes the wrong pin (ssh-keygen -R); the agent now shows the real keys.
     let kh_path = run.home.join(&name).join("known_hosts");
     let w2 = inv.node("worker-2").unwrap().internal_ip.to_string();
-    let kh = std::fs::read_to_string(&kh_path).unwrap();
-    let kept: String = kh
-        .lines()
-        .filter(|l| !l.starts_with(&format!("{w2} ")))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(&kh_path, kept).unwrap();
+    stand_ins::forget_host_key(&kh_path, &w2);
     let w2_keys = &real.iter().find(|(n, _)| n == "worker-2").unwrap().1;
     fake.set_host_keys(&instance_of["worker-2"], w2_keys);
 

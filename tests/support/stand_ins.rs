@@ -319,3 +319,15 @@ pub fn allowed(a: &IpAddr) -> bool {
         IpAddr::V6(v) => v.is_loopback() || v.is_unspecified(),
     }
 }
+
+/// What an operator does with `ssh-keygen -R ADDR` after a refused host key: drop every
+/// known_hosts line of `addr`.
+pub fn forget_host_key(known_hosts: &Path, addr: &str) {
+    let kh = std::fs::read_to_string(known_hosts).unwrap();
+    let kept: String = kh
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{addr} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(known_hosts, kept).unwrap();
+}
